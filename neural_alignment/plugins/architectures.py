@@ -1,0 +1,1 @@
+"""Built-in architectures (placeholder until filled)."""

@@ -1,0 +1,1 @@
+"""Built-in nalign subcommands (placeholder until filled)."""

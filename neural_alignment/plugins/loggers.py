@@ -1,0 +1,1 @@
+"""Built-in loggers (placeholder until filled)."""

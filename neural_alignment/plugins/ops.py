@@ -1,0 +1,1 @@
+"""Built-in ops (placeholder until filled)."""

@@ -1,0 +1,1 @@
+"""Built-in primitives (placeholder until filled)."""

@@ -1,0 +1,1 @@
+"""Built-in recipes (placeholder until filled)."""

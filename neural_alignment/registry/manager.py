@@ -1,0 +1,194 @@
+"""The plugin manager and the catalogs it fills.
+
+Order of loading: the built-in plugins (``neural_alignment.plugins.BUILTIN_PLUGINS``), then
+every entry point of the ``neural_alignment`` group, then a check for misspelt hook names.
+A plugin that fails (on import, in a hook, or with a misspelt hook) is recorded in
+``Registry.failures`` and the others still load.
+
+Environment:
+  NALIGN_DISABLE_PLUGIN_AUTOLOAD=1   skip entry points (built-ins still load)
+  NALIGN_BLOCK_PLUGINS=a,b           block plugins by name (entry-point or built-in name)
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable
+
+import pluggy
+
+from neural_alignment.registry import hookspecs
+from neural_alignment.registry.catalog import Catalog, Entry, RegistryError
+
+KINDS = ("ops", "primitives", "rules", "architectures", "datasets", "backends", "loggers", "recipes")
+ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
+BUILTIN_DISTRIBUTION = "neural-alignment"
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or whose hook raised."""
+
+    name: str
+    distribution: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.name!r} ({self.distribution}) failed: {self.error}"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_list(name: str) -> list[str]:
+    return [part.strip() for part in os.environ.get(name, "").split(",") if part.strip()]
+
+
+def _version_of(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_plugin_manager(
+    autoload: bool | None = None, blocked: Iterable[str] | None = None, extra_plugins: Iterable[Any] = ()
+) -> tuple[pluggy.PluginManager, list[PluginFailure], dict[str, str]]:
+    """Build a fresh plugin manager.
+
+    Returns the manager, the failures met while loading, and a map plugin name ->
+    distribution name. ``autoload``/``blocked`` default to the environment variables.
+    ``extra_plugins`` (objects or modules) are registered after the built-ins; tests use it.
+    """
+    from neural_alignment.plugins import BUILTIN_PLUGINS
+
+    if autoload is None:
+        autoload = not _env_flag("NALIGN_DISABLE_PLUGIN_AUTOLOAD")
+    blocked = list(_env_list("NALIGN_BLOCK_PLUGINS") if blocked is None else blocked)
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+    pm.add_hookspecs(hookspecs)
+    for name in blocked:
+        pm.set_blocked(name)
+    failures: list[PluginFailure] = []
+    distributions: dict[str, str] = {}
+
+    for module_name in BUILTIN_PLUGINS:
+        if pm.is_blocked(module_name):
+            continue
+        pm.register(importlib.import_module(module_name), name=module_name)
+        distributions[module_name] = BUILTIN_DISTRIBUTION
+
+    for plugin in extra_plugins:
+        name = getattr(plugin, "__name__", None) or type(plugin).__name__
+        if pm.register(plugin, name=name):
+            distributions[name] = "(registered in process)"
+
+    if autoload:
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist is not None else "unknown"
+            if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:  # a broken plugin must not stop the others
+                failures.append(PluginFailure(ep.name, dist, _first_line(exc)))
+                continue
+            pm.register(plugin, name=ep.name)
+            distributions[ep.name] = dist
+
+    while True:
+        try:
+            pm.check_pending()
+            break
+        except pluggy.PluginValidationError as exc:
+            name = pm.get_name(exc.plugin) or repr(exc.plugin)
+            failures.append(PluginFailure(name, distributions.get(name, "unknown"), _first_line(exc)))
+            pm.unregister(exc.plugin)
+    return pm, failures, distributions
+
+
+class Registry:
+    """Every catalog, filled by calling each plugin's hooks one plugin at a time."""
+
+    def __init__(self, autoload: bool | None = None, blocked: Iterable[str] | None = None, extra_plugins=()):
+        self.pm, self.failures, self._distributions = build_plugin_manager(autoload, blocked, extra_plugins)
+        self.catalogs: dict[str, Catalog] = {kind: Catalog(kind) for kind in KINDS}
+        self._registered: dict[str, dict[str, list[str]]] = {}
+        for kind in KINDS:
+            self._collect(kind)
+
+    def _collect(self, kind: str) -> None:
+        hook = getattr(self.pm.hook, f"register_{kind}")
+        catalog = self.catalogs[kind]
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            plugin = impl.plugin_name
+
+            def register(name: str, obj: Any, description: str | None = None, _plugin=plugin) -> None:
+                catalog.add(name, obj, _plugin, description)
+                self._registered.setdefault(_plugin, {}).setdefault(kind, []).append(name)
+
+            try:
+                impl.function(register=register)
+            except RegistryError:
+                raise
+            except Exception as exc:
+                self.failures.append(
+                    PluginFailure(plugin, self._distributions.get(plugin, "unknown"), _first_line(exc))
+                )
+
+    def catalog(self, kind: str) -> Catalog:
+        try:
+            return self.catalogs[kind]
+        except KeyError:
+            raise RegistryError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}") from None
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.catalog(kind).get(name)
+
+    def entry(self, kind: str, name: str) -> Entry:
+        return self.catalog(kind).entry(name)
+
+    def plugins(self) -> list[PluginInfo]:
+        infos = []
+        for name, _plugin in self.pm.list_name_plugin():
+            dist = self._distributions.get(name, "unknown")
+            infos.append(PluginInfo(name, dist, _version_of(dist), self._registered.get(name, {})))
+        return infos
+
+    def add_commands(self, subparsers) -> None:
+        self.pm.hook.register_commands(cli=subparsers)
+
+
+_default: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, built on first use (not at import)."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default
+
+
+def reset_registry() -> None:
+    """Forget the process-wide registry so the next ``get_registry()`` rebuilds it."""
+    global _default
+    _default = None
