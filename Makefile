@@ -1,0 +1,34 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   creates .venv, installs, trains every rule on Fashion-MNIST and prints the comparison
+#   make test   creates .venv if needed, installs with the test extras, runs the whole suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+RULES ?= bp,fa,wm,ia,sa,aa,kp
+
+.PHONY: demo test data install clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Debian's dataset-fashion-mnist; without it (no root, no apt) the demo falls back to digits.
+data:
+	@if [ ! -d $(FMNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+demo: $(STAMP) data
+	$(VENV)/bin/nalign compare fmnist-convnet --rules $(RULES) --out runs/demo
+
+test: $(STAMP) data
+	$(PY) -m pytest -v
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
