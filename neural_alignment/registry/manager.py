@@ -138,7 +138,7 @@ class Registry:
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"register_{kind}")
         catalog = self.catalogs[kind]
-        for impl in reversed(hook.get_hookimpls()):  # registration order
+        for impl in hook.get_hookimpls():  # registration order
             plugin = impl.plugin_name
 
             def register(name: str, obj: Any, description: str | None = None, _plugin=plugin) -> None:
@@ -168,7 +168,9 @@ class Registry:
 
     def plugins(self) -> list[PluginInfo]:
         infos = []
-        for name, _plugin in self.pm.list_name_plugin():
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None:  # blocked
+                continue
             dist = self._distributions.get(name, "unknown")
             infos.append(PluginInfo(name, dist, _version_of(dist), self._registered.get(name, {})))
         return infos
