@@ -1,0 +1,221 @@
+"""Aligned layers: ``nn.Linear`` and ``nn.Conv2d`` with a backward kernel B.
+
+Each layer keeps torch's parameters ``weight`` (W) and ``bias`` (names and shapes as in
+torch, so state dicts load either way) and adds ``backward_weight`` (B, W's shape), which the
+backward pass uses in W's place (see ``core/ops.py``). The layer's ``rule`` (a ``Rule``
+object; the core never resolves names) decides:
+
+- ``rule.has_backward_weight`` False (``bp``): no B; the layer runs plain F.linear/F.conv2d.
+- ``rule.trains_backward_weight`` False (``fa``): B is a parameter with requires_grad=False.
+- ``rule.uses_angle`` (``kp``): B enters the op attached, and the task backward delivers
+  dB = angle_scale * dW; otherwise B enters detached and gets no task gradient.
+
+The layer contract of docs/internals.md: ``last_input``/``last_output`` (detached refs of the
+latest forward), ``project``, ``reconstruct``, ``angle_scale`` (0-dim, not persistent),
+``rule`` and ``epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from neural_alignment.core.ops import aligned_conv2d, aligned_linear
+
+__all__ = ["AlignedLayer", "AlignedLinear", "AlignedConv2d", "OpSpec"]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A torch module kind and its aligned version.
+
+    ``from_module(module, rule)`` builds the aligned layer with the module's arguments, W and
+    bias copied, on the module's device and dtype.
+    """
+
+    source: type
+    from_module: Callable[[nn.Module, Any], nn.Module]
+
+
+class AlignedLayer:
+    """Mixin for a torch layer with a backward kernel B; the class names the layer contract.
+
+    Subclasses call ``_init_aligned(rule)`` after the torch constructor and implement
+    ``project``/``reconstruct``/``forward``.
+    """
+
+    rule: Any
+    epoch: float
+    last_input: Tensor | None
+    last_output: Tensor | None
+    weight: nn.Parameter
+    backward_weight: nn.Parameter | None
+    angle_scale: Tensor
+
+    def _init_aligned(self, rule) -> None:
+        self.rule = rule
+        self.epoch = 0.0
+        self.last_input = None
+        self.last_output = None
+        W = self.weight
+        self.register_buffer(
+            "angle_scale",
+            torch.tensor(float(rule.coefficient("angle", 0.0)), device=W.device, dtype=W.dtype),
+            persistent=False,
+        )
+        if rule.has_backward_weight:
+            B = nn.Parameter(torch.empty_like(W), requires_grad=bool(rule.trains_backward_weight))
+            self.backward_weight = B
+            self.reset_backward_weight()
+        else:
+            self.register_parameter("backward_weight", None)
+
+    def reset_backward_weight(self) -> None:
+        """Sample B with W's default initialiser (torch's kaiming_uniform_(a=sqrt(5)), the same
+        for nn.Linear and nn.Conv2d), independently of W."""
+        if self.backward_weight is not None:
+            with torch.no_grad():
+                nn.init.kaiming_uniform_(self.backward_weight, a=math.sqrt(5))
+
+    def _backward_kernel(self) -> Tensor:
+        """B as the op receives it: attached only when the op must deliver the angle update."""
+        B = self.backward_weight
+        return B if self.rule.uses_angle else B.detach()
+
+    def _remember(self, x: Tensor, y: Tensor) -> Tensor:
+        self.last_input = x.detach()
+        self.last_output = y.detach()
+        return y
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        """Load torch's own state dicts: a missing ``backward_weight`` keeps its init."""
+        before = len(missing_keys)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        key = prefix + "backward_weight"
+        if key in missing_keys[before:]:
+            missing_keys.remove(key)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, rule={self.rule.name}"
+
+
+class AlignedLinear(AlignedLayer, nn.Linear):
+    """``nn.Linear`` whose backward uses B: y = x W^T + b, dx = dy B."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *, rule):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_aligned(rule)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backward_weight is None:
+            y = F.linear(x, self.weight, self.bias)
+        else:
+            y = aligned_linear(x, self.weight, self.bias, self._backward_kernel(), self.angle_scale)
+        return self._remember(x, y)
+
+    def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x kernel^T (+ bias)."""
+        return F.linear(x, kernel, bias)
+
+    def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
+        """y kernel: the adjoint of ``project`` (``like`` fixes nothing for a dense layer)."""
+        return y.matmul(kernel)
+
+    @classmethod
+    def from_module(cls, module: nn.Linear, rule) -> "AlignedLinear":
+        """The aligned twin of an ``nn.Linear``, W and bias copied."""
+        W = module.weight
+        layer = cls(module.in_features, module.out_features, module.bias is not None,
+                    device=W.device, dtype=W.dtype, rule=rule)
+        return _copy_parameters(module, layer)
+
+
+class AlignedConv2d(AlignedLayer, nn.Conv2d):
+    """``nn.Conv2d`` whose backward uses B: y = conv2d(x, W) + b, dx = conv_transpose2d(dy, B).
+
+    Padding: ints/pairs go to the op; 'valid' is 0; 'same' is symmetric when d(k-1) is even,
+    otherwise (even kernels) the input is padded explicitly with torch's own split (extra
+    row/column at the end); non-zero ``padding_mode`` pads with ``F.pad`` outside the op, as
+    ``nn.Conv2d`` does.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *, rule):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        self._init_aligned(rule)
+        self._explicit_pad, self._op_padding = self._resolve_padding()
+
+    def _resolve_padding(self) -> tuple[tuple[int, ...] | None, tuple[int, int]]:
+        """(F.pad amounts or None, the symmetric padding the op applies)."""
+        pads = tuple(self._reversed_padding_repeated_twice)  # torch's (left, right, top, bottom)
+        if self.padding_mode != "zeros":
+            return pads, (0, 0)
+        if self.padding == "valid":
+            return None, (0, 0)
+        if self.padding == "same":
+            left_w, right_w, top_h, bottom_h = pads
+            if (left_w, top_h) == (right_w, bottom_h):
+                return None, (top_h, left_w)
+            return pads, (0, 0)
+        return None, tuple(self.padding)
+
+    def _padded(self, x: Tensor) -> Tensor:
+        if self._explicit_pad is None:
+            return x
+        mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+        return F.pad(x, self._explicit_pad, mode=mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.backward_weight is None:
+            y = self.project(x, self.weight, self.bias)
+        else:
+            y = aligned_conv2d(self._padded(x), self.weight, self.bias, self._backward_kernel(), self.angle_scale,
+                               self.stride, self._op_padding, self.dilation, self.groups)
+        return self._remember(x, y)
+
+    def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
+        """conv2d(x, kernel) (+ bias) with the layer's stride, padding (and mode), dilation, groups:
+        exactly what ``nn.Conv2d`` computes with ``kernel`` as its weight."""
+        return self._conv_forward(x, kernel, bias)
+
+    def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
+        """conv_transpose2d(y, kernel) with ``like``'s spatial size: the adjoint of ``project``
+        with zero padding (explicit padding is cropped off again)."""
+        left_w, right_w, top_h, bottom_h = self._explicit_pad or (0, 0, 0, 0)
+        target = (like.shape[-2] + top_h + bottom_h, like.shape[-1] + left_w + right_w)
+        output_padding = [
+            size - ((n - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, n, s, p, d, k in zip(target, y.shape[-2:], self.stride, self._op_padding, self.dilation,
+                                           self.kernel_size)
+        ]
+        x = F.conv_transpose2d(y, kernel, None, self.stride, self._op_padding, output_padding, self.groups,
+                               self.dilation)
+        return x[..., top_h:top_h + like.shape[-2], left_w:left_w + like.shape[-1]]
+
+    @classmethod
+    def from_module(cls, module: nn.Conv2d, rule) -> "AlignedConv2d":
+        """The aligned twin of an ``nn.Conv2d``, every argument kept, W and bias copied."""
+        W = module.weight
+        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                    module.dilation, module.groups, module.bias is not None, module.padding_mode,
+                    device=W.device, dtype=W.dtype, rule=rule)
+        return _copy_parameters(module, layer)
+
+
+def _copy_parameters(module: nn.Module, layer: nn.Module) -> nn.Module:
+    """Copy W, bias and the training flag of ``module`` into ``layer``; returns ``layer``."""
+    with torch.no_grad():
+        layer.weight.copy_(module.weight)
+        layer.weight.requires_grad_(module.weight.requires_grad)
+        if module.bias is not None:
+            layer.bias.copy_(module.bias)
+            layer.bias.requires_grad_(module.bias.requires_grad)
+    return layer.train(module.training)

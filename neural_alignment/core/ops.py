@@ -1,0 +1,140 @@
+"""The aligned ops: forward with the forward kernel W, backward with the backward kernel B.
+
+Linear (x: [..., in], W and B: [out, in], b: [out])::
+
+    y  = x W^T + b                  (exactly F.linear)
+    dx = dy B                       (B stands where W stood: B == W is backprop)
+    dW = dy^T x,   db = sum dy      (the ordinary gradients, leading axes summed)
+    dB = angle_scale * dW           (only when B requires grad, else None)
+
+Conv2d (W and B: [out, in/groups, kh, kw])::
+
+    y  = conv2d(x, W) + b           (exactly F.conv2d)
+    dx = conv_transpose2d(dy, B)    (the input gradient with B in W's slot)
+    dW, db                          (the ordinary gradients)
+    dB = angle_scale * dW           (only when B requires grad, else None)
+
+dx, dW and db of the conv come from ONE ``aten.convolution_backward`` call with B in the
+weight slot. ``dB = angle_scale * dW`` is Kolen-Pollack's transported update: the gradient of
+``angle_scale * sum(B * G)`` with respect to B, G being dW, delivered in the task backward so
+one backward pass serves a whole step. A layer passes B detached unless its rule uses the
+``angle`` primitive, so B normally gets no gradient from the task loss.
+
+Nothing here reads a tensor on the host, so the ops trace under ``torch.compile`` and XLA.
+Gradients nobody asked for (``ctx.needs_input_grad``) are not computed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["aligned_linear", "aligned_conv2d"]
+
+
+def _transported(dW: Tensor | None, angle_scale: Tensor, needed: bool) -> Tensor | None:
+    """dB = angle_scale * dW when B asked for a gradient, else None."""
+    return dW * angle_scale if needed else None
+
+
+class AlignedLinearFunction(torch.autograd.Function):
+    """y = F.linear(x, W, b); dx = dy B; dW = dy^T x; db = sum dy; dB = angle_scale * dW."""
+
+    @staticmethod
+    def forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor) -> Tensor:
+        return F.linear(x, W, b)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, W, b, B, angle_scale = inputs
+        need_x, need_W, _, need_B, _ = ctx.needs_input_grad
+        ctx.save_for_backward(
+            x if (need_W or need_B) else None,
+            B if need_x else None,
+            angle_scale if need_B else None,
+        )
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, B, angle_scale = ctx.saved_tensors
+        need_x, need_W, need_b, need_B, _ = ctx.needs_input_grad
+        dx = dW = db = None
+        if need_x:
+            dx = dy.matmul(B)
+        if need_W or need_B:
+            dW = dy.reshape(-1, dy.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
+        if need_b:
+            db = dy.reshape(-1, dy.shape[-1]).sum(0)
+        dB = _transported(dW, angle_scale, need_B)
+        return dx, dW if need_W else None, db, dB, None
+
+
+class AlignedConv2dFunction(torch.autograd.Function):
+    """y = F.conv2d(x, W, b, ...); dx with B in W's slot; dW, db ordinary; dB = angle_scale * dW."""
+
+    @staticmethod
+    def forward(x, W, b, B, angle_scale, stride, padding, dilation, groups) -> Tensor:
+        return F.conv2d(x, W, b, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, W, b, B, angle_scale, stride, padding, dilation, groups = inputs
+        ctx.conv_args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+        ctx.bias_sizes = None if b is None else list(b.shape)
+        # convolution_backward reads x and B for their shapes even when it computes
+        # neither gradient; both are alive anyway (x feeds this op, B is a parameter).
+        ctx.save_for_backward(x, B, angle_scale if ctx.needs_input_grad[3] else None)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x, B, angle_scale = ctx.saved_tensors
+        need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
+        stride, padding, dilation, groups = ctx.conv_args
+        dx, dW, db = torch.ops.aten.convolution_backward(
+            dy, x, B, ctx.bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+            [need_x, need_W or need_B, need_b],
+        )
+        dB = _transported(dW, angle_scale, need_B)
+        return (
+            dx if need_x else None,
+            dW if need_W else None,
+            db if need_b else None,
+            dB, None, None, None, None, None,
+        )
+
+
+def _pair(value) -> list[int]:
+    """An int or a pair as a list of two ints (the form aten ops take)."""
+    if isinstance(value, int):
+        return [value, value]
+    first, second = value
+    return [int(first), int(second)]
+
+
+def aligned_linear(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor) -> Tensor:
+    """``F.linear(x, W, b)`` whose backward uses B for dx (see the module docstring).
+
+    ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
+    """
+    return AlignedLinearFunction.apply(x, W, b, B, angle_scale)
+
+
+def aligned_conv2d(
+    x: Tensor,
+    W: Tensor,
+    b: Tensor | None,
+    B: Tensor,
+    angle_scale: Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+) -> Tensor:
+    """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` whose backward uses B for dx.
+
+    ``padding`` is an int or a pair (symmetric zero padding); a layer turns 'same'/'valid'
+    and non-zero padding modes into explicit ``F.pad`` plus a numeric padding, as torch does.
+    ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
+    """
+    return AlignedConv2dFunction.apply(x, W, b, B, angle_scale, stride, padding, dilation, groups)
