@@ -1,1 +1,98 @@
-"""Built-in primitives (placeholder until filled)."""
+"""Built-in primitives: decay, self, amp, sparse, null, angle (DESIGN.md's table).
+
+Mean over the batch, sum over every other axis, no 1/2. Each registers like a third-party
+primitive would, through ``register_primitives``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.core.primitives import PairedPrimitive, Primitive, batch_mean_sum
+from neural_alignment.registry.markers import hookimpl
+
+
+class Decay(Primitive):
+    """decay = sum W^2 + sum B^2."""
+
+    name = "decay"
+    needs = frozenset({"weights"})
+
+    def __call__(self, ctx) -> torch.Tensor:
+        return ctx.W.pow(2).sum() + ctx.B.pow(2).sum()
+
+
+class Self(Primitive):
+    """self = -sum W*B = -tr(W^T B); with decay at half its weight the fixed point is B = W."""
+
+    name = "self"
+    needs = frozenset({"weights"})
+
+    def __call__(self, ctx) -> torch.Tensor:
+        return -(ctx.W * ctx.B).sum()
+
+
+class Amp(PairedPrimitive):
+    """amp = -sum mean(P*Q), default (P, Q) = (fp, bp)."""
+
+    name = "amp"
+
+    def __init__(self, p: str = "fp", q: str = "bp"):
+        if p is None or q is None:
+            raise UserError("amp needs two fields P and Q; with None it would be identically 0")
+        super().__init__(p, q)
+
+    def __call__(self, ctx) -> torch.Tensor:
+        p, q = self.operands(ctx)
+        return -batch_mean_sum(p * q)
+
+
+class Sparse(PairedPrimitive):
+    """sparse = sum mean(P^2) + sum mean(Q^2), default (P, Q) = (fp, bp); a None field counts 0."""
+
+    name = "sparse"
+
+    def __init__(self, p: str | None = "fp", q: str | None = "bp"):
+        if p is None and q is None:
+            raise UserError(f"{self.name} needs at least one of P and Q")
+        super().__init__(p, q)
+
+    def __call__(self, ctx) -> torch.Tensor:
+        return sum(batch_mean_sum(t.pow(2)) for t in self.operands(ctx) if t is not None)
+
+
+class Null(Sparse):
+    """null = sum mean(P^2) + sum mean(Q^2), default (P, Q) = (fr, 0): fr = fp B, the forward output sent back through B."""
+
+    name = "null"
+
+    def __init__(self, p: str | None = "fr", q: str | None = None):
+        super().__init__(p, q)
+
+
+class Angle(Primitive):
+    """angle = sum B*G, G the task gradient of W from the last backward (detached): tr(x^T B r) of the paper.
+
+    Its gradient with respect to B is G. The op delivers ``angle_scale * dW`` to B during
+    the task backward (``in_backward``), so a rule never adds it to the alignment loss.
+    Before any task backward (G is None) its value is 0.
+    """
+
+    name = "angle"
+    needs = frozenset({"weights", "task_gradient"})
+    in_backward = True
+
+    def __call__(self, ctx) -> torch.Tensor:
+        if ctx.G is None:
+            return (ctx.B * 0.0).sum()
+        return (ctx.B * ctx.G).sum()
+
+
+BUILTIN_PRIMITIVES: tuple[Primitive, ...] = (Decay(), Self(), Amp(), Sparse(), Null(), Angle())
+
+
+@hookimpl
+def register_primitives(register):
+    for primitive in BUILTIN_PRIMITIVES:
+        register(primitive.name, primitive)

@@ -1,0 +1,170 @@
+"""The alignment pass of one layer: the fields primitives read, each computed on first use.
+
+``AlignmentContext(layer, rule)`` exposes, for the layer's latest forward (DESIGN.md, steps
+in order; "per example over its features" = over every non-batch axis):
+
+1. ``x``: the layer's input, detached; replaced by noise of std ``rule.noise_std`` when it is
+   > 0 (``normal``: N(0, std^2); ``uniform``: U(-sqrt(3) std, sqrt(3) std)), shaped like x.
+2. BI FWMC: x - mean_features(x); BI FWL2N: (x - mean_features(x)) / ||x - mean_features(x)||_2.
+3. ``x_b`` = x, minus its batch mean when BI BWMC (backward path only).
+4. projections ``fp = project(x, W, b if FO bias)``, ``bp = project(x_b, B, b if BO bias)``:
+   x W^T + b for a dense layer, conv2d(x, W) + b for a conv. The bias of both paths is the
+   layer's own bias, detached (as the original code did): a separate backward bias would be
+   a parameter that only the alignment loss trains, which no rule of the paper has.
+   A layer without a bias adds none whatever the flags say.
+5. FO ReLU / BO ReLU: relu(fp) / relu(bp).
+6. reconstructions ``fr = reconstruct(fp, B)``, ``br = reconstruct(bp, W)`` from the
+   projections of step 5 (fp B / bp W; conv_transpose2d with x's size for a conv).
+7. FO FWMC, FO FWL2N, FO BWMC on fp and fr (that order); BO FWMC, BO FWL2N on bp and br.
+
+``W`` is the layer's weight, detached unless ``rule.align_forward_weight``; ``B`` is the
+backward weight itself (alignment gradients reach it); ``G`` is the task gradient of W
+(``layer.weight.grad``, detached) or None. Decay, self and angle read only W, B and G, so
+a rule made of them costs O(params) and never runs a projection.
+
+When neither noise nor an input operation changes x, W takes no alignment gradient and
+the FO bias flag gives the bias the layer used (FO bias on, or no bias), the projection
+before ReLU equals ``layer.last_output`` and is reused, not recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def feature_centre(t: Tensor) -> Tensor:
+    """t - mean over the non-batch axes, per example."""
+    flat = t.flatten(1)
+    return (flat - flat.mean(dim=1, keepdim=True)).view_as(t)
+
+
+def feature_l2_normalise(t: Tensor) -> Tensor:
+    """Centre per example over its features, then divide by the L2 norm (floored at 1e-12)."""
+    return F.normalize(feature_centre(t).flatten(1), dim=1, eps=1e-12).view_as(t)
+
+
+def batch_centre(t: Tensor) -> Tensor:
+    """t - mean over the batch axis."""
+    return t - t.mean(dim=0, keepdim=True)
+
+
+def input_noise(like: Tensor, std: float, dist: str) -> Tensor:
+    """Noise of standard deviation ``std`` shaped like ``like``: normal, or uniform on +-sqrt(3) std."""
+    if dist == "uniform":
+        return (torch.rand_like(like) * 2.0 - 1.0) * (math.sqrt(3.0) * std)
+    return torch.randn_like(like) * std
+
+
+def _apply(t: Tensor, ops) -> Tensor:
+    for op in ops:
+        t = op(t)
+    return t
+
+
+class AlignmentContext:
+    """The lazily computed fields x, x_b, W, B, fp, bp, fr, br, G of one layer's alignment pass."""
+
+    def __init__(self, layer, rule):
+        self.layer = layer
+        self.rule = rule
+        self.flags = rule.flags
+
+    # -- inputs and kernels ---------------------------------------------------------------
+    @property
+    def input_changed(self) -> bool:
+        """True when noise or BI FWMC/FWL2N make x differ from the layer's input."""
+        return self.rule.noise_std > 0 or self.flags.bi_fwmc or self.flags.bi_fwl2n
+
+    @cached_property
+    def x(self) -> Tensor:
+        """Step 1-2: the input (or noise replacing it), then BI FWMC, BI FWL2N."""
+        x = self.layer.last_input.detach()
+        if self.rule.noise_std > 0:
+            x = input_noise(x, self.rule.noise_std, self.rule.noise_dist)
+        return _apply(x, [op for flag, op in ((self.flags.bi_fwmc, feature_centre),
+                                               (self.flags.bi_fwl2n, feature_l2_normalise)) if flag])
+
+    @cached_property
+    def x_b(self) -> Tensor:
+        """Step 3: the backward path's input, batch-centred when BI BWMC."""
+        return batch_centre(self.x) if self.flags.bi_bwmc else self.x
+
+    @cached_property
+    def W(self) -> Tensor:
+        """The forward kernel, detached unless the rule aligns W too."""
+        W = self.layer.weight
+        return W if self.rule.align_forward_weight else W.detach()
+
+    @property
+    def B(self) -> Tensor:
+        """The backward kernel (a Parameter: alignment gradients reach it)."""
+        return self.layer.backward_weight
+
+    @cached_property
+    def G(self) -> Tensor | None:
+        """The task gradient of W from the last backward, detached; None before any."""
+        grad = self.layer.weight.grad
+        return None if grad is None else grad.detach()
+
+    def _bias(self, flag: bool) -> Tensor | None:
+        bias = self.layer.bias
+        return bias.detach() if flag and bias is not None else None
+
+    # -- projections and reconstructions before the output operations ------------------
+    @property
+    def reuses_output(self) -> bool:
+        """True when the forward projection equals ``layer.last_output`` (see the module docstring)."""
+        return (
+            not self.input_changed
+            and not self.rule.align_forward_weight
+            and (self.flags.fo_bias or self.layer.bias is None)
+            and self.layer.last_output is not None
+        )
+
+    @cached_property
+    def _fp(self) -> Tensor:
+        """Steps 4-5, forward path: project(x, W, b?) (or the layer's output), ReLU if FO ReLU."""
+        fp = self.layer.last_output if self.reuses_output else self.layer.project(
+            self.x, self.W, self._bias(self.flags.fo_bias))
+        return F.relu(fp) if self.flags.fo_relu else fp
+
+    @cached_property
+    def _bp(self) -> Tensor:
+        """Steps 4-5, backward path: project(x_b, B, b?), ReLU if BO ReLU."""
+        bp = self.layer.project(self.x_b, self.B, self._bias(self.flags.bo_bias))
+        return F.relu(bp) if self.flags.bo_relu else bp
+
+    # -- step 7: the output operations --------------------------------------------------
+    def _forward_ops(self):
+        f = self.flags
+        return [op for flag, op in ((f.fo_fwmc, feature_centre), (f.fo_fwl2n, feature_l2_normalise),
+                                    (f.fo_bwmc, batch_centre)) if flag]
+
+    def _backward_ops(self):
+        f = self.flags
+        return [op for flag, op in ((f.bo_fwmc, feature_centre), (f.bo_fwl2n, feature_l2_normalise)) if flag]
+
+    @cached_property
+    def fp(self) -> Tensor:
+        """The forward projection after FO FWMC, FO FWL2N, FO BWMC."""
+        return _apply(self._fp, self._forward_ops())
+
+    @cached_property
+    def bp(self) -> Tensor:
+        """The backward projection after BO FWMC, BO FWL2N."""
+        return _apply(self._bp, self._backward_ops())
+
+    @cached_property
+    def fr(self) -> Tensor:
+        """reconstruct(fp, B) (fp before the output operations), then FO FWMC, FO FWL2N, FO BWMC."""
+        return _apply(self.layer.reconstruct(self._fp, self.B, self.x), self._forward_ops())
+
+    @cached_property
+    def br(self) -> Tensor:
+        """reconstruct(bp, W) (bp before the output operations), then BO FWMC, BO FWL2N."""
+        return _apply(self.layer.reconstruct(self._bp, self.W, self.x), self._backward_ops())

@@ -1,0 +1,82 @@
+"""Primitives: the layer-wise regularizers a rule weighs and sums.
+
+A primitive is a small object with a ``name``, a formula in its docstring, the set of
+context fields it ``needs`` and ``__call__(ctx) -> scalar tensor``, where ``ctx`` is an
+:class:`~neural_alignment.core.context.AlignmentContext` (fields ``x, x_b, W, B, fp, bp,
+fr, br, G``, computed lazily: a primitive only pays for the fields it reads).
+
+Conventions (DESIGN.md): "mean" is the mean over the batch axis (axis 0), every other
+axis is summed; no factor 1/2 anywhere. ``W`` and ``B`` have the layer's kernel shape.
+
+To add one, subclass :class:`Primitive` (or :class:`PairedPrimitive` for a function of two
+activation fields) and register an instance through the ``register_primitives`` hook. The
+built-in six live in ``neural_alignment.plugins.primitives``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from neural_alignment.core.errors import UserError
+
+NEEDS = frozenset({"weights", "projections", "reconstructions", "task_gradient"})
+"""What a primitive may need: kernels, projections fp/bp, reconstructions fr/br, the task gradient G."""
+
+FIELD_NEEDS: dict[str, frozenset] = {
+    "x": frozenset(),
+    "x_b": frozenset(),
+    "fp": frozenset({"projections"}),
+    "bp": frozenset({"projections"}),
+    "fr": frozenset({"projections", "reconstructions"}),
+    "br": frozenset({"projections", "reconstructions"}),
+}
+"""The activation fields a primitive may pair, and what reading each costs."""
+
+
+def batch_mean_sum(t: torch.Tensor) -> torch.Tensor:
+    """``sum(t) / t.shape[0]``: the mean over the batch of the sum over every other axis."""
+    return t.sum() / t.shape[0]
+
+
+class Primitive:
+    """Base class: ``name``, docstring formula, ``needs``, ``in_backward``, ``__call__(ctx)``.
+
+    ``in_backward`` is True only when the op delivers the primitive's gradient with respect
+    to B during the task backward (``angle``); :meth:`Rule.regularizer` then leaves it out.
+    """
+
+    name: ClassVar[str]
+    needs: frozenset = frozenset()
+    in_backward: ClassVar[bool] = False
+
+    def __call__(self, ctx) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class PairedPrimitive(Primitive):
+    """A primitive of two activation fields P and Q of the context, chosen by name at
+    construction (``"x", "x_b", "fp", "bp", "fr", "br"``; ``None`` stands for 0).
+
+    ``needs`` follows from the fields: fp/bp need the projections, fr/br the reconstructions.
+    """
+
+    def __init__(self, p: str | None, q: str | None):
+        for field in (p, q):
+            if field is not None and field not in FIELD_NEEDS:
+                raise UserError(
+                    f"{self.name}: unknown context field {field!r}; valid fields: {', '.join(FIELD_NEEDS)} or None"
+                )
+        self.p, self.q = p, q
+        self.needs = frozenset().union(*(FIELD_NEEDS[f] for f in (p, q) if f is not None))
+
+    def operands(self, ctx) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(P, Q) read from ``ctx``; a field named ``None`` gives ``None``."""
+        return tuple(None if f is None else getattr(ctx, f) for f in (self.p, self.q))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p!r}, q={self.q!r})"
