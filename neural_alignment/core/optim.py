@@ -1,0 +1,137 @@
+"""One optimizer per loss component, its learning-rate schedule, and noisy updates.
+
+A :class:`ComponentOptimizer` owns a torch optimizer over one group of parameters (the task
+loss's W, biases and BatchNorm, or the alignment loss's backward weights). Its learning rate
+at global step ``s`` is::
+
+    lr(s) = lr * (batch_size / 256 if rescale_lr else 1) * schedule(s / steps_per_epoch - shift)
+
+with ``schedule`` from :func:`neural_alignment.core.schedules.make_schedule` and ``shift`` the
+delay (in epochs) before this component starts. After each optimizer step, if ``noise_std``
+is positive, every parameter in ``noisy`` receives Gaussian noise of std ``noise_std * lr(s)``
+(noisy updates: the noise is added to the update, so it scales with the step size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.core.schedules import make_schedule
+
+REFERENCE_BATCH = 256
+
+
+def _sgd(params, lr, momentum, weight_decay):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _nesterov(params, lr, momentum, weight_decay):
+    if momentum <= 0:
+        raise UserError(f"optimizer 'nesterov' needs momentum > 0, got momentum={momentum}")
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+
+
+def _gd(params, lr, momentum, weight_decay):
+    if momentum:
+        raise UserError(f"optimizer 'gd' is plain gradient descent and takes no momentum, got momentum={momentum}")
+    return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+
+
+def _adam(params, lr, momentum, weight_decay):
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
+def _adamw(params, lr, momentum, weight_decay):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": _sgd,
+    "nesterov": _nesterov,
+    "gd": _gd,
+    "adam": _adam,
+    "adamw": _adamw,
+}
+
+
+def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """A torch optimizer by name: sgd, nesterov, gd (SGD without momentum), adam, adamw."""
+    if name not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](list(params), lr, momentum, weight_decay)
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """``lr(step) = base_lr * scale * schedule(step / steps_per_epoch - shift)``; scale = batch/256 if rescaled."""
+
+    base_lr: float
+    schedule: Callable[[float], float]
+    steps_per_epoch: int
+    scale: float = 1.0
+    shift: float = 0.0
+
+    def epoch(self, step: int) -> float:
+        return step / self.steps_per_epoch - self.shift
+
+    def __call__(self, step: int) -> float:
+        return self.base_lr * self.scale * self.schedule(self.epoch(step))
+
+
+def make_lr_schedule(lr: float, schedule: Any, steps_per_epoch: int, batch_size: int, rescale_lr: bool = False,
+                     shift: float = 0.0) -> LRSchedule:
+    """An :class:`LRSchedule` from recipe values (``schedule`` is a ``make_schedule`` config)."""
+    if steps_per_epoch < 1:
+        raise UserError(f"steps per epoch must be at least 1, got {steps_per_epoch} (is the batch larger than the data?)")
+    scale = batch_size / REFERENCE_BATCH if rescale_lr else 1.0
+    return LRSchedule(float(lr), make_schedule(schedule), steps_per_epoch, scale, float(shift))
+
+
+class ComponentOptimizer:
+    """The optimizer of one loss component: torch optimizer + lr schedule + update noise."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lr: LRSchedule, noise_std: float = 0.0,
+                 noisy: Sequence[torch.Tensor] = ()):
+        self.optimizer = optimizer
+        self.lr = lr
+        self.noise_std = float(noise_std)
+        self.noisy = list(noisy) if self.noise_std > 0 else []
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def set_step(self, step: int) -> float:
+        """Set every group's lr to ``lr(step)``; returns it."""
+        lr = self.lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def step(self, step: int) -> None:
+        """One update at global step ``step``: lr from the schedule, optimizer step, then noise."""
+        lr = self.set_step(step)
+        self.optimizer.step()
+        if self.noisy:
+            add_update_noise(self.noisy, self.noise_std * lr)
+
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state)
+
+
+@torch.no_grad()
+def add_update_noise(params: Iterable[torch.Tensor], std: float) -> None:
+    """Add N(0, std^2) noise, independently per element, to each tensor in ``params``."""
+    for p in params:
+        p.add_(torch.randn_like(p), alpha=std)

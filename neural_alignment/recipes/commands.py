@@ -1,0 +1,59 @@
+"""The ``nalign run``, ``show`` and ``compare`` subcommands (added by ``plugins.commands``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from neural_alignment.recipes.loader import load_recipe, to_yaml
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", metavar="NAME", help="a recipe name (see 'nalign list recipes') or a YAML file")
+    parser.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="recipe overrides, e.g. rule.name=kp")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``nalign show NAME [KEY=VALUE ...]``: print the resolved recipe as YAML."""
+    print(to_yaml(load_recipe(args.recipe, args.overrides)), end="")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``nalign run NAME [KEY=VALUE ...] [--out DIR] [--resume DIR]``: train one recipe."""
+    from neural_alignment.recipes.runner import default_run_dir, train
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.resume:
+        result = train(recipe, args.resume, resume=True)
+    else:
+        result = train(recipe, args.out or default_run_dir(recipe.name))
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``nalign compare NAME --rules bp,fa,... [KEY=VALUE ...] [--out DIR]``: one run per rule, a table."""
+    from neural_alignment.recipes.compare import compare
+
+    rules = [r.strip() for r in args.rules.split(",") if r.strip()]
+    compare(args.recipe, rules, args.overrides, args.out)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``run``, ``show`` and ``compare`` to the ``nalign`` subparsers."""
+    show = subparsers.add_parser("show", help="print a resolved recipe")
+    add_recipe_arguments(show)
+    show.set_defaults(func=cmd_show)
+
+    run = subparsers.add_parser("run", help="train a recipe")
+    add_recipe_arguments(run)
+    run.add_argument("--out", metavar="DIR", help="run folder (default runs/<recipe>-<timestamp>)")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    run.set_defaults(func=cmd_run)
+
+    comp = subparsers.add_parser("compare", help="train a recipe once per rule and compare them")
+    add_recipe_arguments(comp)
+    comp.add_argument("--rules", default="bp,fa,wm,ia,sa,aa,kp", help="comma-separated rule names")
+    comp.add_argument("--out", metavar="DIR", help="output folder (default runs/compare-<recipe>-<timestamp>)")
+    comp.set_defaults(func=cmd_compare)

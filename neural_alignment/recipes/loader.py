@@ -1,0 +1,141 @@
+"""Find recipes by name, resolve ``base:`` inheritance and ``key=value`` overrides, validate.
+
+A recipe NAME is looked up as ``NAME.yaml`` in every folder a plugin registered through
+``register_recipes`` (first folder wins, in registration order); a path to a YAML file
+also works. Merge order, lowest first: the ``base`` chain (recursively), the recipe file,
+``by_rule[<rule.name>]``, the command-line overrides. Every step is validated against
+``recipes.schema.Recipe``: an unknown key or a wrong type is a ``RecipeError`` naming the
+full key path and the valid keys or the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.schema import Recipe
+from neural_alignment.registry import get_registry
+
+SUFFIXES = (".yaml", ".yml")
+
+
+class RecipeError(UserError):
+    """A recipe that cannot be found, parsed or validated."""
+
+
+def recipe_files() -> dict[str, Path]:
+    """Every registered recipe: name -> YAML file (first registered folder wins)."""
+    found: dict[str, Path] = {}
+    for entry in get_registry().catalog("recipes").entries():
+        folder = Path(entry.obj)
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if path.suffix in SUFFIXES:
+                found.setdefault(path.stem, path)
+    return dict(sorted(found.items()))
+
+
+def find_recipe(name: str) -> Path:
+    """The YAML file of recipe ``name`` (a registered name or a path to a YAML file)."""
+    path = Path(name)
+    if path.suffix in SUFFIXES:
+        if path.is_file():
+            return path
+        raise RecipeError(f"recipe file {name!r} does not exist")
+    known = recipe_files()
+    if name in known:
+        return known[name]
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise RecipeError(f"unknown recipe {name!r}.{hint} Known: {', '.join(known) or '(none)'}")
+
+
+def _read(path: Path) -> DictConfig:
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors come in many types
+        raise RecipeError(f"cannot parse recipe file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError(f"recipe file {path} must hold a mapping of sections, not a {type(cfg).__name__}")
+    return cfg
+
+
+def _error(exc: OmegaConfBaseException, where: str) -> RecipeError:
+    """Turn an OmegaConf validation error into a one-line message naming the key path."""
+    key = exc.full_key or exc.key
+    if isinstance(exc, ConfigKeyError):
+        owner = exc.object_type
+        valid = [f.name for f in dataclasses.fields(owner)] if dataclasses.is_dataclass(owner) else []
+        parent = str(key).rpartition(".")[0]
+        listed = f"; valid keys under {parent or 'the top level'!r}: {', '.join(valid)}" if valid else ""
+        return RecipeError(f"unknown recipe key {key!r} in {where}{listed}")
+    reason = str(exc.msg).splitlines()[0] if exc.msg else type(exc).__name__
+    return RecipeError(f"bad value for recipe key {key!r} in {where}: {reason}")
+
+
+def validate(cfg, where: str) -> DictConfig:
+    """``cfg`` merged onto the schema's defaults; raises ``RecipeError`` naming a bad key."""
+    try:
+        return OmegaConf.merge(OmegaConf.structured(Recipe), cfg)
+    except OmegaConfBaseException as exc:
+        raise _error(exc, where) from None
+
+
+def _chain(name: str, seen: tuple[str, ...]) -> DictConfig:
+    """The raw merge of recipe ``name`` over its base chain, each file validated alone."""
+    if name in seen:
+        raise RecipeError(f"recipe base cycle: {' -> '.join(seen + (name,))}")
+    path = find_recipe(name)
+    raw = _read(path)
+    validate(raw, f"recipe file {path}")
+    own_name = raw.get("name") or path.stem
+    base = raw.get("base")
+    if base:
+        if not isinstance(base, str):
+            raise RecipeError(f"'base' in recipe file {path} must be a recipe name, not {base!r}")
+        try:
+            raw = OmegaConf.merge(_chain(base, seen + (name,)), raw)
+        except RecipeError as exc:
+            raise RecipeError(f"{exc} (base of recipe {name!r})") from None
+    raw.name = own_name
+    return raw
+
+
+def _dotlist(overrides: Iterable[str]) -> DictConfig:
+    items = list(overrides)
+    for item in items:
+        if "=" not in item or item.startswith("="):
+            raise RecipeError(f"override {item!r} must look like key=value, e.g. train.steps=100")
+    try:
+        return OmegaConf.from_dotlist(items)
+    except OmegaConfBaseException as exc:
+        raise RecipeError(f"cannot parse overrides {items}: {str(exc).splitlines()[0]}") from None
+
+
+def load_recipe(name: str, overrides: Iterable[str] = ()) -> DictConfig:
+    """The resolved, validated recipe ``name`` with ``key=value`` overrides applied."""
+    raw = _chain(name, ())
+    cli = _dotlist(overrides)
+    first = validate(OmegaConf.merge(raw, cli), f"recipe {name!r} with overrides {list(overrides)}")
+    by_rule = first.by_rule.get(first.rule.name)
+    if by_rule is None:
+        return first
+    layers = [raw, validate_fragment(by_rule, f"by_rule.{first.rule.name} of recipe {name!r}"), cli]
+    return validate(OmegaConf.merge(*layers), f"recipe {name!r} with overrides {list(overrides)}")
+
+
+def validate_fragment(fragment, where: str) -> DictConfig:
+    """A partial recipe (e.g. a ``by_rule`` entry), checked key by key but not filled with defaults."""
+    fragment = OmegaConf.create(OmegaConf.to_container(fragment)) if fragment is not None else OmegaConf.create({})
+    validate(fragment, where)
+    return fragment
+
+
+def to_yaml(recipe: DictConfig) -> str:
+    """The resolved recipe as YAML text (what ``nalign show`` prints and run folders keep)."""
+    return OmegaConf.to_yaml(recipe, resolve=True)

@@ -1,0 +1,125 @@
+"""Recipes: lookup by name in registered folders, base inheritance, overrides, validation, ``nalign show``."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neural_alignment import hookimpl
+from neural_alignment.cli import main
+from neural_alignment.recipes.loader import RecipeError, load_recipe, recipe_files, to_yaml
+from neural_alignment.registry import Registry, manager
+
+BUILTIN = ["digits-mlp", "fmnist-mlp", "fmnist-convnet", "imagenet-resnet18"]
+
+
+@pytest.fixture
+def recipe_dir(tmp_path, monkeypatch):
+    """A folder of recipes registered by a throwaway plugin in a fresh process registry."""
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+
+    class _Plugin:
+        @hookimpl
+        def register_recipes(self, register):
+            register("test-folder", folder)
+
+    monkeypatch.setattr(manager, "_default", Registry(autoload=False, extra_plugins=[_Plugin()]))
+    return folder
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_builtin_recipes_are_registered_and_valid():
+    files = recipe_files()
+    for name in BUILTIN:
+        assert name in files
+        recipe = load_recipe(name)
+        assert recipe.name == name
+
+
+def test_base_inherits_recursively_and_child_wins(recipe_dir):
+    write(recipe_dir, "grand", "train: {steps: 5, seed: 3}\nmodel: {arch: convnet, options: {width: 8}}\n")
+    write(recipe_dir, "parent", "base: grand\ntrain: {steps: 7}\nmodel: {options: {depth: 2}}\n")
+    write(recipe_dir, "child", "base: parent\nrule: {name: kp, weights: {decay: 0.5}}\n")
+    recipe = load_recipe("child")
+    assert recipe.name == "child" and recipe.base == "parent"
+    assert recipe.train.steps == 7 and recipe.train.seed == 3
+    assert recipe.model.arch == "convnet" and dict(recipe.model.options) == {"width": 8, "depth": 2}
+    assert recipe.rule.name == "kp" and recipe.rule.weights == {"decay": 0.5}
+    assert recipe.train.loss_rate == 1.0  # schema default fills what no file sets
+
+
+def test_overrides_apply_last_and_are_typed(recipe_dir):
+    write(recipe_dir, "r", "train: {steps: 5}\n")
+    recipe = load_recipe("r", ["train.steps=9", "rule.name=sa", "rule.weights.self=0.25", "train.topk=[1,3]"])
+    assert recipe.train.steps == 9 and isinstance(recipe.train.steps, int)
+    assert recipe.rule.name == "sa" and recipe.rule.weights["self"] == 0.25
+    assert list(recipe.train.topk) == [1, 3]
+
+
+def test_by_rule_applies_between_the_file_and_the_command_line(recipe_dir):
+    write(recipe_dir, "r", "optim: {alignment: {lr: 0.5}}\nby_rule: {kp: {optim: {alignment: {name: sgd, lr: 0.1}}}}\n")
+    assert load_recipe("r").optim.alignment.lr == 0.5
+    kp = load_recipe("r", ["rule.name=kp"])
+    assert kp.optim.alignment.name == "sgd" and kp.optim.alignment.lr == 0.1
+    assert load_recipe("r", ["rule.name=kp", "optim.alignment.lr=0.2"]).optim.alignment.lr == 0.2
+
+
+def test_unknown_key_names_full_path_and_valid_keys(recipe_dir):
+    write(recipe_dir, "bad", "optim:\n  task: {lr: 0.1, momentom: 0.9}\n")
+    with pytest.raises(RecipeError) as info:
+        load_recipe("bad")
+    message = str(info.value)
+    assert "'optim.task.momentom'" in message and "momentum" in message and "bad.yaml" in message
+
+
+def test_unknown_override_key_and_wrong_type(recipe_dir):
+    write(recipe_dir, "r", "{}\n")
+    with pytest.raises(RecipeError, match=r"unknown recipe key 'train\.stepz'.*steps"):
+        load_recipe("r", ["train.stepz=3"])
+    with pytest.raises(RecipeError, match=r"'train\.steps'.*Integer"):
+        load_recipe("r", ["train.steps=many"])
+    with pytest.raises(RecipeError, match=r"'rule\.weights\.decay'.*Float"):
+        load_recipe("r", ["rule.weights.decay=lots"])
+    with pytest.raises(RecipeError, match="key=value"):
+        load_recipe("r", ["train.steps"])
+
+
+def test_unknown_base_and_cycle(recipe_dir):
+    write(recipe_dir, "orphan", "base: nowhere\n")
+    with pytest.raises(RecipeError, match=r"unknown recipe 'nowhere'.*base of recipe 'orphan'"):
+        load_recipe("orphan")
+    write(recipe_dir, "a", "base: b\n")
+    write(recipe_dir, "b", "base: a\n")
+    with pytest.raises(RecipeError, match="cycle: a -> b -> a"):
+        load_recipe("a")
+
+
+def test_unknown_recipe_suggests_close_name(recipe_dir):
+    write(recipe_dir, "fmnist-thing", "{}\n")
+    with pytest.raises(RecipeError, match="Did you mean 'fmnist-thing'"):
+        load_recipe("fmnist-thin")
+
+
+def test_yaml_path_works_as_name(tmp_path):
+    path = write(tmp_path, "mine", "train: {steps: 11}\n")
+    recipe = load_recipe(str(path))
+    assert recipe.name == "mine" and recipe.train.steps == 11
+
+
+def test_show_prints_resolved_yaml(capsys):
+    assert main(["show", "digits-mlp", "rule.name=kp", "train.steps=3"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["rule"]["name"] == "kp" and shown["train"]["steps"] == 3
+    assert shown == yaml.safe_load(to_yaml(load_recipe("digits-mlp", ["rule.name=kp", "train.steps=3"])))
+
+
+def test_show_bad_key_exits_2_with_one_line(capsys):
+    assert main(["show", "digits-mlp", "train.nope=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'train.nope'" in err
