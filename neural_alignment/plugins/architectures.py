@@ -1,1 +1,0 @@
-"""Built-in architectures (placeholder until filled)."""
