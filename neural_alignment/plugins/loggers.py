@@ -1,1 +1,0 @@
-"""Built-in loggers (placeholder until filled)."""
