@@ -99,6 +99,7 @@ class TrainConfig:
     ``accumulate``: micro-batches per step (each of batch_size / accumulate examples).
     ``*_every``: in steps; 0 means only at the end.
     ``check_finite_every``: how often the loss is read on the host to stop on NaN/inf.
+    ``dtype``: the model's and inputs' torch dtype (float64 for exact tests).
     """
 
     epochs: Optional[float] = 1.0
@@ -117,6 +118,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     check_finite_every: int = 1
     topk: List[int] = field(default_factory=lambda: [1, 5])
+    dtype: str = "float32"
     progress: bool = True
 
 

@@ -1,0 +1,441 @@
+"""The trainer: one recipe, one run folder.
+
+Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
+
+1. ``set_epoch(model, e, angle_factor=alignment_rate / loss_rate)`` so Kolen-Pollack's update,
+   delivered inside the task backward (scaled by loss_rate), is alignment_rate * dW.
+2. For each of ``accumulate`` micro-batches (the step's batch split evenly), one backward of
+   ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``.
+3. Which components update: the task optimizer (W, biases, BatchNorm) unless ``e < delay_epochs``
+   or (``alternating``) ``s`` is even; the alignment optimizer (backward weights) unless
+   (``alternating``) ``s`` is odd. Each component's gradients are clipped to ``clip_grad_norm``.
+4. The loss is checked for NaN/inf every ``check_finite_every`` steps, before the update: a
+   non-finite loss stops the run (:class:`TrainingDiverged`) naming the step and the layer with
+   the largest or non-finite weight norm; the last checkpoint written stays as it was.
+
+Data order is a seeded permutation per epoch (``seed``, epoch), independent of the global RNG,
+so a resumed run sees the same batches. The run folder holds ``recipe.yaml``, ``metrics.jsonl``
+(the ``jsonl`` logger is always on), ``summary.json`` and ``checkpoint.pt`` (atomic; every
+``checkpoint_every`` steps and at the end).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from neural_alignment.api import alignment_loss, convert, layer_metrics, set_epoch
+from neural_alignment.core import checkpoint
+from neural_alignment.core.backend import Backend
+from neural_alignment.core.data import DataSplits
+from neural_alignment.core.errors import UserError
+from neural_alignment.core.layers import AlignedLayer
+from neural_alignment.core.logger import layer_metric_key
+from neural_alignment.core.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
+from neural_alignment.core.options import checked_options
+from neural_alignment.recipes.loader import to_yaml
+from neural_alignment.registry import get_registry
+
+CHECKPOINT = "checkpoint.pt"
+RULE_OPTION_KEYS = ("weights", "flags", "noise_std", "noise_dist", "schedules", "align_forward_weight")
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the message names the step and the layer that blew up."""
+
+
+@dataclass
+class RunResult:
+    """What :func:`train` returns: the run folder, the final summary and the trained model."""
+
+    run_dir: Path
+    summary: dict
+    model: nn.Module
+
+
+def default_run_dir(name: str) -> Path:
+    """``runs/<recipe>-<UTC timestamp>``."""
+    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+
+
+class StepBatches(Sampler):
+    """Batches of indices for global steps ``start .. total - 1``.
+
+    Step ``s`` takes slice ``s mod spe`` of epoch ``s // spe``'s permutation, drawn from a
+    generator seeded with ``(seed, epoch)`` (spe = n // batch_size; the remainder is dropped).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int):
+        self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
+        self.steps_per_epoch = n // batch_size
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, perm = None, None
+        for step in range(self.start, self.total):
+            e, i = divmod(step, self.steps_per_epoch)
+            if e != epoch:
+                epoch, perm = e, self.permutation(e)
+            yield perm[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return self.total - self.start
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch, numpy and ``random``; in deterministic mode, forbid nondeterministic kernels."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(deterministic))
+
+
+def build_data(recipe: DictConfig) -> DataSplits:
+    """The recipe's dataset (registered name), cut to ``train_limit``/``test_limit``."""
+    data = recipe.data
+    builder = get_registry().get("datasets", data.dataset)
+    splits = builder(root=data.root, **OmegaConf.to_container(data.options))
+    return splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
+
+
+def rule_options(rule: DictConfig) -> dict[str, Any]:
+    """The rule overrides a recipe sets (empty mappings and nulls keep the rule's defaults)."""
+    options = OmegaConf.to_container(rule)
+    return {key: options[key] for key in RULE_OPTION_KEYS if options[key] not in (None, {})}
+
+
+def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
+    """The architecture for ``splits``, converted to the recipe's rule (``rule.exclude`` stays on bp)."""
+    builder = get_registry().get("architectures", recipe.model.arch)
+    model = builder(splits.num_classes, tuple(splits.in_shape), **OmegaConf.to_container(recipe.model.options))
+    return convert(model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), **rule_options(recipe.rule))
+
+
+def build_backend(recipe: DictConfig) -> Backend:
+    cls = get_registry().get("backends", recipe.backend.name)
+    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**OmegaConf.to_container(recipe.backend.options))
+
+
+def backward_weights(model: nn.Module) -> list[nn.Parameter]:
+    """Every aligned layer's trainable backward weight B."""
+    return [m.backward_weight for m in model.modules()
+            if isinstance(m, AlignedLayer) and m.backward_weight is not None and m.backward_weight.requires_grad]
+
+
+def forward_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The forward kernels W: every parameter named ``weight`` with at least 2 dims (not BatchNorm's)."""
+    return [p for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.dim() >= 2]
+
+
+def weight_norms(model: nn.Module) -> list[tuple[str, float]]:
+    """(``<layer>.weight``/``<layer>.backward_weight``, Frobenius norm) of every W and B."""
+    return [(name, p.detach().double().norm().item()) for name, p in model.named_parameters()
+            if name.rpartition(".")[2] in ("weight", "backward_weight") and p.dim() >= 2]
+
+
+def blown_up_layer(model: nn.Module) -> str:
+    """The W or B whose norm is non-finite, else the largest one, as ``name (||.|| = value)``."""
+    norms = weight_norms(model)
+    bad = [(n, v) for n, v in norms if not math.isfinite(v)]
+    name, value = bad[0] if bad else max(norms, key=lambda item: item[1])
+    return f"{name} (norm {value:.4g})"
+
+
+def make_component(cfg: DictConfig, params: list, steps_per_epoch: int, batch_size: int, shift: float,
+                   noisy: list) -> ComponentOptimizer | None:
+    """One loss component's :class:`ComponentOptimizer`, or ``None`` when it has no parameters."""
+    if not params:
+        return None
+    optimizer = make_optimizer(cfg.name, params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    lr = make_lr_schedule(cfg.lr, OmegaConf.to_container(cfg, resolve=True)["schedule"], steps_per_epoch,
+                          batch_size, cfg.rescale_lr, shift)
+    return ComponentOptimizer(optimizer, lr, cfg.noise.std, noisy)
+
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: list[int]) -> torch.Tensor:
+    """Per k, the number of examples whose target is among the k largest logits."""
+    top = logits.topk(max(ks), dim=1).indices
+    hits = top == targets[:, None]
+    return torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
+
+
+def metric_name(k: int) -> str:
+    return "test_acc" if k == 1 else f"test_top{k}"
+
+
+class Trainer:
+    """Builds everything a recipe names and trains it; see the module docstring for the step."""
+
+    def __init__(self, recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
+                 on_step: Callable[["Trainer", int], None] | None = None):
+        self.recipe, self.run_dir, self.on_step = recipe, Path(run_dir), on_step
+        t = recipe.train
+        if t.accumulate < 1 or recipe.data.batch_size % t.accumulate:
+            raise UserError(f"train.accumulate={t.accumulate} must be >= 1 and divide data.batch_size={recipe.data.batch_size}")
+        if t.loss_rate <= 0:
+            raise UserError(f"train.loss_rate must be > 0, got {t.loss_rate}")
+        seed_everything(t.seed, t.deterministic)
+        self.backend = build_backend(recipe)
+        self.splits = build_data(recipe)
+        self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples")
+        self.total_steps = t.steps if t.steps is not None else round(t.epochs * self.steps_per_epoch)
+        self.dtype = getattr(torch, t.dtype)
+        self.model = build_model(recipe, self.splits).to(self.backend.device, self.dtype)
+        self.task, self.alignment = self._components()
+        self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
+        self.step = 0
+        self._evaluated: tuple[int, dict] = (-1, {})
+        if resume:
+            self._load(checkpoint.load(self.run_dir / CHECKPOINT, map_location=self.backend.device))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
+        self.loggers = self._loggers()
+
+    # -- building -------------------------------------------------------------------------
+    def _components(self) -> tuple[ComponentOptimizer | None, ComponentOptimizer | None]:
+        o, batch = self.recipe.optim, self.recipe.data.batch_size
+        backward = backward_weights(self.model)
+        taken = {id(p) for p in backward}
+        task_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in taken]
+        noisy_task = [] if o.task.noise.only_backward_weights else task_params
+        task = make_component(o.task, task_params, self.steps_per_epoch, batch, self.recipe.train.delay_epochs, noisy_task)
+        alignment = make_component(o.alignment, backward, self.steps_per_epoch, batch, 0.0, backward)
+        return task, alignment
+
+    def _loggers(self) -> list:
+        log = self.recipe.log
+        names = list(dict.fromkeys(["jsonl", *log.loggers]))
+        options = OmegaConf.to_container(log.options)
+        config = OmegaConf.to_container(self.recipe, resolve=True)
+        registry = get_registry()
+        return [registry.get("loggers", name)(self.run_dir, self.run_dir.name, config, **options.get(name, {}))
+                for name in names]
+
+    @property
+    def components(self) -> dict[str, ComponentOptimizer | None]:
+        return {"task": self.task, "alignment": self.alignment}
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write ``checkpoint.pt`` atomically: model, optimizers, lr state, RNG states, step."""
+        return checkpoint.save({
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
+            "schedules": {k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
+                          for k, c in self.components.items()},
+            "rng": checkpoint.rng_state(),
+            "recipe": to_yaml(self.recipe),
+        }, self.run_dir / CHECKPOINT)
+
+    def _load(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        for key, component in self.components.items():
+            if component is not None:
+                component.load_state_dict(state["optimizers"][key])
+        checkpoint.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    # -- the step -------------------------------------------------------------------------
+    def updates(self, step: int) -> tuple[bool, bool]:
+        """(task updates, alignment updates) at global ``step``: delay and alternation."""
+        t = self.recipe.train
+        task = step / self.steps_per_epoch >= t.delay_epochs
+        alignment = True
+        if t.alternating:
+            task, alignment = task and step % 2 == 1, step % 2 == 0
+        return task, alignment
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total loss, task loss incl. model L2, logits) of one micro-batch."""
+        t = self.recipe.train
+        with self.backend.autocast():
+            logits = self.model(x)
+            task = F.cross_entropy(logits, y)
+            if t.model_l2:
+                task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(self.model))
+            total = t.loss_rate * task + t.alignment_rate * alignment_loss(self.model)
+        return total, task, logits
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """One optimizer step at ``self.step`` on the batch (x, y); accumulates the running stats."""
+        t, step = self.recipe.train, self.step
+        set_epoch(self.model, step / self.steps_per_epoch, angle_factor=t.alignment_rate / t.loss_rate)
+        for component in self.components.values():
+            if component is not None:
+                component.zero_grad()
+        for xm, ym in zip(x.chunk(t.accumulate), y.chunk(t.accumulate)):
+            total, task, logits = self.losses(xm, ym)
+            (total / t.accumulate).backward()
+            self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float(),
+                                         torch.tensor(float(len(ym)), device=total.device)])
+            self.nonfinite |= ~torch.isfinite(total.detach())
+        if t.check_finite_every and (step + 1) % t.check_finite_every == 0:
+            self.check_finite(step)
+        for component, active in zip(self.components.values(), self.updates(step)):
+            if component is None:
+                continue
+            if active:
+                if t.clip_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(component.params, t.clip_grad_norm)
+                component.step(step)
+            else:
+                component.set_step(step)
+
+    def check_finite(self, step: int) -> None:
+        if bool(self.nonfinite):
+            last = self.run_dir / CHECKPOINT
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+            raise TrainingDiverged(
+                f"loss became NaN/inf by step {step} (epoch {step / self.steps_per_epoch:.2f}); largest or "
+                f"non-finite weight: {blown_up_layer(self.model)}; {kept}. Lower the learning rates or the rule's weights."
+            )
+
+    # -- evaluation and logging -----------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Test loss and top-k accuracies over the whole test set (computed once per step)."""
+        if self._evaluated[0] == self.step:
+            return self._evaluated[1]
+        self.model.eval()
+        loader = DataLoader(self.splits.test, batch_size=self.recipe.data.eval_batch_size,
+                            num_workers=self.recipe.data.num_workers)
+        sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
+        count = 0
+        for x, y in loader:
+            x, y = self.backend.to_device((x.to(self.dtype), y))
+            with self.backend.autocast():
+                logits = self.model(x)
+            sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
+            sums[1:] += topk_correct(logits, y, self.ks)
+            count += len(y)
+        self.model.train()
+        values = (sums / count).tolist()
+        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])}})
+        return self._evaluated[1]
+
+    def layer_summary(self) -> dict[str, float]:
+        """Per-layer weight angles and norm ratios, their means, and the last layer's."""
+        per_layer = layer_metrics(self.model)
+        if not per_layer:
+            return {}
+        out = {}
+        for layer, values in per_layer.items():
+            out[layer_metric_key("angle", layer)] = values["weight_angle"]
+            out[layer_metric_key("norm_ratio", layer)] = values["norm_ratio"]
+        angles = [v["weight_angle"] for v in per_layer.values()]
+        ratios = [v["norm_ratio"] for v in per_layer.values()]
+        last = per_layer[list(per_layer)[-1]]
+        out.update(mean_weight_angle=sum(angles) / len(angles), last_weight_angle=last["weight_angle"],
+                   mean_norm_ratio=sum(ratios) / len(ratios), last_norm_ratio=last["norm_ratio"])
+        return out
+
+    def train_metrics(self) -> dict[str, float]:
+        """Mean loss and accuracy since the last call, learning rates, epoch, layer metrics."""
+        loss_sum, correct, count = self.running.tolist()
+        self.running.zero_()
+        metrics = {"epoch": self.step / self.steps_per_epoch}
+        if count:
+            metrics.update(loss=loss_sum / count, train_acc=correct / count)
+        for key, component in self.components.items():
+            if component is not None:
+                metrics[f"lr_{key}"] = component.lr(self.step - 1)
+        metrics.update(self.layer_summary())
+        return metrics
+
+    def log(self, metrics: dict[str, float]) -> None:
+        for logger in self.loggers:
+            logger.log(metrics, self.step)
+
+    def due(self, every: int) -> bool:
+        return (bool(every) and self.step % every == 0) or self.step == self.total_steps
+
+    # -- the loop ---------------------------------------------------------------------------
+    def batches(self) -> DataLoader:
+        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, self.recipe.train.seed,
+                              self.step, self.total_steps)
+        return DataLoader(self.splits.train, batch_sampler=sampler, num_workers=self.recipe.data.num_workers,
+                          generator=torch.Generator())
+
+    def run(self) -> RunResult:
+        from tqdm import tqdm
+
+        t = self.recipe.train
+        self.running = torch.zeros(3, device=self.backend.device)
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.backend.device)
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not t.progress, desc=self.recipe.name)
+        start_step, step_seconds, summary = self.step, [], {}
+        try:
+            clock = time.perf_counter()
+            for x, y in self.batches():
+                x, y = self.backend.to_device((x.to(self.dtype), y))
+                self.train_step(x, y)
+                self.step += 1
+                bar.update(1)
+                logging = self.due(t.metrics_every) or self.due(t.eval_every)
+                if logging:
+                    self.backend.synchronize()
+                step_seconds.append(time.perf_counter() - clock)
+                if logging:
+                    metrics = self.train_metrics()
+                    if self.due(t.eval_every):
+                        metrics.update(self.evaluate())
+                    metrics["seconds_per_step"] = float(np.median(step_seconds))
+                    self.log(metrics)
+                    bar.set_postfix({k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle")
+                                     if k in metrics})
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.save()
+                if self.on_step is not None:
+                    self.on_step(self, self.step)
+                clock = time.perf_counter()
+            if self.step > start_step:
+                self.check_finite(self.step - 1)
+            self.save()
+            summary = self.summary(step_seconds, "finished")
+            return RunResult(self.run_dir, summary, self.model)
+        except TrainingDiverged as exc:
+            summary = {"status": "diverged", "step": self.step, "error": str(exc)}
+            raise
+        finally:
+            bar.close()
+            if summary:
+                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            for logger in self.loggers:
+                logger.close(summary)
+
+    def summary(self, step_seconds: list[float], status: str) -> dict:
+        """Final record: test metrics, layer metrics, median seconds per step (robust to load spikes)."""
+        r = self.recipe
+        return {"status": status, "recipe": r.name, "rule": r.rule.name, "dataset": self.splits.name,
+                "steps": self.step, "epochs": self.step / self.steps_per_epoch,
+                "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
+                "train_seconds": sum(step_seconds),
+                **self.evaluate(), **{k: v for k, v in self.layer_summary().items() if "/" not in k}}
+
+
+def train(recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
+          on_step: Callable[[Trainer, int], None] | None = None) -> RunResult:
+    """Train ``recipe`` into ``run_dir`` (continuing its checkpoint when ``resume``)."""
+    return Trainer(recipe, run_dir, resume, on_step).run()
