@@ -1,0 +1,69 @@
+"""Turn a torch model's layers into aligned layers, in place.
+
+Every module whose type is exactly an ``OpSpec.source`` (``nn.Linear``, ``nn.Conv2d``, what
+plugins add), at any depth (Sequential, ModuleDict, ModuleList, attributes), is replaced by
+``spec.from_module(module, rule)``: same arguments, W and bias copied, same device and dtype,
+so the forward output is unchanged. A module reachable under several names is converted once
+and the one aligned layer is put at every name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Iterable, Mapping
+
+from torch import nn
+
+from neural_alignment.core.errors import UserError
+
+__all__ = ["convert_modules"]
+
+
+def convert_modules(
+    model: nn.Module,
+    rule: Any,
+    op_specs: Iterable[Any] | Mapping[str, Any],
+    exclude: Iterable[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+) -> nn.Module:
+    """Replace every convertible module of ``model`` by its aligned version; returns ``model``.
+
+    ``rule``: the ``Rule`` for every layer; ``overrides``: {qualified name: Rule} for some layers;
+    ``exclude``: qualified names left as they are (native backprop). ``op_specs``: ``OpSpec``
+    objects (or a mapping whose values are). When ``model`` itself is convertible the aligned
+    module is returned instead (it cannot be replaced in place).
+    """
+    specs = {spec.source: spec for spec in (op_specs.values() if isinstance(op_specs, Mapping) else op_specs)}
+    exclude = set(exclude)
+    overrides = dict(overrides or {})
+    convertible = [name for name, m in model.named_modules(remove_duplicate=False) if type(m) in specs]
+    _check_names(exclude, overrides, convertible)
+
+    converted: dict[int, nn.Module] = {}
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if type(module) not in specs or name in exclude:
+            continue
+        if id(module) not in converted:
+            converted[id(module)] = specs[type(module)].from_module(module, overrides.get(name, rule))
+        if name == "":
+            return converted[id(module)]
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, converted[id(module)])
+    return model
+
+
+def _check_names(exclude: set[str], overrides: Mapping[str, Any], convertible: list[str]) -> None:
+    """Every excluded or overridden name must be a convertible layer, and not both at once."""
+    known = set(convertible)
+    for what, names in (("exclude", exclude), ("overrides", overrides)):
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, convertible, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise UserError(
+                    f"{what}: {name!r} is not a convertible layer of this model.{hint} "
+                    f"Convertible layers: {', '.join(convertible) or '(none)'}"
+                )
+    both = sorted(exclude & set(overrides))
+    if both:
+        raise UserError(f"layer(s) {', '.join(map(repr, both))} are both excluded and given an override rule")
