@@ -1,0 +1,143 @@
+"""Each built-in primitive's value and gradient with respect to B equal a hand-written reference,
+for a dense and a conv layer, in float64.
+
+The references work on im2col matrices (``F.unfold``/``F.fold``), not on the layers' own
+project/reconstruct: projection = Wm @ cols, reconstruction = fold(Bm^T @ fp), and the
+gradients are the matrix calculus written out (no autograd in the references).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from neural_alignment.core.context import AlignmentContext
+from neural_alignment.core.errors import UserError
+from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
+from neural_alignment.core.rules import RuleSpec, build_rule
+from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES, Amp, Null, Sparse
+
+TABLE = {p.name: p for p in BUILTIN_PRIMITIVES}
+F64 = torch.float64
+CONV = dict(kernel_size=3, stride=2, padding=1, dilation=1)
+
+
+def plain_rule():
+    """Every primitive at weight 1, no flags, no noise."""
+    return build_rule(RuleSpec("probe"), TABLE, weights={name: 1.0 for name in TABLE})
+
+
+class Case:
+    """A layer after one forward and one task backward (loss sum(y^2)), with im2col helpers."""
+
+    def __init__(self, kind):
+        torch.manual_seed(0)
+        self.kind = kind
+        if kind == "dense":
+            self.layer = AlignedLinear(5, 4, rule=plain_rule(), dtype=F64)
+            self.x = torch.randn(6, 5, dtype=F64) + 0.3
+        else:
+            self.layer = AlignedConv2d(3, 4, rule=plain_rule(), dtype=F64, **CONV)
+            self.x = torch.randn(2, 3, 7, 7, dtype=F64) + 0.3
+        self.layer(self.x).pow(2).sum().backward()
+        self.W = self.layer.weight.detach().reshape(4, -1)
+        self.B = self.layer.backward_weight.detach().reshape(4, -1)
+        self.b = self.layer.bias.detach()
+        self.N = self.x.shape[0]
+
+    def cols(self, x):
+        """(N, features, positions): unfold for a conv, a single position for a dense layer."""
+        if self.kind == "dense":
+            return x.unsqueeze(-1)
+        return F.unfold(x, CONV["kernel_size"], CONV["dilation"], CONV["padding"], CONV["stride"])
+
+    def uncols(self, c):
+        """The adjoint of ``cols``: fold back to x's shape (sums overlapping patches)."""
+        if self.kind == "dense":
+            return c.squeeze(-1)
+        return F.fold(c, self.x.shape[-2:], CONV["kernel_size"], CONV["dilation"], CONV["padding"], CONV["stride"])
+
+    def outer(self, a, c):
+        """sum_n a_n c_n^T for a (N, out, L) and c (N, features, L): a kernel-shaped gradient."""
+        return torch.einsum("nol,nfl->of", a, c).reshape(self.layer.weight.shape)
+
+    def reference(self):
+        cols = self.cols(self.x)
+        fp = self.W @ cols
+        bp = self.B @ cols
+        fr_cols = self.B.T @ fp
+        fr = self.uncols(fr_cols)
+        y = fp + self.b.view(1, -1, 1)
+        G = self.outer(2 * y, cols)
+        W, B, N = self.layer.weight.detach(), self.layer.backward_weight.detach(), self.N
+        return {
+            "decay": ((W**2).sum() + (B**2).sum(), 2 * B),
+            "self": (-(W * B).sum(), -W),
+            "amp": (-(fp * bp).sum() / N, -self.outer(fp, cols) / N),
+            "sparse": (((fp**2).sum() + (bp**2).sum()) / N, 2 * self.outer(bp, cols) / N),
+            "null": ((fr**2).sum() / N, self.outer(fp, self.cols(2 * fr)) / N),
+            "angle": ((B * G).sum(), G),
+        }
+
+
+@pytest.fixture(scope="module", params=["dense", "conv"])
+def case(request):
+    return Case(request.param)
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_value_and_gradient_match_reference(case, name):
+    value_ref, grad_ref = case.reference()[name]
+    ctx = AlignmentContext(case.layer, case.layer.rule)
+    value = TABLE[name](ctx)
+    assert value.dim() == 0
+    torch.testing.assert_close(value, value_ref, rtol=1e-10, atol=1e-12)
+    (grad,) = torch.autograd.grad(value, case.layer.backward_weight)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_w_gets_no_alignment_gradient(case):
+    ctx = AlignmentContext(case.layer, case.layer.rule)
+    total = sum(p(ctx) for p in TABLE.values())
+    assert torch.autograd.grad(total, case.layer.weight, allow_unused=True)[0] is None
+
+
+def test_paired_primitives_read_the_chosen_fields(case):
+    ctx = AlignmentContext(case.layer, case.layer.rule)
+    x, fr, br = ctx.x, ctx.fr, ctx.br
+    torch.testing.assert_close(Amp("x", "fr")(ctx), -(x * fr).sum() / case.N)
+    torch.testing.assert_close(Sparse("br", None)(ctx), (br**2).sum() / case.N)
+    torch.testing.assert_close(Null(None, "br")(ctx), (br**2).sum() / case.N)
+
+
+def test_angle_is_zero_before_any_task_backward():
+    layer = AlignedLinear(3, 2, rule=plain_rule(), dtype=F64)
+    layer(torch.randn(4, 3, dtype=F64))
+    assert TABLE["angle"](AlignmentContext(layer, layer.rule)).item() == 0.0
+
+
+def test_needs_and_in_backward():
+    assert TABLE["decay"].needs == TABLE["self"].needs == {"weights"}
+    assert TABLE["amp"].needs == TABLE["sparse"].needs == {"projections"}
+    assert TABLE["null"].needs == {"projections", "reconstructions"}
+    assert TABLE["angle"].needs == {"weights", "task_gradient"}
+    assert [n for n, p in TABLE.items() if p.in_backward] == ["angle"]
+    assert Amp("x", "x_b").needs == frozenset()
+
+
+def test_docstrings_give_the_formula():
+    for name, primitive in TABLE.items():
+        assert type(primitive).__doc__.startswith(f"{name} = ")
+
+
+@pytest.mark.parametrize("make", [lambda: Amp("fp", "nope"), lambda: Amp("fp", None), lambda: Sparse(None, None)])
+def test_bad_fields_are_user_errors(make):
+    with pytest.raises(UserError):
+        make()
+
+
+def test_registered_through_the_hook():
+    from neural_alignment.registry import Registry
+
+    catalog = Registry(autoload=False).catalog("primitives")
+    assert {"decay", "self", "amp", "sparse", "null", "angle"} <= set(catalog.names())
+    assert catalog.entry("amp").description == "amp = -sum mean(P*Q), default (P, Q) = (fp, bp)."
