@@ -15,7 +15,13 @@ from neural_alignment.plugins.rules import BUILTIN_RULES
 
 SPECS = {spec.name: spec for spec in BUILTIN_RULES}
 PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
+SPECS = {spec.name: spec for spec in BUILTIN_RULES}
+PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
 IN, HIDDEN, OUT, BATCH, STEPS = 12, 10, 6, 32, 300
+
+
+def get_rule(name, **overrides):
+    return build_rule(SPECS[name], PRIMITIVES, **overrides)
 
 
 def get_rule(name, **overrides):
