@@ -21,7 +21,6 @@ so a resumed run sees the same batches. The run folder holds ``recipe.yaml``, ``
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -420,9 +419,7 @@ class Trainer:
             raise
         finally:
             bar.close()
-            if summary:
-                (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            for logger in self.loggers:
+            for logger in self.loggers:  # the always-on jsonl logger writes summary.json
                 logger.close(summary)
 
     def summary(self, step_seconds: list[float], status: str) -> dict:

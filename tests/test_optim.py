@@ -1,0 +1,93 @@
+"""Optimizers by name, learning-rate schedules of the global step, noisy updates."""
+
+import math
+
+import pytest
+import torch
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.core.optim import ComponentOptimizer, add_update_noise, make_lr_schedule, make_optimizer
+
+
+def test_constant_schedule_is_the_base_lr():
+    lr = make_lr_schedule(0.3, None, steps_per_epoch=10, batch_size=64)
+    assert [lr(s) for s in (0, 7, 1000)] == [0.3, 0.3, 0.3]
+
+
+def test_warmup_then_drops_at_epochs():
+    cfg = {"kind": "step", "warmup_epochs": 2, "drops": [3, 5], "factor": 0.1}
+    lr = make_lr_schedule(0.5, cfg, steps_per_epoch=4, batch_size=256)
+    # epoch = step / 4: linear warmup 0.5 * epoch / 2 below epoch 2, then 0.5, 0.05 from epoch 3, 0.005 from epoch 5
+    expected = {0: 0.0, 1: 0.5 * 0.25 / 2, 4: 0.5 * 1 / 2, 7: 0.5 * 1.75 / 2, 8: 0.5, 11: 0.5, 12: 0.05, 19: 0.05, 20: 0.005}
+    for step, value in expected.items():
+        assert lr(step) == pytest.approx(value, rel=1e-12), step
+
+
+def test_rescale_lr_by_batch_over_256_and_a_list_multiplies():
+    cfg = [{"kind": "step", "drops": [1]}, {"kind": "constant", "value": 0.5}]
+    lr = make_lr_schedule(0.1, cfg, steps_per_epoch=5, batch_size=1024, rescale_lr=True)
+    assert lr(0) == pytest.approx(0.1 * 4 * 0.5)
+    assert lr(5) == pytest.approx(0.1 * 4 * 0.5 * 0.1)
+
+
+def test_shift_delays_the_schedule():
+    cfg = {"kind": "step", "warmup_epochs": 1}
+    lr = make_lr_schedule(1.0, cfg, steps_per_epoch=10, batch_size=256, shift=2.0)
+    assert lr(20) == 0.0 and lr(25) == pytest.approx(0.5) and lr(30) == 1.0
+    assert lr.epoch(25) == pytest.approx(0.5)
+
+
+def test_component_sets_lr_of_the_step_before_updating():
+    p = torch.nn.Parameter(torch.zeros(3))
+    lr = make_lr_schedule(1.0, {"kind": "step", "drops": [1], "factor": 0.5}, steps_per_epoch=2, batch_size=256)
+    component = ComponentOptimizer(make_optimizer("gd", [p], 1.0), lr)
+    for step in range(3):
+        p.grad = torch.ones(3)
+        component.step(step)
+    # updates of lr 1, 1 (epoch 0, 0.5), then 0.5 (epoch 1)
+    assert torch.equal(p.detach(), torch.full((3,), -2.5))
+    assert component.optimizer.param_groups[0]["lr"] == 0.5
+
+
+def test_optimizers_by_name():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    nesterov = make_optimizer("nesterov", p, 0.1, momentum=0.9, weight_decay=1e-4)
+    assert isinstance(nesterov, torch.optim.SGD) and nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] == 0.9
+    assert isinstance(make_optimizer("adam", p, 1e-3), torch.optim.Adam)
+    assert isinstance(make_optimizer("adamw", p, 1e-3, weight_decay=0.1), torch.optim.AdamW)
+    assert make_optimizer("gd", p, 0.1).defaults["momentum"] == 0
+    with pytest.raises(UserError, match="momentum"):
+        make_optimizer("gd", p, 0.1, momentum=0.9)
+    with pytest.raises(UserError, match="momentum > 0"):
+        make_optimizer("nesterov", p, 0.1)
+    with pytest.raises(UserError, match="unknown optimizer 'sdg'.*sgd"):
+        make_optimizer("sdg", p, 0.1)
+
+
+def test_noisy_update_has_mean_zero_and_std_noise_times_lr():
+    torch.manual_seed(0)
+    noisy = torch.nn.Parameter(torch.zeros(400_000, dtype=torch.float64))
+    quiet = torch.nn.Parameter(torch.zeros(10, dtype=torch.float64))
+    lr = make_lr_schedule(0.5, None, steps_per_epoch=1, batch_size=256)
+    component = ComponentOptimizer(make_optimizer("gd", [noisy, quiet], 0.5), lr, noise_std=0.2, noisy=[noisy])
+    noisy.grad, quiet.grad = torch.zeros_like(noisy), torch.zeros_like(quiet)  # the update itself is 0
+    component.step(0)
+    delta = noisy.detach()
+    std = 0.2 * 0.5
+    assert abs(delta.mean().item()) < 5 * std / math.sqrt(delta.numel())
+    assert delta.std().item() == pytest.approx(std, rel=0.01)
+    # a normal's fourth standardized moment is 3
+    assert (delta.pow(4).mean() / delta.pow(2).mean() ** 2).item() == pytest.approx(3.0, rel=0.03)
+    assert torch.equal(quiet.detach(), torch.zeros(10, dtype=torch.float64))
+
+
+def test_noise_adds_to_the_gradient_update():
+    torch.manual_seed(1)
+    p = torch.nn.Parameter(torch.zeros(5))
+    p.grad = torch.ones(5)
+    lr = make_lr_schedule(0.1, None, steps_per_epoch=1, batch_size=256)
+    ComponentOptimizer(make_optimizer("gd", [p], 0.1), lr, noise_std=1.0, noisy=[p]).step(0)
+    torch.manual_seed(1)
+    expected = torch.zeros(5) - 0.1
+    add_update_noise([expected], 0.1)
+    assert torch.equal(p.detach(), expected)

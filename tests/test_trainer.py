@@ -1,0 +1,186 @@
+"""The trainer on tiny digits/synthetic runs: schedules, delay, alternation, accumulation, resume, NaN stop."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from neural_alignment.api import alignment_loss
+from neural_alignment.cli import main
+from neural_alignment.core import checkpoint
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.runner import (
+    Trainer,
+    TrainingDiverged,
+    backward_weights,
+    forward_weights,
+    topk_correct,
+    train,
+)
+
+TINY = [
+    "data.dataset=digits", "data.train_limit=256", "data.test_limit=100", "data.batch_size=32",
+    "model.arch=mlp", "model.options.hidden=[16]", "train.progress=false", "log.loggers=[jsonl]",
+    "train.metrics_every=1", "optim.task.name=sgd", "optim.task.lr=0.05", "optim.task.momentum=0.9",
+]
+
+
+def recipe(*overrides):
+    return load_recipe("digits-mlp", [*TINY, *overrides])
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def snapshots(trainer, step, store):
+    store[step] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+
+def moved(before, after):
+    return {n for n in after if not torch.equal(before[n], after[n])}
+
+
+def test_run_folder_checkpoint_and_logged_lrs(tmp_path):
+    schedule = "{kind: step, warmup_epochs: 1, drops: [2], factor: 0.1}"
+    r = recipe("rule.name=sa", "train.steps=24", f"optim.task.schedule={schedule}", "optim.task.rescale_lr=true",
+               "optim.alignment.lr=0.01", "train.checkpoint_every=10", "train.eval_every=12")
+    result = train(r, tmp_path / "run")
+    # 256 // 32 = 8 steps per epoch; task lr(s) = 0.05 * 32/256 * warmup(s/8) * 0.1^[s >= 16]
+    logged = {rec["step"]: rec for rec in records(tmp_path / "run")}
+    assert sorted(logged) == list(range(1, 25))
+    for step, rec in logged.items():
+        s = step - 1  # the logged lr is the one the step just taken used
+        warm = min(s / 8, 1.0)
+        assert rec["lr_task"] == pytest.approx(0.05 * 32 / 256 * warm * (0.1 if s >= 16 else 1.0), abs=1e-15)
+        assert rec["lr_alignment"] == pytest.approx(0.01)
+        assert {"loss", "train_acc", "mean_weight_angle", "angle/1", "norm_ratio/3"} <= set(rec)
+    assert {"test_acc", "test_top5", "test_loss"} <= set(logged[12]) and "test_acc" not in logged[11]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 24 and 0 <= summary["test_acc"] <= 1
+    assert yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())["rule"]["name"] == "sa"
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 24 and set(state) >= {"model", "optimizers", "schedules", "rng"}
+    assert all(torch.equal(state["model"][k], v) for k, v in result.model.state_dict().items())
+
+
+def test_delay_trains_only_the_alignment_first(tmp_path):
+    store = {}
+    r = recipe("rule.name=sa", "train.steps=12", "train.delay_epochs=1", "data.train_limit=128",
+               "optim.task.schedule={kind: step, warmup_epochs: 1}")
+    trainer = Trainer(r, tmp_path / "run", on_step=lambda t, s: snapshots(t, s, store))
+    snapshots(trainer, 0, store)
+    backward = {n for n, p in trainer.model.named_parameters() if n.endswith("backward_weight")}
+    trainer.run()
+    # 128 // 32 = 4 steps per epoch: steps 0..3 move only B; then W too, with the task warmup shifted by 1 epoch
+    for step in range(1, 5):
+        assert moved(store[step - 1], store[step]) == backward
+    assert moved(store[4], store[5]) == backward  # task lr at epoch 1 - 1 = 0 of the warmup is 0
+    assert moved(store[5], store[6]) == set(store[0])
+
+
+def test_alternating_steps_move_alignment_then_task(tmp_path):
+    store = {}
+    trainer = Trainer(recipe("rule.name=sa", "train.steps=6", "train.alternating=true"), tmp_path / "run",
+                      on_step=lambda t, s: snapshots(t, s, store))
+    snapshots(trainer, 0, store)
+    backward = {n for n, _ in trainer.model.named_parameters() if n.endswith("backward_weight")}
+    trainer.run()
+    for step in range(1, 7):
+        expected = backward if (step - 1) % 2 == 0 else set(store[0]) - backward
+        assert moved(store[step - 1], store[step]) == expected, step
+
+
+@pytest.mark.parametrize("rule", ["kp", "aa"])
+def test_accumulation_equals_the_large_batch(tmp_path, rule):
+    common = ["train.dtype=float64", f"rule.name={rule}", "train.steps=5", "optim.alignment.name=sgd",
+              "optim.alignment.lr=0.1", "train.model_l2=0.01", "train.alignment_rate=0.5"]
+    big = train(recipe(*common), tmp_path / "big").model.state_dict()
+    small = train(recipe(*common, "train.accumulate=4"), tmp_path / "small").model.state_dict()
+    for key in big:
+        torch.testing.assert_close(small[key], big[key], rtol=1e-10, atol=1e-12)
+    assert not torch.equal(big["1.backward_weight"], train(recipe(*common, "train.steps=0"), tmp_path / "init").model.state_dict()["1.backward_weight"])
+
+
+def test_total_loss_is_the_documented_sum(tmp_path):
+    trainer = Trainer(recipe("rule.name=sa", "train.dtype=float64", "train.model_l2=0.3", "train.loss_rate=2",
+                             "train.alignment_rate=5"), tmp_path / "run")
+    x, y = next(iter(trainer.batches()))
+    total, task, logits = trainer.losses(x.double(), y)
+    l2 = sum(w.pow(2).sum() for w in forward_weights(trainer.model))
+    torch.testing.assert_close(task, F.cross_entropy(logits, y) + 0.3 * 0.5 * l2)
+    W = dict(trainer.model.named_parameters())
+    sa = sum(1e-3 * (W[f"{i}.weight"].pow(2).sum() + W[f"{i}.backward_weight"].pow(2).sum())
+             - 2e-3 * (W[f"{i}.weight"] * W[f"{i}.backward_weight"]).sum() for i in (1, 3))
+    torch.testing.assert_close(alignment_loss(trainer.model), sa)
+    torch.testing.assert_close(total, 2 * task + 5 * sa)
+    assert len(forward_weights(trainer.model)) == 2 and len(backward_weights(trainer.model)) == 2
+    assert trainer.task.noisy == [] and trainer.alignment.noisy == []
+
+
+def test_noise_only_on_backward_weights_is_wired(tmp_path):
+    trainer = Trainer(recipe("rule.name=kp", "optim.task.noise.std=0.1", "optim.task.noise.only_backward_weights=true",
+                             "optim.alignment.noise.std=0.1"), tmp_path / "run")
+    assert trainer.task.noisy == []
+    assert [id(p) for p in trainer.alignment.noisy] == [id(p) for p in backward_weights(trainer.model)]
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_at(step):
+    def hook(trainer, s):
+        if s == step:
+            raise Killed
+
+    return hook
+
+
+def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path):
+    # input noise, noisy updates and Adam state all depend on restored RNG and optimizer states
+    r = recipe("rule.name=wm", "rule.noise_std=0.5", "train.steps=14", "train.deterministic=true",
+               "train.checkpoint_every=3", "optim.alignment.noise.std=0.5", "data.train_limit=128")
+    whole = train(r, tmp_path / "whole").model.state_dict()
+    with pytest.raises(Killed):
+        train(r, tmp_path / "killed", on_step=kill_at(8))
+    assert checkpoint.load(tmp_path / "killed" / "checkpoint.pt")["step"] == 6
+    resumed = train(r, tmp_path / "killed", resume=True).model.state_dict()
+    assert all(torch.equal(resumed[k], whole[k]) for k in whole)
+    steps = [rec["step"] for rec in records(tmp_path / "killed")]
+    assert steps[-8:] == list(range(7, 15))
+
+
+def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp_path):
+    # B's update under sa is B <- B - lr * 2e-3 * (B - W): lr 1e5 multiplies B - W by -199 each step
+    r = recipe("rule.name=sa", "optim.alignment.name=sgd", "optim.alignment.lr=1e5", "train.steps=50",
+               "train.checkpoint_every=1")
+    with pytest.raises(TrainingDiverged) as info:
+        train(r, tmp_path / "run")
+    message = str(info.value)
+    assert "NaN/inf by step" in message and ".backward_weight (norm" in message and "checkpoint" in message
+    step = int(message.split("by step ")[1].split(" ")[0])
+    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == step and step < 50
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_topk_counts():
+    logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
+    targets = torch.tensor([2, 0, 0])
+    assert topk_correct(logits, targets, [1, 2, 3]).tolist() == [1, 2, 3]
+
+
+def test_cli_run_and_resume(tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["run", "digits-mlp", *TINY, "train.steps=4", "train.checkpoint_every=2", "rule.name=fa"]
+    assert main([*args, "--out", str(out)]) == 0
+    assert (out / "summary.json").exists() and str(out) in capsys.readouterr().out
+    assert main([*args[:-2], "train.steps=6", "train.checkpoint_every=2", "rule.name=fa", "--resume", str(out)]) == 0
+    assert checkpoint.load(out / "checkpoint.pt")["step"] == 6
+    assert main(["run", "digits-mlp", "rule.name=nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown rule 'nope'" in capsys.readouterr().err
