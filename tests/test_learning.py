@@ -15,13 +15,7 @@ from neural_alignment.plugins.rules import BUILTIN_RULES
 
 SPECS = {spec.name: spec for spec in BUILTIN_RULES}
 PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
-SPECS = {spec.name: spec for spec in BUILTIN_RULES}
-PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
 IN, HIDDEN, OUT, BATCH, STEPS = 12, 10, 6, 32, 300
-
-
-def get_rule(name, **overrides):
-    return build_rule(SPECS[name], PRIMITIVES, **overrides)
 
 
 def get_rule(name, **overrides):
@@ -38,9 +32,7 @@ def train(rule, lr=0.05, alignment_rate=100.0, weight_decay=0.0, steps=STEPS):
     """Train and return the network. Loss = task + alignment_rate * alignment_loss, one backward;
     SGD(lr, weight_decay) on W, SGD(lr) on B (so kp's tied updates stay tied)."""
     torch.manual_seed(0)
-    net = nn.Sequential(AlignedLinear(SPECS = {spec.name: spec for spec in BUILTIN_RULES}
-PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
-IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule))
+    net = nn.Sequential(AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule))
     teacher = torch.randn(OUT, IN) / math.sqrt(IN)
     forward_weights = [layer.weight for layer in net]
     backward_weights = [layer.backward_weight for layer in net if layer.backward_weight.requires_grad]
@@ -89,9 +81,7 @@ def test_fa_leaves_b_unchanged():
     rule = get_rule("fa")
     net = train(rule, steps=20)
     torch.manual_seed(0)  # train() reseeds with 0: rebuild the same initial B
-    fresh = nn.Sequential(AlignedLinear(SPECS = {spec.name: spec for spec in BUILTIN_RULES}
-PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
-IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule))
+    fresh = nn.Sequential(AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule))
     for trained, initial in zip(net, fresh):
         assert torch.equal(trained.backward_weight, initial.backward_weight)
         assert trained.backward_weight.grad is None
