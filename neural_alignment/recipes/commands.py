@@ -7,7 +7,27 @@ import argparse
 from neural_alignment.recipes.loader import load_recipe, to_yaml
 
 
+def allow_intermixed(parser: argparse.ArgumentParser) -> None:
+    """Let ``KEY=VALUE`` overrides come after options (``compare NAME --rules a,b k=v``).
+
+    argparse stops a ``nargs='*'`` positional at the first option; its intermixed parser
+    does not. The subparsers action calls ``parse_known_args``, so this parser's instance
+    routes that call to ``parse_known_intermixed_args`` (which itself calls the plain method).
+    """
+    plain = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        parser.parse_known_args = plain
+        try:
+            return parser.parse_known_intermixed_args(args, namespace)
+        finally:
+            parser.parse_known_args = parse_known_args
+
+    parser.parse_known_args = parse_known_args
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    allow_intermixed(parser)
     parser.add_argument("recipe", metavar="NAME", help="a recipe name (see 'nalign list recipes') or a YAML file")
     parser.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="recipe overrides, e.g. rule.name=kp")
 

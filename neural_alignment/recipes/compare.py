@@ -1,0 +1,96 @@
+"""``nalign compare``: train one recipe once per rule and compare the runs.
+
+For each rule the recipe runs with ``rule.name=<rule>`` (its ``by_rule`` entry applies) into
+``<out>/<rule>/``. The table has per rule: test accuracy, mean and last-layer weight angle
+(degrees), mean norm ratio ||B||/||W||, and the median seconds per training step relative to
+the ``bp`` run (or to the first rule when ``bp`` is not compared). Written to ``<out>``:
+``comparison.json``, ``comparison.md`` (the table) and ``comparison.png`` (accuracy and
+angle curves). When the recipe's dataset cannot be loaded (e.g. Fashion-MNIST absent) the
+comparison falls back to ``digits`` with a one-line notice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from neural_alignment.analysis.figures import plot_comparison
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.runner import build_data, train
+from neural_alignment.registry import UnknownNameError, get_registry
+
+FALLBACK_DATASET = "digits"
+COLUMNS = (
+    ("rule", "rule", "{}"),
+    ("test_acc", "test acc", "{:.4f}"),
+    ("mean_weight_angle", "mean angle", "{:.1f}"),
+    ("last_weight_angle", "last-layer angle", "{:.1f}"),
+    ("mean_norm_ratio", "norm ratio", "{:.2f}"),
+    ("relative_step_time", "time/step vs {base}", "{:.2f}x"),
+)
+
+
+def dataset_overrides(name: str, overrides: Sequence[str]) -> tuple[list[str], str | None]:
+    """Extra overrides and a notice: ``data.dataset=digits`` when the recipe's dataset cannot load."""
+    recipe = load_recipe(name, overrides)
+    try:
+        build_data(recipe)
+        return [], None
+    except UnknownNameError:
+        raise
+    except UserError as exc:
+        notice = f"{recipe.data.dataset} is unavailable ({exc}); comparing on {FALLBACK_DATASET} instead"
+        return [f"data.dataset={FALLBACK_DATASET}", "data.root=null", "data.options={}"], notice
+
+
+def read_history(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def markdown_table(rows: list[dict], base: str) -> str:
+    """The comparison as a Markdown table (also what is printed)."""
+    headers = [title.format(base=base) for _, title, _ in COLUMNS]
+    body = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in COLUMNS] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out: str | Path | None = None) -> dict:
+    """Train ``name`` once per rule; print and write the comparison; returns what ``comparison.json`` holds."""
+    if not rules:
+        raise UserError("compare needs at least one rule, e.g. --rules bp,fa,kp")
+    for rule in rules:
+        get_registry().get("rules", rule)  # an unknown rule fails before any training
+    extra, notice = dataset_overrides(name, overrides)
+    if notice:
+        print(f"nalign: notice: {notice}", file=sys.stderr)
+    out = Path(out) if out else Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    rows, histories = [], {}
+    for index, rule in enumerate(rules, 1):
+        print(f"[{index}/{len(rules)}] training {name} with rule {rule}", file=sys.stderr, flush=True)
+        recipe = load_recipe(name, [*overrides, *extra, f"rule.name={rule}"])
+        started = time.perf_counter()
+        result = train(recipe, out / rule)
+        rows.append({"rule": rule, **result.summary, "wall_seconds": time.perf_counter() - started})
+        histories[rule] = read_history(result.run_dir)
+    base = "bp" if "bp" in rules else rules[0]
+    base_time = next(r["seconds_per_step"] for r in rows if r["rule"] == base)
+    for row in rows:
+        row["relative_step_time"] = row["seconds_per_step"] / base_time if base_time else None
+    table = markdown_table(rows, base)
+    print(table)
+    report = {"recipe": name, "dataset": rows[0]["dataset"], "rules": list(rules), "notice": notice,
+              "overrides": list(overrides), "rows": rows}
+    (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "comparison.md").write_text(f"# nalign compare {name} ({report['dataset']})\n\n{table}\n")
+    plot_comparison(histories, out / "comparison.png")
+    print(f"comparison written to {out}/comparison.{{md,json,png}}")
+    return report

@@ -1,0 +1,38 @@
+"""``nalign compare`` on digits with few steps: every rule in the table, JSON/Markdown/PNG written."""
+
+import json
+
+from neural_alignment.cli import main
+from neural_alignment.recipes.compare import dataset_overrides
+
+FEW = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "model.options.hidden=[16]",
+       "train.steps=6", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+
+
+def test_compare_writes_table_json_markdown_png(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "digits-mlp", "--rules", "bp,fa,kp", *FEW, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for rule in ("bp", "fa", "kp"):
+        assert f"| {rule} " in printed
+        assert (out / rule / "summary.json").exists()
+    report = json.loads((out / "comparison.json").read_text())
+    rows = {row["rule"]: row for row in report["rows"]}
+    assert list(rows) == ["bp", "fa", "kp"] and report["dataset"] == "digits"
+    assert rows["bp"]["relative_step_time"] == 1.0 and rows["bp"]["mean_weight_angle"] == 0.0
+    assert rows["fa"]["last_weight_angle"] > 30  # B random and fixed
+    for row in rows.values():
+        assert 0 <= row["test_acc"] <= 1 and row["steps"] == 6
+    assert "time/step vs bp" in (out / "comparison.md").read_text()
+    assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_dataset_falls_back_to_digits(tmp_path):
+    extra, notice = dataset_overrides("fmnist-mlp", [f"data.root={tmp_path}"])
+    assert "data.dataset=digits" in extra and "fashion_mnist is unavailable" in notice and "not found" in notice
+
+
+def test_unknown_rule_fails_before_training(tmp_path, capsys):
+    assert main(["compare", "digits-mlp", "--rules", "bp,kpp", "--out", str(tmp_path / "c")]) == 2
+    assert "Did you mean 'kp'" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
