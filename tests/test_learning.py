@@ -18,6 +18,15 @@ PRIMITIVES = {p.name: p for p in BUILTIN_PRIMITIVES}
 IN, HIDDEN, OUT, BATCH, STEPS = 12, 10, 6, 32, 300
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: intra-op threads only contend (several times slower on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def get_rule(name, **overrides):
     return build_rule(SPECS[name], PRIMITIVES, **overrides)
 
