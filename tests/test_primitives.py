@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
+from neural_alignment.core.primitives import NEEDS
 from neural_alignment.core.rules import RuleSpec, build_rule
 from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES, Amp, Null, Sparse
 
@@ -122,6 +123,7 @@ def test_needs_and_in_backward():
     assert TABLE["angle"].needs == {"weights", "task_gradient"}
     assert [n for n, p in TABLE.items() if p.in_backward] == ["angle"]
     assert Amp("x", "x_b").needs == frozenset()
+    assert all(p.needs <= NEEDS for p in TABLE.values())
 
 
 def test_docstrings_give_the_formula():

@@ -112,6 +112,13 @@ def test_noise_and_forward_alignment_overrides():
     assert (built.noise_std, built.noise_dist, built.align_forward_weight) == (0.8176, "uniform", True)
 
 
+def test_none_overrides_keep_the_defaults():
+    built = rule("wm", weights=None, flags=None, noise_std=None, noise_dist=None, schedules=None,
+                 align_forward_weight=None)
+    assert built.weights == DEFAULT_WEIGHTS["wm"] and built.flags == Flags(**AKROUT_FLAGS)
+    assert (built.noise_std, built.noise_dist, built.align_forward_weight) == (0.0, "normal", False)
+
+
 def test_rule_from_any_primitives_without_a_class():
     built = build_rule(RuleSpec("custom"), TABLE, weights={"null": 1.0, "self": 2.0})
     assert built.weights == {"null": 1.0, "self": 2.0}

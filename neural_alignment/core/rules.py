@@ -175,11 +175,13 @@ def build_rule(spec: RuleSpec, primitives, **overrides) -> Rule:
       each value a ``make_schedule`` config, each key a weighted primitive;
     - ``noise_std``, ``noise_dist`` (``"normal"`` or ``"uniform"``), ``align_forward_weight``.
 
-    Unknown keys, primitive names, flag names or distributions raise ``UserError`` naming
-    them and listing the valid ones; so does a nonzero weight on a rule that does not train B.
+    An override of ``None`` keeps the default. Unknown keys, primitive names, flag names or
+    distributions raise ``UserError`` naming them and listing the valid ones; so does a
+    nonzero weight on a rule that does not train B.
     """
     _check_names("rule option", overrides, OPTION_KEYS)
     _check_names(f"default option of rule {spec.name!r}", spec.options, OPTION_KEYS[1:])
+    overrides = {key: value for key, value in overrides.items() if value is not None}
     table = _primitive_table(primitives)
     options = {**spec.options, **overrides}
 
