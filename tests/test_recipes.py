@@ -10,7 +10,7 @@ from neural_alignment.cli import main
 from neural_alignment.recipes.loader import RecipeError, load_recipe, recipe_files, to_yaml
 from neural_alignment.registry import Registry, manager
 
-BUILTIN = ["digits-mlp", "fmnist-mlp", "fmnist-convnet", "imagenet-resnet18"]
+BUILTIN = ["digits-mlp", "fmnist-mlp", "fmnist-convnet", "imagenet-resnet18", "imagenet-resnet18-ia", "imagenet-resnet18-wm"]
 
 
 @pytest.fixture
@@ -123,3 +123,16 @@ def test_show_bad_key_exits_2_with_one_line(capsys):
     assert main(["show", "digits-mlp", "train.nope=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'train.nope'" in err
+
+
+def test_table5_recipes_build_their_rules():
+    from neural_alignment.api import get_rule
+    from neural_alignment.recipes.runner import rule_options
+
+    ia = load_recipe("imagenet-resnet18-ia")
+    rule = get_rule(ia.rule.name, **rule_options(ia.rule))
+    assert rule.weights == {"amp": pytest.approx(129.1123 * 7.9990), "decay": 7.9990, "null": 3.1610e-6}
+    assert rule.noise_std == 0.8176 and rule.flags.bo_fwl2n and not rule.flags.bi_bwmc
+    assert ia.train.alternating and ia.train.delay_epochs == 1 and ia.optim.alignment.lr == 0.0098
+    wm = load_recipe("imagenet-resnet18-wm")
+    assert wm.data.batch_size == 2048 and wm.optim.alignment.name == "gd" and wm.optim.task.schedule is None
