@@ -25,7 +25,7 @@ import torch
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.primitives import Primitive
-from neural_alignment.core.schedules import Schedule, make_schedule
+from neural_alignment.core.schedules import make_schedule
 
 NOISE_DISTRIBUTIONS = ("normal", "uniform")
 
@@ -87,7 +87,8 @@ class Rule:
     """A learning rule for B: primitive weights and schedules, the alignment pass's options.
 
     Attributes (docs/internals.md's Rule contract): ``name``, ``weights``, ``primitives``,
-    ``schedules`` (one per weight; constant 1 unless set), ``flags`` (:class:`Flags`),
+    ``schedules`` (one per weight, built by ``make_schedule`` from the given configs; constant 1
+    unless set), ``flags`` (:class:`Flags`),
     ``noise_std``, ``noise_dist``, ``has_backward_weight``, ``trains_backward_weight``,
     ``uses_angle``, ``align_forward_weight``.
     """
@@ -97,7 +98,7 @@ class Rule:
         name: str,
         weights: Mapping[str, float],
         primitives: Mapping[str, Primitive],
-        schedules: Mapping[str, Schedule] | None = None,
+        schedules: Mapping[str, Any] | None = None,
         flags: Flags = Flags(),
         noise_std: float = 0.0,
         noise_dist: str = "normal",
