@@ -1,8 +1,13 @@
-"""Built-in ops: ``nn.Linear`` -> ``AlignedLinear`` and ``nn.Conv2d`` -> ``AlignedConv2d``."""
+"""Built-in ops: ``nn.Linear`` -> ``AlignedLinear`` and ``nn.Conv2d`` -> ``AlignedConv2d``.
+
+The public classes (which also take a rule by name) are registered, so a converted layer is an
+instance of ``neural_alignment.AlignedLinear`` / ``AlignedConv2d``.
+"""
 
 from torch import nn
 
-from neural_alignment.core.layers import AlignedConv2d, AlignedLinear, OpSpec
+from neural_alignment.api import AlignedConv2d, AlignedLinear
+from neural_alignment.core.layers import OpSpec
 from neural_alignment.registry.markers import hookimpl
 
 

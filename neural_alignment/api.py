@@ -1,0 +1,87 @@
+"""The public functions that take names: they resolve names through the registry, then
+delegate to the mechanisms in ``core``. Everything here is re-exported by ``neural_alignment``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import nn
+
+from neural_alignment.core import layers
+from neural_alignment.core.alignment import alignment_loss, set_epoch
+from neural_alignment.core.convert import convert_modules
+from neural_alignment.core.metrics import gradient_angle, layer_metrics
+from neural_alignment.core.rules import Rule, RuleSpec, build_rule
+from neural_alignment.registry import get_registry
+
+__all__ = [
+    "AlignedConv2d",
+    "AlignedLinear",
+    "alignment_loss",
+    "convert",
+    "get_rule",
+    "gradient_angle",
+    "layer_metrics",
+    "list_rules",
+    "make_rule",
+    "set_epoch",
+]
+
+
+def get_rule(rule: str | Rule = "bp", **overrides: Any) -> Rule:
+    """The rule registered as ``rule``, with ``overrides`` applied.
+
+    ``get_rule("sa", weights={"self": 1e-3})`` merges into the default weights; flags, noise and
+    schedules are overridden by keyword. A ``Rule`` object is returned as it is (no overrides allowed).
+    """
+    if isinstance(rule, Rule):
+        if overrides:
+            raise TypeError("overrides apply to a rule name, not to a Rule object")
+        return rule
+    spec: RuleSpec = get_registry().get("rules", rule)
+    return build_rule(spec, get_registry().catalog("primitives"), **overrides)
+
+
+def make_rule(weights: Mapping[str, float], name: str = "custom", **options: Any) -> Rule:
+    """A rule from any registered primitives, with no class of its own: R = sum_p weights[p] * p."""
+    spec = RuleSpec(name=name, weights={}, doc="Composed from registered primitives.")
+    return build_rule(spec, get_registry().catalog("primitives"), weights=dict(weights), **options)
+
+
+def list_rules(pattern: str | None = None) -> list[str]:
+    """Names of the registered rules, natural order, optionally filtered by a glob."""
+    return get_registry().catalog("rules").names(pattern)
+
+
+def convert(
+    model: nn.Module,
+    rule: str | Rule = "kp",
+    exclude: tuple[str, ...] | list[str] = (),
+    overrides: Mapping[str, str | Rule] | None = None,
+    **rule_options: Any,
+) -> nn.Module:
+    """Replace every module kind that has a registered aligned op (``nn.Linear``, ``nn.Conv2d``
+    and what plugins add) by its aligned version, weights copied, in place; returns ``model``.
+
+    ``exclude`` names layers (qualified names) that stay on native backprop; ``overrides`` maps
+    layer names to another rule.
+    """
+    registry = get_registry()
+    op_specs = [registry.get("ops", name) for name in registry.catalog("ops").names()]
+    per_layer = {name: get_rule(r) for name, r in (overrides or {}).items()}
+    return convert_modules(model, get_rule(rule, **rule_options), op_specs, exclude=tuple(exclude), overrides=per_layer)
+
+
+class AlignedLinear(layers.AlignedLinear):
+    """``nn.Linear`` with a backward kernel B trained by ``rule`` (a name or a Rule)."""
+
+    def __init__(self, *args: Any, rule: str | Rule = "bp", **kwargs: Any):
+        super().__init__(*args, rule=get_rule(rule), **kwargs)
+
+
+class AlignedConv2d(layers.AlignedConv2d):
+    """``nn.Conv2d`` with a backward kernel B trained by ``rule`` (a name or a Rule)."""
+
+    def __init__(self, *args: Any, rule: str | Rule = "bp", **kwargs: Any):
+        super().__init__(*args, rule=get_rule(rule), **kwargs)

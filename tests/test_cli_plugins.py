@@ -1,0 +1,139 @@
+"""The `nalign` command and plugins from really installed distributions.
+
+The example plugin (examples/plugin-sign-symmetry) and two fixture plugins (tests/plugins/) are
+pip-installed into temporary targets; `nalign` runs as a subprocess with that target on
+PYTHONPATH, so the plugins are found exactly as an installed plugin is: through the
+`neural_alignment` entry-point group of a distribution's metadata.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NALIGN = str(Path(sys.executable).with_name("nalign"))
+
+
+def pip_install_to(target: Path, *projects: Path) -> Path:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), *map(str, projects)],
+        check=True,
+    )
+    return target
+
+
+@pytest.fixture(scope="module")
+def plugin_site(tmp_path_factory) -> Path:
+    """The example plugin and a plugin that fails on import, installed side by side."""
+    return pip_install_to(
+        tmp_path_factory.mktemp("site"),
+        ROOT / "examples" / "plugin-sign-symmetry",
+        ROOT / "tests" / "plugins" / "broken-plugin",
+    )
+
+
+@pytest.fixture(scope="module")
+def clashing_site(tmp_path_factory) -> Path:
+    return pip_install_to(tmp_path_factory.mktemp("clash"), ROOT / "tests" / "plugins" / "clashing-plugin")
+
+
+def nalign(*args: str, site: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NALIGN_")}
+    environ.pop("PYTHONPATH", None)
+    if site is not None:
+        environ["PYTHONPATH"] = str(site)
+    environ.update(env)
+    return subprocess.run([NALIGN, *args], capture_output=True, text=True, env=environ, timeout=120)
+
+
+def rule_names(result: subprocess.CompletedProcess) -> dict[str, str]:
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row["plugin"] for row in json.loads(result.stdout)}
+
+
+def test_installed_example_plugin_adds_its_rule_and_primitive(plugin_site):
+    result = nalign("list", "rules", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
+    rules = rule_names(result)
+    assert rules["sign_symmetry"] == "sign_symmetry"
+    assert rules["kp"] == "neural_alignment.plugins.rules"
+    primitives = rule_names(nalign("list", "primitives", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken"))
+    assert primitives["sign"] == "sign_symmetry"
+
+
+def test_plugins_command_names_the_distribution_and_version(plugin_site):
+    result = nalign("plugins", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
+    assert result.returncode == 0, result.stderr
+    info = {p["name"]: p for p in json.loads(result.stdout)}["sign_symmetry"]
+    assert info["distribution"] == "neural-alignment-sign-symmetry"
+    assert info["version"] == "0.1.0"
+    assert info["registered"] == {"primitives": ["sign"], "rules": ["sign_symmetry"]}
+
+
+def test_broken_plugin_is_reported_and_the_others_still_load(plugin_site):
+    result = nalign("list", "rules", "--json", site=plugin_site)
+    assert "sign_symmetry" in rule_names(result)
+    warning = [line for line in result.stderr.splitlines() if "broken" in line]
+    assert warning == [
+        "nalign: warning: plugin 'broken' (nalign-broken-plugin) failed: "
+        "ImportError: No module named 'a_dependency_that_is_not_installed'"
+    ]
+
+
+def test_blocking_a_plugin_by_name(plugin_site):
+    result = nalign("list", "rules", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken,sign_symmetry")
+    assert "sign_symmetry" not in rule_names(result)
+    assert result.stderr == ""
+
+
+def test_autoload_off_skips_entry_points_but_keeps_builtins(plugin_site):
+    result = nalign("list", "rules", "--json", site=plugin_site, NALIGN_DISABLE_PLUGIN_AUTOLOAD="1")
+    rules = rule_names(result)
+    assert "sign_symmetry" not in rules and {"bp", "fa", "kp"} <= set(rules)
+    assert result.stderr == ""
+
+
+def test_duplicate_rule_name_from_an_installed_plugin_names_both_plugins(clashing_site):
+    result = nalign("list", "rules", site=clashing_site)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "nalign: error: rules name 'kp' is registered by both plugin "
+        "'neural_alignment.plugins.rules' and plugin 'clashing'"
+    )
+
+
+def test_list_rules_json_is_valid_and_in_natural_order():
+    rows = json.loads(nalign("list", "rules", "--json").stdout)
+    names = [row["name"] for row in rows]
+    assert names == sorted(names) and {"bp", "fa", "wm", "ia", "sa", "aa", "kp"} <= set(names)
+    assert all(row["description"] for row in rows)
+
+
+def test_list_with_a_glob_pattern():
+    rows = json.loads(nalign("list", "architectures", "resnet1*", "--json").stdout)
+    assert [row["name"] for row in rows][:3] == ["resnet18", "resnet18_v2", "resnet101"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("list", "nosuchkind"), "nalign: error: unknown kind 'nosuchkind'; valid kinds: ops, primitives, rules, "
+         "architectures, datasets, backends, loggers, recipes"),
+        (("nosuchcommand",), "nalign: error: argument COMMAND: invalid choice: 'nosuchcommand'"),
+    ],
+)
+def test_user_mistakes_exit_2_with_one_line(args, message):
+    result = nalign(*args)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr
+
+
+def test_version():
+    result = nalign("--version")
+    assert result.returncode == 0 and result.stdout.startswith("nalign ")
