@@ -131,7 +131,7 @@ def test_table5_recipes_build_their_rules():
 
     ia = load_recipe("imagenet-resnet18-ia")
     rule = get_rule(ia.rule.name, **rule_options(ia.rule))
-    assert rule.weights == {"amp": pytest.approx(129.1123 * 7.9990), "decay": 7.9990, "null": 3.1610e-6}
+    assert rule.weights == {"amp": pytest.approx(129.1123 * 7.9990, rel=1e-7), "decay": 7.9990, "null": 3.1610e-6}
     assert rule.noise_std == 0.8176 and rule.flags.bo_fwl2n and not rule.flags.bi_bwmc
     assert ia.train.alternating and ia.train.delay_epochs == 1 and ia.optim.alignment.lr == 0.0098
     wm = load_recipe("imagenet-resnet18-wm")
