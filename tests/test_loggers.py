@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -41,16 +42,16 @@ def wandb_env(tmp_path, monkeypatch):
 
 
 def test_layer_metric_key():
-    assert layer_metric_key("weight_angle", "features.block1.conv") == "weight_angle/features.block1.conv"
+    assert layer_metric_key("angle", "features.block1.conv") == "angle/features.block1.conv"
 
 
 def test_jsonl_appends_flushed_lines_and_writes_summary(tmp_path, loggers):
     run_dir = tmp_path / "run"
     logger = loggers.get("jsonl")(run_dir, "demo", CONFIG)
     assert isinstance(logger, Logger)
-    logger.log({"loss": torch.tensor(0.25), "weight_angle/fc": 12.5}, step=10)
+    logger.log({"loss": torch.tensor(0.25), "angle/fc": 12.5}, step=10)
     # flushed at once: readable before close (a killed run keeps its record)
-    assert json.loads((run_dir / "metrics.jsonl").read_text()) == {"step": 10, "loss": 0.25, "weight_angle/fc": 12.5}
+    assert json.loads((run_dir / "metrics.jsonl").read_text()) == {"step": 10, "loss": 0.25, "angle/fc": 12.5}
     logger.log({"loss": float("nan"), "test_acc": 0.5}, step=20)
     logger.close({"test_acc": 0.5, "steps": 20})
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -66,14 +67,14 @@ def test_jsonl_appends_flushed_lines_and_writes_summary(tmp_path, loggers):
 def test_console_lines_keep_a_progress_bar_intact(tmp_path, loggers, capsys):
     logger = loggers.get("console")(tmp_path, "fmnist-kp", CONFIG, precision=3)
     with tqdm(total=2, file=None, disable=False) as bar:
-        logger.log({"loss": 0.123456, "test_acc": torch.tensor(0.875), "weight_angle/fc": 3.0}, step=100)
+        logger.log({"loss": 0.123456, "test_acc": torch.tensor(0.875), "angle/fc": 3.0}, step=100)
         bar.update(1)
     logger.close({"test_acc": 0.9, "status": "finished"})
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[")]
     assert lines == ["[fmnist-kp] step 100  loss 0.123  test_acc 0.875", "[fmnist-kp] done  test_acc 0.9"]
-    picked = loggers.get("console")(tmp_path, "r", CONFIG, keys=["weight_angle/fc"], stream="stdout")
-    picked.log({"loss": 1.0, "weight_angle/fc": 3.0}, step=1)
-    assert capsys.readouterr().out.strip() == "[r] step 1  weight_angle/fc 3"
+    picked = loggers.get("console")(tmp_path, "r", CONFIG, keys=["angle/fc"], stream="stdout")
+    picked.log({"loss": 1.0, "angle/fc": 3.0}, step=1)
+    assert capsys.readouterr().out.strip() == "[r] step 1  angle/fc 3"
 
 
 def test_logger_option_errors(tmp_path, loggers):
@@ -128,6 +129,22 @@ def read_wandb_records(path: Path):
             yield record
 
 
+def finished_records(path: Path, timeout: float = 60.0) -> list:
+    """The records once the log holds the run's exit record.
+
+    ``run.finish()`` can return before wandb-core has written its buffer to the file (the
+    service flushes asynchronously), so wait for the exit record rather than read once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(read_wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert "exit" in [r.WhichOneof("record_type") for r in records], "the run was not finished"
+    return records
+
+
 def item_key(item) -> str:
     return item.key or ".".join(item.nested_key)
 
@@ -137,14 +154,13 @@ def test_wandb_offline_run_records_name_config_metrics_and_summary(tmp_path, wan
     logger = loggers.get("wandb")(run_dir, "fmnist-convnet-kp", CONFIG, tags=["test"])
     for step in (0, 25, 50):
         logger.log(
-            {"loss": 2.0 / (step + 1), "weight_angle/features.block1.conv": 90.0 - step, "weight_angle/classifier.1": 80.0 - step},
+            {"loss": 2.0 / (step + 1), "angle/features.block1.conv": 90.0 - step, "angle/classifier.1": 80.0 - step},
             step=step,
         )
     logger.close({"test_acc": 0.875, "mean_weight_angle": 12.5})
 
     (log_file,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    records = list(read_wandb_records(log_file))
-    assert "exit" in [r.WhichOneof("record_type") for r in records]  # close() finished the run
+    records = finished_records(log_file)
 
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.display_name == "fmnist-convnet-kp" and run.project == "neural-alignment"
@@ -157,8 +173,8 @@ def test_wandb_offline_run_records_name_config_metrics_and_summary(tmp_path, wan
         if r.WhichOneof("record_type") == "history":
             history.append({item_key(i): json.loads(i.value_json) for i in r.history.item})
     assert [h["_step"] for h in history] == [0, 25, 50]
-    assert [h["weight_angle/features.block1.conv"] for h in history] == [90.0, 65.0, 40.0]
-    assert [h["weight_angle/classifier.1"] for h in history] == [80.0, 55.0, 30.0]
+    assert [h["angle/features.block1.conv"] for h in history] == [90.0, 65.0, 40.0]
+    assert [h["angle/classifier.1"] for h in history] == [80.0, 55.0, 30.0]
     assert history[1]["loss"] == pytest.approx(2.0 / 26)
 
     summary = {}
@@ -166,4 +182,12 @@ def test_wandb_offline_run_records_name_config_metrics_and_summary(tmp_path, wan
         if r.WhichOneof("record_type") == "summary":
             summary.update({item_key(i): json.loads(i.value_json) for i in r.summary.update})
     assert summary["test_acc"] == 0.875 and summary["mean_weight_angle"] == 12.5
-    assert summary["weight_angle/classifier.1"] == 30.0  # last logged value
+    assert summary["angle/classifier.1"] == 30.0  # last logged value
+
+    # one chart with a line per layer: a W&B line series whose table lists (step, layer, value)
+    (table_file,) = log_file.parent.glob("files/media/table/angle/all_layers_table_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["step", "lineKey", "lineVal"]
+    assert sorted(map(tuple, table["data"])) == sorted(
+        [(s, "features.block1.conv", 90.0 - s) for s in (0, 25, 50)] + [(s, "classifier.1", 80.0 - s) for s in (0, 25, 50)]
+    )

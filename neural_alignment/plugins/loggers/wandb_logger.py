@@ -7,7 +7,9 @@ mode without credentials is a UserError rather than a login prompt.
 
 The run gets the run name, the resolved recipe as its config, every metric at its step
 (per-layer metrics ``<metric>/<layer>`` land in one W&B section per metric, e.g. all
-``weight_angle/*`` together), the summary on close; files go under ``<run_dir>/wandb``.
+``angle/*`` together), and the summary on close; files go under ``<run_dir>/wandb``.
+On close, each per-layer metric also gets one chart with a line per layer,
+``<metric>/all_layers`` (a W&B line series over the logged steps).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import Logger, to_scalar
+from neural_alignment.core.logger import LAYER_SEPARATOR, Logger, is_layer_metric, to_scalar
 from neural_alignment.core.options import checked_options
 
 MODES = ("online", "offline", "disabled")
@@ -60,15 +62,41 @@ def resolve_mode(mode: str | None) -> str:
 
 
 class WandbLogger(Logger):
-    """Sends every metric to a W&B run; finishes the run on close."""
+    """Sends every metric to a W&B run; on close, the per-layer line charts, the summary, finish."""
 
-    def __init__(self, run: Any):
-        self.run = run
+    def __init__(self, run: Any, plot: Any):
+        self.run, self.plot = run, plot
+        self.step = 0
+        # metric -> layer -> (steps, values), for the per-layer charts drawn on close
+        self.layer_series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        self.run.log({name: to_scalar(value) for name, value in metrics.items()}, step=int(step))
+        values = {name: to_scalar(value) for name, value in metrics.items()}
+        self.step = int(step)
+        self.run.log(values, step=self.step)
+        for name, value in values.items():
+            if is_layer_metric(name):
+                metric, layer = name.split(LAYER_SEPARATOR, 1)
+                steps, ys = self.layer_series.setdefault(metric, {}).setdefault(layer, ([], []))
+                steps.append(self.step)
+                ys.append(value)
+
+    def layer_charts(self) -> dict[str, Any]:
+        """``<metric>/all_layers``: one line series per per-layer metric, a line per layer."""
+        return {
+            f"{metric}{LAYER_SEPARATOR}all_layers": self.plot.line_series(
+                xs=[steps for steps, _ in layers.values()],
+                ys=[values for _, values in layers.values()],
+                keys=list(layers),
+                title=f"{metric} per layer",
+                xname="step",
+            )
+            for metric, layers in self.layer_series.items()
+        }
 
     def close(self, summary: Mapping[str, Any]) -> None:
+        if self.layer_series:
+            self.run.log(self.layer_charts(), step=self.step)
         self.run.summary.update(dict(summary))
         self.run.finish()
 
@@ -103,4 +131,4 @@ def wandb(
         tags=list(tags) or None,
         notes=notes,
     )
-    return WandbLogger(run)
+    return WandbLogger(run, wandb_sdk.plot)
