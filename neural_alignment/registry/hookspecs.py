@@ -46,12 +46,12 @@ def register_rules(register):
 
 @hookspec
 def register_architectures(register):
-    """Register network builders: ``obj(num_classes, in_channels, **options) -> nn.Module``."""
+    """Register network builders: ``obj(num_classes, in_shape, **options) -> nn.Module`` (plain torch layers)."""
 
 
 @hookspec
 def register_datasets(register):
-    """Register dataset builders: ``obj(**options) -> DataSplits`` (train and test sets)."""
+    """Register dataset builders: ``obj(root=None, **options) -> DataSplits`` (``core.data``)."""
 
 
 @hookspec
@@ -61,7 +61,7 @@ def register_backends(register):
 
 @hookspec
 def register_loggers(register):
-    """Register metric loggers: ``obj(run_dir, recipe, **options)`` returns a Logger."""
+    """Register metric loggers: ``obj(run_dir, run_name, config, **options)`` returns a ``core.logger.Logger``."""
 
 
 @hookspec
