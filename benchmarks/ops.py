@@ -1,0 +1,150 @@
+"""Step time of every built-in rule relative to native backprop, with the bound its extra products set.
+
+    python benchmarks/ops.py [--threads 1] [--reps 15] [--clock cpu|wall]
+
+One training step is: forward, task loss, the rule's alignment loss, and ONE backward of
+(task + alignment) (no optimizer update: both sides would pay the same). The native side is
+the same network with ``nn.Linear``/``nn.Conv2d`` and plain backprop. Both run in this
+process, interleaved repetition by repetition after a warm-up, with the same thread count;
+the ratio is the median over repetitions of (rule step / native step of the same repetition). The clock is the process's CPU time by default
+and one thread: on a shared machine the wall clock (and with several threads, OpenMP
+barriers waiting for a descheduled thread) measures the neighbours, not the step.
+
+The bound: a native step runs 3 forward-sized products per layer (forward, dx, dW). A rule
+adds, per layer, what its alignment pass runs (``AlignmentContext`` decides): a projection
+with B costs 2 (forward, dB), a reconstruction 2 (forward, backward), fp 1 when it cannot
+reuse the layer's output (0 when it can). Weighting layers by their multiply-adds,
+
+    bound = sum_l macs_l (3 + extra_l) / sum_l 3 macs_l.
+
+A rule passes when its ratio is within 1.10 of native (``fa``, which adds nothing) or within
+1.15 of its bound (the others).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import random
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neural_alignment.api import get_rule
+from neural_alignment.core.alignment import alignment_loss
+from neural_alignment.core.context import AlignmentContext
+from neural_alignment.core.convert import convert_modules
+from neural_alignment.core.layers import AlignedLayer
+from neural_alignment.core.primitives import PairedPrimitive
+from neural_alignment.registry import get_registry
+
+RULES = ("bp", "fa", "wm", "ia", "sa", "aa", "kp")
+FIELD_COST = {"fp": 1, "bp": 2, "fr": 2, "br": 2}
+FIELD_DEPENDS = {"fr": "fp", "br": "bp"}
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def native_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    F.cross_entropy(model(x), y).backward()
+
+
+def aligned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    task = F.cross_entropy(model(x), y)
+    (task + alignment_loss(model)).backward()
+
+
+def extra_products(layer) -> int:
+    """Forward-sized products the rule's alignment pass adds to this layer's step."""
+    rule = layer.rule
+    if layer.backward_weight is None:
+        return 0
+    fields = set()
+    for name, primitive in rule.primitives.items():
+        if primitive.in_backward or rule.coefficient(name, layer.epoch) == 0.0:
+            continue
+        if isinstance(primitive, PairedPrimitive):
+            fields |= {f for f in (primitive.p, primitive.q) if f in FIELD_COST}
+    fields |= {FIELD_DEPENDS[f] for f in fields if f in FIELD_DEPENDS}
+    reuses = AlignmentContext(layer, rule).reuses_output
+    return sum(0 if (f == "fp" and reuses) else FIELD_COST[f] for f in fields)
+
+
+def bound(model: nn.Module) -> float:
+    """sum_l macs_l (3 + extra_l) / sum_l 3 macs_l, from the layers' latest forward."""
+    layers = [m for m in model.modules() if isinstance(m, AlignedLayer)]
+    macs = [m.last_output.numel() * m.weight[0].numel() for m in layers]
+    return sum(c * (3 + extra_products(m)) for c, m in zip(macs, layers)) / (3 * sum(macs))
+
+
+def clear_grads(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = None
+
+
+def timed(step, model, x, y, clock) -> float:
+    clear_grads(model)
+    start = clock()
+    step(model, x, y)
+    return clock() - start
+
+
+def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int,
+              clock) -> bool:
+    ops = [entry.obj for entry in get_registry().catalog("ops").entries()]
+    variants = {"native": (native, native_step)}
+    for name in RULES:
+        variants[name] = (convert_modules(copy.deepcopy(native), get_rule(name), ops), aligned_step)
+    times = {name: [] for name in variants}
+    order = list(variants)
+    shuffle = random.Random(0).shuffle
+    for rep in range(warmup + reps):
+        shuffle(order)  # no variant always runs right after the same neighbour
+        for name in order:
+            model, step = variants[name]
+            seconds = timed(step, model, x, y, clock)
+            if rep >= warmup:
+                times[name].append(seconds)
+    base = statistics.median(times["native"])
+    print(f"\n{title}: native step {base * 1e3:.1f} ms (median of {reps})")
+    print(f"{'rule':<6}{'ratio':>8}{'bound':>8}  {'limit':>8}  ok")
+    all_ok = True
+    for name in RULES:
+        model = variants[name][0]
+        ratio = statistics.median(t / n for t, n in zip(times[name], times["native"]))
+        b = bound(model)
+        limit = 1.10 if name == "fa" else 1.15 * b
+        ok = ratio <= limit
+        all_ok &= ok
+        print(f"{name:<6}{ratio:>8.3f}{b:>8.3f}  {limit:>8.3f}  {'yes' if ok else 'NO'}")
+    return all_ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for every side")
+    parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    clock = CLOCKS[args.clock]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float32, CPU, {args.clock} clock")
+    architectures = get_registry().catalog("architectures")
+
+    resnet = architectures.get("resnet18")(num_classes=100, in_shape=(3, 64, 64))
+    ok = benchmark("ResNet-18, 16 x 3 x 64 x 64", resnet, torch.randn(16, 3, 64, 64),
+                   torch.randint(0, 100, (16,)), args.reps, args.warmup, clock)
+    mlp = architectures.get("mlp")(num_classes=10, in_shape=(1, 28, 28), hidden=(1024, 1024))
+    ok &= benchmark("MLP 784-1024-1024-10, batch 1024", mlp, torch.randn(1024, 1, 28, 28),
+                    torch.randint(0, 10, (1024,)), 2 * args.reps, args.warmup, clock)
+    print("\nall within their limits" if ok else "\nsome rule is over its limit")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
