@@ -104,6 +104,19 @@ def test_resnet_forward_backward_on_tiny_images(archs):
     assert all(p.grad is not None for p in model.parameters())
 
 
+@pytest.mark.parametrize(
+    "name, entries, keys",
+    [
+        ("resnet18", 122, ["conv1.weight", "bn1.running_mean", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
+                           "layer4.1.bn2.num_batches_tracked", "fc.bias"]),
+        ("resnet50", 320, ["layer1.0.downsample.1.running_var", "layer3.5.conv3.weight", "layer4.2.bn3.weight", "fc.weight"]),
+    ],
+)
+def test_v1_state_dict_uses_torchvision_names(archs, name, entries, keys):
+    state = on_meta(archs, name, 1000, (3, 224, 224)).state_dict()
+    assert len(state) == entries and all(key in state for key in keys)
+
+
 def test_stems(archs):
     big = archs.get("resnet18")(10, (3, 64, 64))
     small = archs.get("resnet18")(10, (1, 64, 64), stem="small")
