@@ -11,6 +11,7 @@ import yaml
 from neural_alignment.api import alignment_loss
 from neural_alignment.cli import main
 from neural_alignment.core import checkpoint
+from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.recipes.runner import (
     Trainer,
@@ -184,3 +185,8 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert checkpoint.load(out / "checkpoint.pt")["step"] == 6
     assert main(["run", "digits-mlp", "rule.name=nope", "--out", str(tmp_path / "x")]) == 2
     assert "unknown rule 'nope'" in capsys.readouterr().err
+
+
+def test_resume_without_checkpoint_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="cannot resume.*checkpoint.pt does not exist"):
+        train(recipe("train.steps=1"), tmp_path / "empty", resume=True)

@@ -204,7 +204,11 @@ class Trainer:
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
         self._evaluated: tuple[int, dict] = (-1, {})
+        self.running = torch.zeros(3, device=self.backend.device)  # task loss sum, correct, examples since last log
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.backend.device)
         if resume:
+            if not (self.run_dir / CHECKPOINT).is_file():
+                raise UserError(f"cannot resume: {self.run_dir / CHECKPOINT} does not exist (was the run folder given?)")
             self._load(checkpoint.load(self.run_dir / CHECKPOINT, map_location=self.backend.device))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
@@ -380,8 +384,6 @@ class Trainer:
         from tqdm import tqdm
 
         t = self.recipe.train
-        self.running = torch.zeros(3, device=self.backend.device)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.backend.device)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not t.progress, desc=self.recipe.name)
         start_step, step_seconds, summary = self.step, [], {}
