@@ -18,6 +18,7 @@ from neural_alignment.core.alignment import alignment_loss
 from neural_alignment.core.layers import AlignedConv2d, AlignedLayer, AlignedLinear
 
 F64 = torch.float64
+EVEN_SAME = "ignore:Using padding='same' with even kernel"  # torch's own note: it pads a copy, as we do
 
 
 def native_grads(module: nn.Module, weight: torch.Tensor, x: torch.Tensor, dy: torch.Tensor):
@@ -182,9 +183,6 @@ def test_layer_remembers_input_and_output_detached():
         assert torch.equal(layer.last_input, x) and torch.equal(layer.last_output, y)
         assert not layer.last_output.requires_grad
         torch.testing.assert_close(layer.project(x, layer.weight, layer.bias), y, rtol=0, atol=0)
-
-
-EVEN_SAME = "ignore:Using padding='same' with even kernel"  # torch's own note: it pads a copy, as we do
 
 
 @pytest.mark.filterwarnings(EVEN_SAME)
