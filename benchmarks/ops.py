@@ -39,10 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural_alignment.api import get_rule
-from neural_alignment.core.alignment import alignment_loss
+from neural_alignment import alignment_loss, convert
 from neural_alignment.core.context import AlignmentContext
-from neural_alignment.core.convert import convert_modules
 from neural_alignment.core.layers import AlignedLayer
 from neural_alignment.core.primitives import PairedPrimitive
 from neural_alignment.registry import get_registry
@@ -108,10 +106,9 @@ def timed(step, model, x, y, clock) -> float:
 
 def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int,
               clock) -> bool:
-    ops = [entry.obj for entry in get_registry().catalog("ops").entries()]
     variants = {"native": (copy.deepcopy(native), native_step)}  # every side a copy: same allocation history
     for name in RULES:
-        variants[name] = (convert_modules(copy.deepcopy(native), get_rule(name), ops), aligned_step)
+        variants[name] = (convert(copy.deepcopy(native), rule=name), aligned_step)
     times = {name: [] for name in variants}
     order = list(variants)
     shuffle = random.Random(0).shuffle

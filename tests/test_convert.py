@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from neural_alignment.api import get_rule
+from neural_alignment import get_rule
 from neural_alignment.core.convert import convert_modules
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLayer, AlignedLinear

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from neural_alignment.api import get_rule
+from neural_alignment import get_rule
 from neural_alignment.core.alignment import alignment_loss
 from neural_alignment.core.layers import AlignedConv2d, AlignedLayer, AlignedLinear
 

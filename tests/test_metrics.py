@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural_alignment.api import get_rule
+from neural_alignment import get_rule
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
 from neural_alignment.core.metrics import angle_degrees, gradient_angle, layer_metrics
 
