@@ -263,3 +263,17 @@ def test_torch_compile_of_aligned_layers_gives_eager_gradients():
     for name, ref in eager.items():
         torch.testing.assert_close(compiled[name], ref, msg=name)
     torch.testing.assert_close(net[0].last_input, x)
+
+
+def test_from_module_gives_B_the_scale_of_W():
+    torch.manual_seed(6)
+    native = nn.Conv2d(8, 16, 3, dtype=F64)
+    with torch.no_grad():
+        native.weight.mul_(10.0)  # another initialiser's scale, e.g. He normal with fan-out
+    layer = AlignedConv2d.from_module(native, get_rule("fa"))
+    W, B = layer.weight.detach(), layer.backward_weight.detach()
+    torch.testing.assert_close(B.norm(), W.norm(), rtol=1e-12, atol=0)
+    assert (W * B).sum().abs() < 0.2 * W.norm() * B.norm()  # still an independent direction
+    zero = nn.Linear(4, 3, dtype=F64)
+    nn.init.zeros_(zero.weight)
+    assert AlignedLinear.from_module(zero, get_rule("fa")).backward_weight.norm() > 0  # zero W: B keeps its init

@@ -35,7 +35,8 @@ class OpSpec:
     """A torch module kind and its aligned version.
 
     ``from_module(module, rule)`` builds the aligned layer with the module's arguments, W and
-    bias copied, on the module's device and dtype.
+    bias copied, on the module's device and dtype; B is sampled independently and given W's
+    Frobenius norm (see ``match_backward_scale``).
     """
 
     source: type
@@ -130,7 +131,7 @@ class AlignedLinear(AlignedLayer, nn.Linear):
 
     @classmethod
     def from_module(cls, module: nn.Linear, rule) -> "AlignedLinear":
-        """The aligned twin of an ``nn.Linear``, W and bias copied."""
+        """The aligned twin of an ``nn.Linear``, W and bias copied, B at W's scale."""
         W = module.weight
         layer = cls(module.in_features, module.out_features, module.bias is not None,
                     device=W.device, dtype=W.dtype, rule=rule)
@@ -202,7 +203,7 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
 
     @classmethod
     def from_module(cls, module: nn.Conv2d, rule) -> "AlignedConv2d":
-        """The aligned twin of an ``nn.Conv2d``, every argument kept, W and bias copied."""
+        """The aligned twin of an ``nn.Conv2d``, every argument kept, W and bias copied, B at W's scale."""
         W = module.weight
         layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
                     module.dilation, module.groups, module.bias is not None, module.padding_mode,
@@ -211,11 +212,31 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
 
 
 def _copy_parameters(module: nn.Module, layer: nn.Module) -> nn.Module:
-    """Copy W, bias and the training flag of ``module`` into ``layer``; returns ``layer``."""
+    """Copy W, bias and the training flag of ``module`` into ``layer``, then give B W's scale
+    (``match_backward_scale``); returns ``layer``."""
     with torch.no_grad():
         layer.weight.copy_(module.weight)
         layer.weight.requires_grad_(module.weight.requires_grad)
         if module.bias is not None:
             layer.bias.copy_(module.bias)
             layer.bias.requires_grad_(module.bias.requires_grad)
+    match_backward_scale(layer)
     return layer.train(module.training)
+
+
+def match_backward_scale(layer: AlignedLayer) -> None:
+    """B <- B ||W||_F / ||B||_F (unless W or B is zero).
+
+    A converted module's W may come from any initialiser (torchvision's ResNets use He normal
+    with fan-out; a trained model has its own scale), which a module does not record. B keeps
+    its independent random direction but takes W's scale, as if sampled by W's initialiser:
+    the backward signal through each layer then keeps the order of backprop's, instead of shrinking
+    by ||B||/||W|| per layer.
+    """
+    B = layer.backward_weight
+    if B is None:
+        return
+    with torch.no_grad():
+        w_norm, b_norm = layer.weight.norm(), B.norm()
+        if w_norm > 0 and b_norm > 0:
+            B.mul_(w_norm / b_norm)
