@@ -197,6 +197,23 @@ def test_low_precision_matches_native(op, case, dtype, tol, device):
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
+def test_autocast_casts_like_native_and_returns_float32_gradients(op, case):
+    x, W, b = (t.detach().float().requires_grad_() for t in case())
+    B = W.detach().clone().requires_grad_()  # tied, attached: dB = dW
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = apply(op, x, W, b, B, scale(1.0, W))
+        y_ref = F.linear(x, W, b) if op == "linear" else F.conv2d(x, W, b, 1, 1)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, y_ref)
+    dy = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x, W, b, B), dy)
+    ref = torch.autograd.grad(y_ref, (x, W, b), dy)
+    for g, r in zip(got, ref):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, r, rtol=0, atol=0)
+    torch.testing.assert_close(got[3], got[1], rtol=0, atol=0)
+
+
 class OpsNet(torch.nn.Module):
     """conv -> relu -> linear built on the ops, B attached (KP) on the conv, detached on the linear."""
 

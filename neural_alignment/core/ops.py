@@ -20,6 +20,7 @@ weight slot. ``dB = angle_scale * dW`` is Kolen-Pollack's transported update: th
 one backward pass serves a whole step. A layer passes B detached unless its rule uses the
 ``angle`` primitive, so B normally gets no gradient from the task loss.
 
+Under autocast the ops cast their inputs to the autocast dtype as F.linear/F.conv2d do.
 Nothing here reads a tensor on the host, so the ops trace under ``torch.compile`` and XLA.
 Gradients nobody asked for (``ctx.needs_input_grad``) are not computed.
 """
@@ -104,6 +105,20 @@ class AlignedConv2dFunction(torch.autograd.Function):
         )
 
 
+def _apply(function, x, W, b, B, angle_scale, *conv_args) -> Tensor:
+    """``function.apply(...)``; under autocast for x's device, on inputs cast to the autocast
+    dtype (as autocast casts F.linear/F.conv2d inputs; the casts are differentiable, so
+    gradients return in the parameters' dtype) with autocast off inside, so the backward's
+    products see the dtypes the forward saw."""
+    device_type = x.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return function.apply(x, W, b, B, angle_scale, *conv_args)
+    dtype = torch.get_autocast_dtype(device_type)
+    x, W, b, B = (t if t is None else t.to(dtype) for t in (x, W, b, B))
+    with torch.autocast(device_type, enabled=False):
+        return function.apply(x, W, b, B, angle_scale, *conv_args)
+
+
 def _pair(value) -> list[int]:
     """An int or a pair as a list of two ints (the form aten ops take)."""
     if isinstance(value, int):
@@ -117,7 +132,7 @@ def aligned_linear(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scal
 
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
     """
-    return AlignedLinearFunction.apply(x, W, b, B, angle_scale)
+    return _apply(AlignedLinearFunction, x, W, b, B, angle_scale)
 
 
 def aligned_conv2d(
@@ -137,4 +152,4 @@ def aligned_conv2d(
     and non-zero padding modes into explicit ``F.pad`` plus a numeric padding, as torch does.
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
     """
-    return AlignedConv2dFunction.apply(x, W, b, B, angle_scale, stride, padding, dilation, groups)
+    return _apply(AlignedConv2dFunction, x, W, b, B, angle_scale, stride, padding, dilation, groups)
