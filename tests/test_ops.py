@@ -88,7 +88,8 @@ def test_linear_dx_uses_B_and_dW_db_stay_ordinary():
 def test_conv_dx_is_transposed_conv_with_B(stride, padding, dilation, groups):
     torch.manual_seed(2)
     x = leaf(2, 4, 10, 9)
-    W, B = leaf(6 if groups != 4 else 4, 4 // groups, 3, 2), leaf(6 if groups != 4 else 4, 4 // groups, 3, 2, grad=False)
+    c_out = 4 if groups == 4 else 6
+    W, B = leaf(c_out, 4 // groups, 3, 2), leaf(c_out, 4 // groups, 3, 2, grad=False)
     b = leaf(W.shape[0])
     y = aligned_conv2d(x, W, b, B, scale(1.0, W), stride, padding, dilation, groups)
     dy = torch.randn_like(y)

@@ -93,7 +93,8 @@ class AlignedLayer:
         self.last_output = y.detach()
         return y
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         """Load torch's own state dicts: a missing ``backward_weight`` keeps its init."""
         before = len(missing_keys)
         super()._load_from_state_dict(
