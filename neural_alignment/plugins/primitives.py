@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.primitives import PairedPrimitive, Primitive, batch_mean_sum
+from neural_alignment.core.primitives import PairedPrimitive, Primitive, inner, sum_of_squares
 from neural_alignment.registry.markers import hookimpl
 
 
@@ -20,7 +20,7 @@ class Decay(Primitive):
     needs = frozenset({"weights"})
 
     def __call__(self, ctx) -> torch.Tensor:
-        return ctx.W.pow(2).sum() + ctx.B.pow(2).sum()
+        return sum_of_squares(ctx.W) + sum_of_squares(ctx.B)
 
 
 class Self(Primitive):
@@ -30,7 +30,7 @@ class Self(Primitive):
     needs = frozenset({"weights"})
 
     def __call__(self, ctx) -> torch.Tensor:
-        return -(ctx.W * ctx.B).sum()
+        return -inner(ctx.W, ctx.B)
 
 
 class Amp(PairedPrimitive):
@@ -45,7 +45,7 @@ class Amp(PairedPrimitive):
 
     def __call__(self, ctx) -> torch.Tensor:
         p, q = self.operands(ctx)
-        return -batch_mean_sum(p * q)
+        return -inner(p, q) / p.shape[0]
 
 
 class Sparse(PairedPrimitive):
@@ -59,7 +59,7 @@ class Sparse(PairedPrimitive):
         super().__init__(p, q)
 
     def __call__(self, ctx) -> torch.Tensor:
-        return sum(batch_mean_sum(t.pow(2)) for t in self.operands(ctx) if t is not None)
+        return sum(sum_of_squares(t) / t.shape[0] for t in self.operands(ctx) if t is not None)
 
 
 class Null(Sparse):
@@ -85,8 +85,8 @@ class Angle(Primitive):
 
     def __call__(self, ctx) -> torch.Tensor:
         if ctx.G is None:
-            return (ctx.B * 0.0).sum()
-        return (ctx.B * ctx.G).sum()
+            return ctx.B.new_zeros(())
+        return inner(ctx.B, ctx.G)
 
 
 BUILTIN_PRIMITIVES: tuple[Primitive, ...] = (Decay(), Self(), Amp(), Sparse(), Null(), Angle())
