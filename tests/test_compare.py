@@ -22,7 +22,7 @@ def test_compare_writes_table_json_markdown_png(tmp_path, capsys):
     assert rows["bp"]["relative_step_time"] == 1.0 and rows["bp"]["mean_weight_angle"] == 0.0
     assert rows["fa"]["last_weight_angle"] > 30  # B random and fixed
     for row in rows.values():
-        assert 0 <= row["test_acc"] <= 1 and row["steps"] == 6
+        assert 0 <= row["test_acc"] <= 1 and row["steps"] == 6 and row["timed_seconds_per_step"] > 0
     assert "time/step vs bp" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -3,7 +3,9 @@
 For each rule the recipe runs with ``rule.name=<rule>`` (its ``by_rule`` entry applies) into
 ``<out>/<rule>/``. The table has per rule: test accuracy, mean and last-layer weight angle
 (degrees), mean norm ratio ||B||/||W||, and the median seconds per training step relative to
-the ``bp`` run (or to the first rule when ``bp`` is not compared). Written to ``<out>``:
+the ``bp`` run (or to the first rule when ``bp`` is not compared). The step times are measured
+after training, on one batch, in interleaved rounds (every rule a few steps per round), so
+that a change in machine load hits every rule alike. Written to ``<out>``:
 ``comparison.json``, ``comparison.md`` (the table) and ``comparison.png`` (accuracy and
 angle curves). When the recipe's dataset cannot be loaded (e.g. Fashion-MNIST absent) the
 comparison falls back to ``digits`` with a one-line notice.
@@ -17,13 +19,17 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+from torch.utils.data import default_collate
+
 from neural_alignment.analysis.figures import plot_comparison
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.runner import build_data, train
+from neural_alignment.recipes.runner import Trainer, build_data
 from neural_alignment.registry import UnknownNameError, get_registry
 
 FALLBACK_DATASET = "digits"
+TIMING_ROUNDS, TIMING_STEPS = 5, 4
 COLUMNS = (
     ("rule", "rule", "{}"),
     ("test_acc", "test acc", "{:.4f}"),
@@ -45,6 +51,18 @@ def dataset_overrides(name: str, overrides: Sequence[str]) -> tuple[list[str], s
     except UserError as exc:
         notice = f"{recipe.data.dataset} is unavailable ({exc}); comparing on {FALLBACK_DATASET} instead"
         return [f"data.dataset={FALLBACK_DATASET}", "data.root=null", "data.options={}"], notice
+
+
+def interleaved_step_seconds(trainers: dict[str, Trainer], rounds: int = TIMING_ROUNDS,
+                             steps: int = TIMING_STEPS) -> dict[str, float]:
+    """Median seconds per training step of each trainer on the same batch, timed in interleaved rounds."""
+    first = next(iter(trainers.values()))
+    x, y = default_collate([first.splits.train[i] for i in range(first.recipe.data.batch_size)])
+    seconds: dict[str, list[float]] = {rule: [] for rule in trainers}
+    for _ in range(rounds):
+        for rule, trainer in trainers.items():
+            seconds[rule] += trainer.time_steps(x, y, steps)
+    return {rule: float(np.median(values)) for rule, values in seconds.items()}
 
 
 def read_history(run_dir: Path) -> list[dict]:
@@ -73,18 +91,20 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
     if notice:
         print(f"nalign: notice: {notice}", file=sys.stderr)
     out = Path(out) if out else Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    rows, histories = [], {}
+    rows, histories, trainers = [], {}, {}
     for index, rule in enumerate(rules, 1):
         print(f"[{index}/{len(rules)}] training {name} with rule {rule}", file=sys.stderr, flush=True)
-        recipe = load_recipe(name, [*overrides, *extra, f"rule.name={rule}"])
         started = time.perf_counter()
-        result = train(recipe, out / rule)
+        trainers[rule] = Trainer(load_recipe(name, [*overrides, *extra, f"rule.name={rule}"]), out / rule)
+        result = trainers[rule].run()
         rows.append({"rule": rule, **result.summary, "wall_seconds": time.perf_counter() - started})
         histories[rule] = read_history(result.run_dir)
+    print(f"timing {TIMING_ROUNDS} interleaved rounds of {TIMING_STEPS} steps per rule", file=sys.stderr, flush=True)
+    timed = interleaved_step_seconds(trainers)
     base = "bp" if "bp" in rules else rules[0]
-    base_time = next(r["seconds_per_step"] for r in rows if r["rule"] == base)
     for row in rows:
-        row["relative_step_time"] = row["seconds_per_step"] / base_time if base_time else None
+        row["timed_seconds_per_step"] = timed[row["rule"]]
+        row["relative_step_time"] = timed[row["rule"]] / timed[base]
     table = markdown_table(rows, base)
     print(table)
     report = {"recipe": name, "dataset": rows[0]["dataset"], "rules": list(rules), "notice": notice,

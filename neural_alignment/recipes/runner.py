@@ -305,6 +305,20 @@ class Trainer:
             else:
                 component.set_step(step)
 
+    def time_steps(self, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
+        """Wall seconds of each of ``repeats`` extra training steps on (x, y), device synchronised.
+
+        For speed comparisons after a run: it updates the in-memory model, not the run folder.
+        """
+        x, y = self.backend.to_device((x.to(self.dtype), y))
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            self.train_step(x, y)
+            self.backend.synchronize()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+
     def check_finite(self, step: int) -> None:
         if bool(self.nonfinite):
             last = self.run_dir / CHECKPOINT
@@ -385,7 +399,8 @@ class Trainer:
 
         t = self.recipe.train
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not t.progress, desc=self.recipe.name)
+        # disable=None: tqdm shows the bar only on a terminal
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if t.progress else True, desc=self.recipe.name)
         start_step, step_seconds, summary = self.step, [], {}
         try:
             clock = time.perf_counter()
