@@ -9,6 +9,8 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
 3. Which components update: the task optimizer (W, biases, BatchNorm) unless ``e < delay_epochs``
    or (``alternating``) ``s`` is even; the alignment optimizer (backward weights) unless
    (``alternating``) ``s`` is odd. Each component's gradients are clipped to ``clip_grad_norm``.
+   A rule with ``align_forward_weight`` puts W's alignment gradient into the same backward, so
+   W's task optimizer applies it (W belongs to the task component only).
 4. The loss is checked for NaN/inf every ``check_finite_every`` steps, before the update: a
    non-finite loss stops the run (:class:`TrainingDiverged`) naming the step and the layer with
    the largest or non-finite weight norm; the last checkpoint written stays as it was.
@@ -198,7 +200,9 @@ class Trainer:
         if self.steps_per_epoch < 1:
             raise UserError(f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples")
         self.total_steps = t.steps if t.steps is not None else round(t.epochs * self.steps_per_epoch)
-        self.dtype = getattr(torch, t.dtype)
+        self.dtype = getattr(torch, t.dtype, None)
+        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
+            raise UserError(f"train.dtype={t.dtype!r} is not a torch floating dtype (float32, float64, bfloat16...)")
         self.model = build_model(recipe, self.splits).to(self.backend.device, self.dtype)
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
