@@ -136,3 +136,9 @@ def test_table5_recipes_build_their_rules():
     assert ia.train.alternating and ia.train.delay_epochs == 1 and ia.optim.alignment.lr == 0.0098
     wm = load_recipe("imagenet-resnet18-wm")
     assert wm.data.batch_size == 2048 and wm.optim.alignment.name == "gd" and wm.optim.task.schedule is None
+
+
+def test_show_without_name_lists_recipes(capsys):
+    assert main(["show"]) == 0
+    listed = dict(line.split("  ") for line in capsys.readouterr().out.splitlines())
+    assert set(BUILTIN) <= set(listed) and listed["fmnist-convnet"].endswith("fmnist-convnet.yaml")

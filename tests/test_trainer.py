@@ -190,3 +190,18 @@ def test_cli_run_and_resume(tmp_path, capsys):
 def test_resume_without_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot resume.*checkpoint.pt does not exist"):
         train(recipe("train.steps=1"), tmp_path / "empty", resume=True)
+
+
+def test_backend_errors_name_the_option(tmp_path):
+    with pytest.raises(UserError, match="unknown option 'autocast'.*autocast_dtype"):
+        train(recipe("backend.options={autocast: bfloat16}"), tmp_path / "a")
+    with pytest.raises(UserError, match="autocast_dtype='bfloat61'"):
+        train(recipe("backend.options={autocast_dtype: bfloat61}"), tmp_path / "b")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="backend 'cuda' needs a CUDA GPU"):
+            train(recipe("backend.name=cuda"), tmp_path / "c")
+
+
+def test_bf16_autocast_on_cpu_trains(tmp_path):
+    result = train(recipe("rule.name=kp", "train.steps=3", "backend.options={autocast_dtype: bfloat16}"), tmp_path / "r")
+    assert result.summary["status"] == "finished" and math.isfinite(result.summary["test_loss"])

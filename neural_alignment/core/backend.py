@@ -23,7 +23,7 @@ class Backend:
 
     device_type = "cpu"
 
-    def __init__(self, autocast_dtype: str | None = None):
+    def __init__(self, *, autocast_dtype: str | None = None):
         self.device = self.make_device()
         self.autocast_dtype = self._dtype(autocast_dtype)
 

@@ -20,9 +20,9 @@ class CUDABackend(Backend):
 
     device_type = "cuda"
 
-    def __init__(self, index: int = 0, autocast_dtype: str | None = None):
+    def __init__(self, *, index: int = 0, autocast_dtype: str | None = None):
         self.index = index
-        super().__init__(autocast_dtype)
+        super().__init__(autocast_dtype=autocast_dtype)
 
     def make_device(self) -> torch.device:
         if not torch.cuda.is_available():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from neural_alignment.recipes.loader import load_recipe, to_yaml
+from neural_alignment.recipes.loader import load_recipe, recipe_files, to_yaml
 
 
 def allow_intermixed(parser: argparse.ArgumentParser) -> None:
@@ -26,14 +26,19 @@ def allow_intermixed(parser: argparse.ArgumentParser) -> None:
     parser.parse_known_args = parse_known_args
 
 
-def add_recipe_arguments(parser: argparse.ArgumentParser) -> None:
+def add_recipe_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     allow_intermixed(parser)
-    parser.add_argument("recipe", metavar="NAME", help="a recipe name (see 'nalign list recipes') or a YAML file")
+    parser.add_argument("recipe", metavar="NAME", nargs="?" if optional else None,
+                        help="a recipe name (see 'nalign show') or a YAML file")
     parser.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="recipe overrides, e.g. rule.name=kp")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """``nalign show NAME [KEY=VALUE ...]``: print the resolved recipe as YAML."""
+    """``nalign show NAME [KEY=VALUE ...]``: print the resolved recipe as YAML; without NAME, list the recipes."""
+    if args.recipe is None:
+        for name, path in recipe_files().items():
+            print(f"{name}  {path}")
+        return 0
     print(to_yaml(load_recipe(args.recipe, args.overrides)), end="")
     return 0
 
@@ -62,8 +67,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add ``run``, ``show`` and ``compare`` to the ``nalign`` subparsers."""
-    show = subparsers.add_parser("show", help="print a resolved recipe")
-    add_recipe_arguments(show)
+    show = subparsers.add_parser("show", help="print a resolved recipe (without NAME: list the recipes)")
+    add_recipe_arguments(show, optional=True)
     show.set_defaults(func=cmd_show)
 
     run = subparsers.add_parser("run", help="train a recipe")
