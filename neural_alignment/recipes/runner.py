@@ -208,7 +208,8 @@ class Trainer:
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
         self._evaluated: tuple[int, dict] = (-1, {})
-        self.running = torch.zeros(3, device=self.backend.device)  # task loss sum, correct, examples since last log
+        self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
+        self.seen = 0  # examples since the last log (a host count: no device read)
         self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.backend.device)
         if resume:
             if not (self.run_dir / CHECKPOINT).is_file():
@@ -294,8 +295,8 @@ class Trainer:
         for xm, ym in zip(x.chunk(t.accumulate), y.chunk(t.accumulate)):
             total, task, logits = self.losses(xm, ym)
             (total / t.accumulate).backward()
-            self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float(),
-                                         torch.tensor(float(len(ym)), device=total.device)])
+            self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
+            self.seen += len(ym)
             self.nonfinite |= ~torch.isfinite(total.detach())
         if t.check_finite_every and (step + 1) % t.check_finite_every == 0:
             self.check_finite(step)
@@ -373,8 +374,9 @@ class Trainer:
 
     def train_metrics(self) -> dict[str, float]:
         """Mean loss and accuracy since the last call, learning rates, epoch, layer metrics."""
-        loss_sum, correct, count = self.running.tolist()
+        (loss_sum, correct), count = self.running.tolist(), self.seen
         self.running.zero_()
+        self.seen = 0
         metrics = {"epoch": self.step / self.steps_per_epoch}
         if count:
             metrics.update(loss=loss_sum / count, train_acc=correct / count)
