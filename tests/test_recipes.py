@@ -142,3 +142,17 @@ def test_show_without_name_lists_recipes(capsys):
     assert main(["show"]) == 0
     listed = dict(line.split("  ") for line in capsys.readouterr().out.splitlines())
     assert set(BUILTIN) <= set(listed) and listed["fmnist-convnet"].endswith("fmnist-convnet.yaml")
+
+
+def test_a_schedule_of_another_kind_replaces_rather_than_merges(recipe_dir):
+    write(recipe_dir, "base", "optim: {task: {schedule: {kind: step, warmup_epochs: 5, drops: [30]}}}\n")
+    write(recipe_dir, "child", "base: base\noptim: {task: {schedule: {kind: step, drops: [10, 20]}}}\n")
+    child = load_recipe("child")
+    assert child.optim.task.schedule == {"kind": "step", "warmup_epochs": 5, "drops": [10, 20]}  # same kind merges
+    linear = load_recipe("child", ["optim.task.schedule={kind: linear, start: 1, end: 2}"])
+    assert linear.optim.task.schedule == {"kind": "linear", "start": 1, "end": 2}
+    product = load_recipe("child", ["optim.task.schedule=[{kind: constant, value: 0.5}]"])
+    assert list(product.optim.task.schedule) == [{"kind": "constant", "value": 0.5}]
+    write(recipe_dir, "listed", "base: base\noptim: {task: {schedule: [{kind: constant}]}}\n")
+    back = load_recipe("listed", ["optim.task.schedule={kind: window, start: 1}"])
+    assert back.optim.task.schedule == {"kind": "window", "start": 1}

@@ -15,7 +15,7 @@ import difflib
 from pathlib import Path
 from typing import Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from neural_alignment.core.errors import UserError
@@ -86,6 +86,37 @@ def validate(cfg, where: str) -> DictConfig:
         raise _error(exc, where) from None
 
 
+def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
+    """Set to null each node of ``base`` that ``other`` replaces rather than merges into (in place).
+
+    A mapping merges key by key into a mapping below it, except a mapping with a ``kind``
+    (a schedule) over one of another kind, a mapping over a list or a list over a mapping:
+    those replace it, so
+    ``optim.task.schedule={kind: linear, ...}`` never mixes its keys with a ``step`` schedule's.
+    """
+    for key, value in other.items_ex(resolve=False):
+        if key not in base:
+            continue
+        below = base._get_node(key)
+        mixed = isinstance(value, ListConfig) and isinstance(below, DictConfig) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        if mixed or (isinstance(value, DictConfig) and isinstance(below, DictConfig)
+                     and "kind" in value and below.get("kind") != value.get("kind")):
+            base[key] = None
+        elif isinstance(value, DictConfig) and isinstance(below, DictConfig):
+            _clear_replaced(below, value)
+
+
+def merge(*configs) -> DictConfig:
+    """``OmegaConf.merge`` of raw (unvalidated) configs, with the replacement rule of ``_clear_replaced``."""
+    result = OmegaConf.create(OmegaConf.to_container(configs[0]))
+    for other in configs[1:]:
+        other = OmegaConf.create(OmegaConf.to_container(other)) if not isinstance(other, DictConfig) else other
+        _clear_replaced(result, other)
+        result = OmegaConf.merge(result, other)
+    return result
+
+
 def _chain(name: str, seen: tuple[str, ...]) -> DictConfig:
     """The raw merge of recipe ``name`` over its base chain, each file validated alone."""
     if name in seen:
@@ -99,7 +130,7 @@ def _chain(name: str, seen: tuple[str, ...]) -> DictConfig:
         if not isinstance(base, str):
             raise RecipeError(f"'base' in recipe file {path} must be a recipe name, not {base!r}")
         try:
-            raw = OmegaConf.merge(_chain(base, seen + (name,)), raw)
+            raw = merge(_chain(base, seen + (name,)), raw)
         except RecipeError as exc:
             raise RecipeError(f"{exc} (base of recipe {name!r})") from None
     raw.name = own_name
@@ -121,12 +152,12 @@ def load_recipe(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     """The resolved, validated recipe ``name`` with ``key=value`` overrides applied."""
     raw = _chain(name, ())
     cli = _dotlist(overrides)
-    first = validate(OmegaConf.merge(raw, cli), f"recipe {name!r} with overrides {list(overrides)}")
+    first = validate(merge(raw, cli), f"recipe {name!r} with overrides {list(overrides)}")
     by_rule = first.by_rule.get(first.rule.name)
     if by_rule is None:
         return first
     layers = [raw, validate_fragment(by_rule, f"by_rule.{first.rule.name} of recipe {name!r}"), cli]
-    return validate(OmegaConf.merge(*layers), f"recipe {name!r} with overrides {list(overrides)}")
+    return validate(merge(*layers), f"recipe {name!r} with overrides {list(overrides)}")
 
 
 def validate_fragment(fragment, where: str) -> DictConfig:
