@@ -3,7 +3,8 @@
 A recipe NAME is looked up as ``NAME.yaml`` in every folder a plugin registered through
 ``register_recipes`` (first folder wins, in registration order); a path to a YAML file
 also works. Merge order, lowest first: the ``base`` chain (recursively), the recipe file,
-``by_rule[<rule.name>]``, the command-line overrides. Every step is validated against
+``by_rule[<rule.name>]``, the command-line overrides (mappings merge key by key, except that a
+schedule of another ``kind`` replaces the one below it). Every step is validated against
 ``recipes.schema.Recipe``: an unknown key or a wrong type is a ``RecipeError`` naming the
 full key path and the valid keys or the expected type.
 """
