@@ -41,7 +41,7 @@ from torch import nn
 
 from neural_alignment import alignment_loss, convert
 from neural_alignment.core.context import AlignmentContext
-from neural_alignment.core.layers import AlignedLayer
+from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.primitives import PairedPrimitive
 from neural_alignment.registry import get_registry
 
@@ -79,7 +79,7 @@ def extra_products(layer) -> int:
 def bound(model: nn.Module, x: torch.Tensor) -> float:
     """sum_l macs_l (n_l + extra_l) / sum_l n_l macs_l over one forward of ``x``, n_l the native
     products of layer l: 3, or 2 when its input needs no gradient (no dx: the first layer)."""
-    layers = [m for m in model.modules() if isinstance(m, AlignedLayer)]
+    layers = [m for _, m in aligned_layers(model)]
     needs_dx = {}
     hooks = [m.register_forward_pre_hook(lambda m, args: needs_dx.__setitem__(m, args[0].requires_grad))
              for m in layers]

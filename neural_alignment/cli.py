@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -35,11 +36,13 @@ def _print_rows(rows: list[dict], columns: Sequence[str]) -> None:
 
 def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
     """``nalign list KIND [PATTERN] [--json]``: the registered names of one kind."""
-    catalog = registry.catalog(args.kind)
-    rows = [
-        {"name": e.name, "plugin": e.plugin, "description": e.description}
-        for e in catalog.entries(args.pattern)
-    ]
+    if args.kind == "recipes":  # plugins register folders; a user looks for the recipes in them
+        from neural_alignment.recipes.loader import recipe_entries
+
+        entries = recipe_entries(args.pattern)
+    else:
+        entries = registry.catalog(args.kind).entries(args.pattern)
+    rows = [{"name": e.name, "plugin": e.plugin, "description": e.description} for e in entries]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:
@@ -98,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("nalign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `nalign list rules | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -118,6 +118,13 @@ def test_list_with_a_glob_pattern():
     assert [row["name"] for row in rows][:3] == ["resnet18", "resnet18_v2", "resnet101"]
 
 
+def test_list_recipes_shows_the_recipes_in_registered_folders():
+    rows = {row["name"]: row for row in json.loads(nalign("list", "recipes", "fmnist*", "--json").stdout)}
+    assert set(rows) == {"fmnist-convnet", "fmnist-mlp"}
+    assert rows["fmnist-convnet"]["plugin"] == "neural_alignment.plugins.recipes"
+    assert rows["fmnist-convnet"]["description"].startswith("The main job")
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

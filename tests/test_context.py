@@ -1,7 +1,7 @@
-"""The alignment pass: each layer-wise flag changes exactly the fields DESIGN.md says, input
+"""The alignment pass: each layer-wise flag changes exactly the fields docs/design.md says, input
 noise replaces x, fields are lazy (SA and KP never project), and fp reuses the layer's output.
 
-The reference pass below is written in numpy from DESIGN.md's steps, independently of
+The reference pass below is written in numpy from docs/design.md's steps, independently of
 core/context.py.
 """
 
@@ -56,7 +56,7 @@ def centre_batch(a):
 
 
 def reference_pass(layer, flags, x=None):
-    """DESIGN.md's steps 2-7 for a dense layer, in numpy (x defaults to the layer's input)."""
+    """docs/design.md's steps 2-7 for a dense layer, in numpy (x defaults to the layer's input)."""
     on = lambda name: flags.get(name, False)  # noqa: E731
     x = (layer.last_input if x is None else x).numpy().copy()
     W = layer.weight.detach().numpy()

@@ -13,17 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from neural_alignment.core.layers import AlignedLayer
-
-
-def aligned_layers(model: nn.Module) -> list[nn.Module]:
-    """Every aligned layer of ``model`` (itself included), in module order."""
-    return [m for m in model.modules() if isinstance(m, AlignedLayer)]
+from neural_alignment.core.layers import aligned_layers
 
 
 def alignment_loss(model: nn.Module) -> torch.Tensor:
     """sum_l R_l over the aligned layers, for their latest forward; zero when there is none."""
-    terms = [layer.rule.regularizer(layer) for layer in aligned_layers(model)]
+    terms = [layer.rule.regularizer(layer) for _, layer in aligned_layers(model)]
     if terms:
         return sum(terms[1:], terms[0])
     reference = next(model.parameters(), None)
@@ -33,6 +28,6 @@ def alignment_loss(model: nn.Module) -> torch.Tensor:
 def set_epoch(model: nn.Module, epoch: float, angle_factor: float = 1.0) -> None:
     """Set every aligned layer's ``epoch`` and fill its ``angle_scale`` with
     ``rule.coefficient("angle", epoch) * angle_factor`` (in place)."""
-    for layer in aligned_layers(model):
+    for _, layer in aligned_layers(model):
         layer.epoch = epoch
         layer.angle_scale.fill_(layer.rule.coefficient("angle", epoch) * angle_factor)

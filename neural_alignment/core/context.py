@@ -1,6 +1,6 @@
 """The alignment pass of one layer: the fields primitives read, each computed on first use.
 
-``AlignmentContext(layer, rule)`` exposes, for the layer's latest forward (DESIGN.md, steps
+``AlignmentContext(layer, rule)`` exposes, for the layer's latest forward (docs/design.md, steps
 in order; "per example over its features" = over every non-batch axis):
 
 1. ``x``: the layer's input, detached; replaced by noise of std ``rule.noise_std`` when it is

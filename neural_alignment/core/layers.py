@@ -212,6 +212,11 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
         return _copy_parameters(module, layer)
 
 
+def aligned_layers(model: nn.Module) -> list[tuple[str, "AlignedLayer"]]:
+    """(qualified name, layer) for every aligned layer of ``model`` (itself included), in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, AlignedLayer)]
+
+
 def _copy_parameters(module: nn.Module, layer: nn.Module) -> nn.Module:
     """Copy W, bias and the training flag of ``module`` into ``layer``, then give B W's scale
     (``match_backward_scale``); returns ``layer``."""

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from neural_alignment.core.layers import AlignedLayer
+from neural_alignment.core.layers import aligned_layers
 
 __all__ = ["angle_degrees", "layer_metrics", "gradient_angle"]
 
@@ -32,11 +32,6 @@ def angle_degrees(a: Tensor, b: Tensor) -> float:
     u = u / u.norm()
     v = v / v.norm()
     return math.degrees(2.0 * math.atan2((u - v).norm().item(), (u + v).norm().item()))
-
-
-def aligned_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
-    """(qualified name, layer) for every aligned layer of ``model``."""
-    return ((name, m) for name, m in model.named_modules() if isinstance(m, AlignedLayer))
 
 
 def layer_metrics(model: nn.Module) -> dict[str, dict[str, float]]:

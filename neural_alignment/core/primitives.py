@@ -5,7 +5,7 @@ context fields it ``needs`` and ``__call__(ctx) -> scalar tensor``, where ``ctx`
 :class:`~neural_alignment.core.context.AlignmentContext` (fields ``x, x_b, W, B, fp, bp,
 fr, br, G``, computed lazily: a primitive only pays for the fields it reads).
 
-Conventions (DESIGN.md): "mean" is the mean over the batch axis (axis 0), every other
+Conventions (docs/design.md): "mean" is the mean over the batch axis (axis 0), every other
 axis is summed; no factor 1/2 anywhere. ``W`` and ``B`` have the layer's kernel shape.
 
 To add one, subclass :class:`Primitive` (or :class:`PairedPrimitive` for a function of two

@@ -1,4 +1,4 @@
-"""Built-in primitives: decay, self, amp, sparse, null, angle (DESIGN.md's table).
+"""Built-in primitives: decay, self, amp, sparse, null, angle (docs/design.md's table).
 
 Mean over the batch, sum over every other axis, no 1/2. Each registers like a third-party
 primitive would, through ``register_primitives``.

@@ -1,4 +1,4 @@
-"""Built-in rules: bp, fa, wm, ia, sa, aa, kp (DESIGN.md's table; weights from the original code).
+"""Built-in rules: bp, fa, wm, ia, sa, aa, kp (docs/design.md's table; weights from the original code).
 
 Each is a :class:`RuleSpec`: default primitive weights and options. The regularizer of a
 layer is R_l = sum_p weight_p * schedule_p(epoch) * P_p (primitives in ``plugins/primitives``).

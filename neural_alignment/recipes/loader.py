@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
 from pathlib import Path
 from typing import Iterable
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.schema import Recipe
 from neural_alignment.registry import get_registry
+from neural_alignment.registry.catalog import Entry, natural_key
 
 SUFFIXES = (".yaml", ".yml")
 
@@ -30,15 +33,32 @@ class RecipeError(UserError):
     """A recipe that cannot be found, parsed or validated."""
 
 
+def recipe_entries(pattern: str | None = None) -> list[Entry]:
+    """Every registered recipe as a catalog entry (name, YAML file, plugin of its folder, its
+    ``description``), natural order, optionally filtered by a glob; first registered folder wins."""
+    found: dict[str, Entry] = {}
+    for folder_entry in get_registry().catalog("recipes").entries():
+        folder = Path(folder_entry.obj)
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if path.suffix in SUFFIXES and path.stem not in found:
+                found[path.stem] = Entry(path.stem, path, folder_entry.plugin, _description(path))
+    names = sorted((n for n in found if pattern is None or fnmatch.fnmatchcase(n, pattern)), key=natural_key)
+    return [found[name] for name in names]
+
+
+def _description(path: Path) -> str:
+    """The first line of a recipe file's ``description`` ('' when it has none or does not parse)."""
+    try:
+        text = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return ""
+    description = str(text.get("description") or "") if isinstance(text, dict) else ""
+    return description.strip().splitlines()[0] if description.strip() else ""
+
+
 def recipe_files() -> dict[str, Path]:
     """Every registered recipe: name -> YAML file (first registered folder wins)."""
-    found: dict[str, Path] = {}
-    for entry in get_registry().catalog("recipes").entries():
-        folder = Path(entry.obj)
-        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
-            if path.suffix in SUFFIXES:
-                found.setdefault(path.stem, path)
-    return dict(sorted(found.items()))
+    return {entry.name: entry.obj for entry in recipe_entries()}
 
 
 def find_recipe(name: str) -> Path:

@@ -43,15 +43,15 @@ from neural_alignment.core import checkpoint
 from neural_alignment.core.backend import Backend
 from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.layers import AlignedLayer
+from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.logger import layer_metric_key
 from neural_alignment.core.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
 from neural_alignment.core.options import checked_options
+from neural_alignment.core.rules import OPTION_KEYS
 from neural_alignment.recipes.loader import to_yaml
 from neural_alignment.registry import get_registry
 
 CHECKPOINT = "checkpoint.pt"
-RULE_OPTION_KEYS = ("weights", "flags", "noise_std", "noise_dist", "schedules", "align_forward_weight")
 
 
 class TrainingDiverged(UserError):
@@ -120,7 +120,7 @@ def build_data(recipe: DictConfig) -> DataSplits:
 def rule_options(rule: DictConfig) -> dict[str, Any]:
     """The rule overrides a recipe sets (empty mappings and nulls keep the rule's defaults)."""
     options = OmegaConf.to_container(rule)
-    return {key: options[key] for key in RULE_OPTION_KEYS if options[key] not in (None, {})}
+    return {key: options[key] for key in OPTION_KEYS if options[key] not in (None, {})}
 
 
 def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
@@ -137,8 +137,8 @@ def build_backend(recipe: DictConfig) -> Backend:
 
 def backward_weights(model: nn.Module) -> list[nn.Parameter]:
     """Every aligned layer's trainable backward weight B."""
-    return [m.backward_weight for m in model.modules()
-            if isinstance(m, AlignedLayer) and m.backward_weight is not None and m.backward_weight.requires_grad]
+    return [m.backward_weight for _, m in aligned_layers(model)
+            if m.backward_weight is not None and m.backward_weight.requires_grad]
 
 
 def forward_weights(model: nn.Module) -> list[nn.Parameter]:
