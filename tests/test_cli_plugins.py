@@ -128,7 +128,7 @@ def test_list_recipes_shows_the_recipes_in_registered_folders():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("list", "nosuchkind"), "nalign: error: unknown kind 'nosuchkind'; valid kinds: ops, primitives, rules, "
+        (("list", "nosuchkind"), "nalign: error: unknown kind 'nosuchkind'. Valid kinds: ops, primitives, rules, "
          "architectures, datasets, backends, loggers, recipes"),
         (("nosuchcommand",), "nalign: error: argument COMMAND: invalid choice: 'nosuchcommand'"),
     ],

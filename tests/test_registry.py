@@ -122,7 +122,7 @@ def test_blocked_builtin_plugin_registers_nothing():
 
 def test_unknown_kind_is_a_user_error_listing_kinds():
     registry = Registry(autoload=False)
-    with pytest.raises(RegistryError, match="unknown kind 'rule'.*rules"):
+    with pytest.raises(RegistryError, match="unknown kind 'rule'. Did you mean 'rules'\\? Valid kinds: ops, primitives"):
         registry.catalog("rule")
 
 

@@ -12,6 +12,7 @@ Environment:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -158,7 +159,9 @@ class Registry:
         try:
             return self.catalogs[kind]
         except KeyError:
-            raise RegistryError(f"unknown kind {kind!r}; valid kinds: {', '.join(KINDS)}") from None
+            close = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise RegistryError(f"unknown kind {kind!r}.{hint} Valid kinds: {', '.join(KINDS)}") from None
 
     def get(self, kind: str, name: str) -> Any:
         return self.catalog(kind).get(name)
