@@ -71,6 +71,12 @@ def test_step_without_warmup():
     assert (s(0), s(1)) == (1.0, pytest.approx(0.1))
 
 
+def test_step_before_epoch_zero():
+    # a component delayed by delay_epochs reads its schedule at negative epochs
+    assert make_schedule({"kind": "step"})(-0.5) == 1.0
+    assert make_schedule({"kind": "step", "warmup_epochs": 2, "warmup_from": 0.3})(-1.0) == pytest.approx(0.3)
+
+
 def test_list_multiplies():
     s = make_schedule([{"kind": "window", "start": 1, "end": 3}, {"kind": "constant", "value": 4}])
     assert (s(0), s(2)) == (0.0, 4.0)

@@ -124,7 +124,7 @@ class Step:
         object.__setattr__(self, "drops", tuple(float(d) for d in self.drops))
 
     def __call__(self, epoch: float) -> float:
-        if epoch < self.warmup_epochs:
+        if self.warmup_epochs > 0 and epoch < self.warmup_epochs:
             warm = self.warmup_from + (1.0 - self.warmup_from) * max(epoch, 0.0) / self.warmup_epochs
         else:
             warm = 1.0
