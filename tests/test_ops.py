@@ -215,6 +215,15 @@ def test_autocast_casts_like_native_and_returns_float32_gradients(op, case):
     torch.testing.assert_close(got[3], got[1], rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
+def test_autocast_leaves_float64_alone_like_native(op, case):
+    x, W, b = case()  # float64: autocast does not cast it
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = apply(op, x, W, b, W.detach(), scale(1.0, W))
+        y_ref = F.linear(x, W, b) if op == "linear" else F.conv2d(x, W, b, 1, 1)
+    assert y.dtype == y_ref.dtype == F64 and torch.equal(y, y_ref)
+
+
 class OpsNet(torch.nn.Module):
     """conv -> relu -> linear built on the ops, B attached (KP) on the conv, detached on the linear."""
 

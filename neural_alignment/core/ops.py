@@ -107,16 +107,21 @@ class AlignedConv2dFunction(torch.autograd.Function):
 
 def _apply(function, x, W, b, B, angle_scale, *conv_args) -> Tensor:
     """``function.apply(...)``; under autocast for x's device, on inputs cast to the autocast
-    dtype (as autocast casts F.linear/F.conv2d inputs; the casts are differentiable, so
-    gradients return in the parameters' dtype) with autocast off inside, so the backward's
-    products see the dtypes the forward saw."""
+    dtype (as autocast casts F.linear/F.conv2d inputs: floating point ones other than float64;
+    the casts are differentiable, so gradients return in the parameters' dtype) with autocast
+    off inside, so the backward's products see the dtypes the forward saw."""
     device_type = x.device.type
     if not torch.is_autocast_enabled(device_type):
         return function.apply(x, W, b, B, angle_scale, *conv_args)
     dtype = torch.get_autocast_dtype(device_type)
-    x, W, b, B = (t if t is None else t.to(dtype) for t in (x, W, b, B))
+    x, W, b, B = (t.to(dtype) if _autocast_eligible(t) else t for t in (x, W, b, B))
     with torch.autocast(device_type, enabled=False):
         return function.apply(x, W, b, B, angle_scale, *conv_args)
+
+
+def _autocast_eligible(t: Tensor | None) -> bool:
+    """Whether autocast casts ``t`` for F.linear/F.conv2d: floating point, not float64."""
+    return t is not None and t.is_floating_point() and t.dtype != torch.float64
 
 
 def _pair(value) -> list[int]:
