@@ -102,6 +102,18 @@ def test_misspelt_hook_is_reported_and_the_rest_still_loads():
     assert "ok_data" in registry.catalog("datasets")
 
 
+def test_hook_with_a_wrong_argument_name_is_reported_and_the_rest_still_loads():
+    class WrongArgument:
+        @hookimpl
+        def register_rules(self, registr):  # the argument is register
+            registr("never", object())
+
+    registry = Registry(autoload=False, extra_plugins=[WrongArgument(), _DatasetPlugin("ok_data")])
+    assert [f.name for f in registry.failures] == ["WrongArgument"]
+    assert "register_rules" in registry.failures[0].error
+    assert "ok_data" in registry.catalog("datasets") and "never" not in registry.catalog("rules")
+
+
 def test_hook_that_raises_is_reported_and_the_rest_still_loads():
     class Raising:
         @hookimpl

@@ -97,23 +97,25 @@ def build_plugin_manager(
         pm.register(importlib.import_module(module_name), name=module_name)
         distributions[module_name] = BUILTIN_DISTRIBUTION
 
+    def register(load, name: str, distribution: str) -> None:
+        try:
+            # pluggy checks each hook's arguments here (a hookimpl argument the spec lacks)
+            registered = pm.register(load(), name=name)
+        except Exception as exc:  # a broken plugin must not stop the others
+            failures.append(PluginFailure(name, distribution, _first_line(exc)))
+            return
+        if registered:
+            distributions[name] = distribution
+
     for plugin in extra_plugins:
-        name = getattr(plugin, "__name__", None) or type(plugin).__name__
-        if pm.register(plugin, name=name):
-            distributions[name] = "(registered in process)"
+        register(lambda: plugin, getattr(plugin, "__name__", None) or type(plugin).__name__,
+                 "(registered in process)")
 
     if autoload:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            dist = ep.dist.name if ep.dist is not None else "unknown"
             if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
                 continue
-            try:
-                plugin = ep.load()
-            except Exception as exc:  # a broken plugin must not stop the others
-                failures.append(PluginFailure(ep.name, dist, _first_line(exc)))
-                continue
-            pm.register(plugin, name=ep.name)
-            distributions[ep.name] = dist
+            register(ep.load, ep.name, ep.dist.name if ep.dist is not None else "unknown")
 
     while True:
         try:
