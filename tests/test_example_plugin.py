@@ -20,13 +20,13 @@ def load_plugin():
     return module
 
 
-def sign_rule():
+def sign_rule(**overrides):
     registry = Registry(autoload=False, extra_plugins=[load_plugin()])
-    return build_rule(registry.get("rules", "sign_symmetry"), registry.catalog("primitives")), registry
+    return build_rule(registry.get("rules", "sign_symmetry"), registry.catalog("primitives"), **overrides), registry
 
 
 def test_sign_primitive_value_and_gradient_match_the_formula():
-    rule, registry = sign_rule()
+    rule, registry = sign_rule(align_forward_weight=True)  # ctx.W attached: the primitive must detach it
     linear = registry.get("ops", "linear").from_module(torch.nn.Linear(5, 3).double(), rule)
     linear(torch.randn(4, 5, dtype=torch.float64))
     W, B = linear.weight.detach(), linear.backward_weight
