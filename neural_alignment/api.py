@@ -62,7 +62,8 @@ def convert(
     **rule_options: Any,
 ) -> nn.Module:
     """Replace every module kind that has a registered aligned op (``nn.Linear``, ``nn.Conv2d``
-    and what plugins add) by its aligned version, weights copied, in place; returns ``model``.
+    and what plugins add) by its aligned version, weights copied, in place; returns ``model``
+    (or, when ``model`` itself is such a layer, its aligned version).
 
     ``exclude`` names layers (qualified names) that stay on native backprop; ``overrides`` maps
     layer names to another rule.
