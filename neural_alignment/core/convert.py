@@ -9,12 +9,11 @@ and the one aligned layer is put at every name.
 
 from __future__ import annotations
 
-import difflib
 from typing import Any, Iterable, Mapping
 
 from torch import nn
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import UserError, did_you_mean
 
 __all__ = ["convert_modules"]
 
@@ -58,10 +57,8 @@ def _check_names(exclude: set[str], overrides: Mapping[str, Any], convertible: l
     for what, names in (("exclude", exclude), ("overrides", overrides)):
         for name in names:
             if name not in known:
-                close = difflib.get_close_matches(name, convertible, n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise UserError(
-                    f"{what}: {name!r} is not a convertible layer of this model.{hint} "
+                    f"{what}: {name!r} is not a convertible layer of this model.{did_you_mean(name, convertible)} "
                     f"Convertible layers: {', '.join(convertible) or '(none)'}"
                 )
     both = sorted(exclude & set(overrides))

@@ -4,6 +4,17 @@ The ``nalign`` command prints such an error as one line and exits 2, with no tra
 Every message names the bad thing and what would be valid.
 """
 
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
 
 class UserError(Exception):
     """A mistake in user input, with a one-line message that says how to fix it."""
+
+
+def did_you_mean(name: object, known: Iterable[str], cutoff: float = 0.6) -> str:
+    """`` Did you mean 'x'?`` for the known name closest to ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=cutoff)
+    return f" Did you mean {close[0]!r}?" if close else ""

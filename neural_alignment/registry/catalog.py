@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import UserError, did_you_mean
 
 
 class RegistryError(UserError):
@@ -77,8 +76,7 @@ class Catalog:
 
     def unknown_message(self, name: str) -> str:
         known = self.names()
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, known, cutoff=0.5)
         listed = ", ".join(known) if known else "(none registered)"
         return f"unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}.{hint} Known: {listed}"
 

@@ -12,7 +12,6 @@ Environment:
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, Iterable
 
 import pluggy
 
+from neural_alignment.core.errors import did_you_mean
 from neural_alignment.registry import hookspecs
 from neural_alignment.registry.catalog import Catalog, Entry, RegistryError
 
@@ -108,7 +108,7 @@ def build_plugin_manager(
             distributions[name] = distribution
 
     for plugin in extra_plugins:
-        register(lambda: plugin, getattr(plugin, "__name__", None) or type(plugin).__name__,
+        register(lambda plugin=plugin: plugin, getattr(plugin, "__name__", None) or type(plugin).__name__,
                  "(registered in process)")
 
     if autoload:
@@ -161,9 +161,7 @@ class Registry:
         try:
             return self.catalogs[kind]
         except KeyError:
-            close = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise RegistryError(f"unknown kind {kind!r}.{hint} Valid kinds: {', '.join(KINDS)}") from None
+            raise RegistryError(f"unknown kind {kind!r}.{did_you_mean(kind, KINDS)} Valid kinds: {', '.join(KINDS)}") from None
 
     def get(self, kind: str, name: str) -> Any:
         return self.catalog(kind).get(name)
