@@ -155,12 +155,15 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path):
     assert steps[-8:] == list(range(7, 15))
 
 
-def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp_path):
+@pytest.mark.parametrize("check_every", [1, 7])  # 7: checkpoints in between still wait for a check
+def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp_path, check_every):
     # B's update under sa is B <- B - lr * 2e-3 * (B - W): lr 1e5 multiplies B - W by -199 each step
     r = recipe("rule.name=sa", "optim.alignment.name=sgd", "optim.alignment.lr=1e5", "train.steps=50",
-               "train.checkpoint_every=1")
+               "train.checkpoint_every=1", f"train.check_finite_every={check_every}")
+    flagged_when_saved = []  # on_step runs right after each checkpoint
     with pytest.raises(TrainingDiverged) as info:
-        train(r, tmp_path / "run")
+        train(r, tmp_path / "run", on_step=lambda t, s: flagged_when_saved.append(bool(t.nonfinite)))
+    assert flagged_when_saved and not any(flagged_when_saved)
     message = str(info.value)
     assert "NaN/inf by step" in message and ".backward_weight (norm" in message and "checkpoint" in message
     step = int(message.split("by step ")[1].split(" ")[0])
@@ -168,6 +171,18 @@ def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp
     assert state["step"] == step and step < 50
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_nonfinite_weights_are_never_checkpointed(tmp_path):
+    def poison(trainer, step):  # fa: B is in no loss, so the next loss stays finite
+        if step == 3:
+            with torch.no_grad():
+                trainer.model[3].backward_weight.fill_(math.inf)
+
+    with pytest.raises(TrainingDiverged, match="weights became NaN/inf by step 3"):
+        train(recipe("rule.name=fa", "train.steps=10", "train.checkpoint_every=1"), tmp_path / "run", on_step=poison)
+    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
 def test_topk_counts():

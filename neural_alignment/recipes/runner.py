@@ -13,7 +13,9 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
    W's task optimizer applies it (W belongs to the task component only).
 4. The loss is checked for NaN/inf every ``check_finite_every`` steps, before the update: a
    non-finite loss stops the run (:class:`TrainingDiverged`) naming the step and the layer with
-   the largest or non-finite weight norm; the last checkpoint written stays as it was.
+   the largest or non-finite weight norm; the last checkpoint written stays as it was. Before
+   each checkpoint the losses since the last check and the parameters are checked too, so no
+   checkpoint is written after the loss or a weight became NaN/inf.
 
 Data order is a seeded permutation per epoch (``seed``, epoch), independent of the global RNG,
 so a resumed run sees the same batches. The run folder holds ``recipe.yaml``, ``metrics.jsonl``
@@ -324,12 +326,15 @@ class Trainer:
             seconds.append(time.perf_counter() - start)
         return seconds
 
-    def check_finite(self, step: int) -> None:
-        if bool(self.nonfinite):
+    def check_finite(self, step: int, weights: bool = False) -> None:
+        """Raise :class:`TrainingDiverged` if a loss since the last check (with ``weights``: or a parameter) is NaN/inf."""
+        loss_bad = bool(self.nonfinite)
+        if loss_bad or (weights and not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())):
             last = self.run_dir / CHECKPOINT
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
-                f"loss became NaN/inf by step {step} (epoch {step / self.steps_per_epoch:.2f}); largest or "
+                f"{'loss' if loss_bad else 'weights'} became NaN/inf by step {step} "
+                f"(epoch {step / self.steps_per_epoch:.2f}); largest or "
                 f"non-finite weight: {blown_up_layer(self.model)}; {kept}. Lower the learning rates or the rule's weights."
             )
 
@@ -428,12 +433,13 @@ class Trainer:
                     bar.set_postfix({k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle")
                                      if k in metrics})
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                    self.check_finite(self.step - 1, weights=True)
                     self.save()
                 if self.on_step is not None:
                     self.on_step(self, self.step)
                 clock = time.perf_counter()
             if self.step > start_step:
-                self.check_finite(self.step - 1)
+                self.check_finite(self.step - 1, weights=True)
             self.save()
             summary = self.summary(step_seconds, "finished")
             return RunResult(self.run_dir, summary, self.model)
