@@ -149,6 +149,7 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path):
     with pytest.raises(Killed):
         train(r, tmp_path / "killed", on_step=kill_at(8))
     assert checkpoint.load(tmp_path / "killed" / "checkpoint.pt")["step"] == 6
+    assert json.loads((tmp_path / "killed" / "summary.json").read_text())["status"] == "stopped"
     resumed = train(r, tmp_path / "killed", resume=True).model.state_dict()
     assert all(torch.equal(resumed[k], whole[k]) for k in whole)
     steps = [rec["step"] for rec in records(tmp_path / "killed")]

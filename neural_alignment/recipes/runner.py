@@ -446,6 +446,9 @@ class Trainer:
         except TrainingDiverged as exc:
             summary = {"status": "diverged", "step": self.step, "error": str(exc)}
             raise
+        except BaseException as exc:  # killed (Ctrl-C) or failed: summary.json says so rather than {}
+            summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
+            raise
         finally:
             bar.close()
             for logger in self.loggers:  # the always-on jsonl logger writes summary.json
