@@ -56,6 +56,14 @@ def test_description_defaults_to_first_docstring_line():
     assert catalog.entry("thing").description == "Build a thing."
 
 
+def test_description_of_a_rule_spec_is_its_doc():
+    from neural_alignment.core.rules import RuleSpec
+
+    catalog = Catalog("rules")
+    catalog.add("mine", RuleSpec("mine", weights={"decay": 1.0}, doc="Mine: R = decay.\nDetails."), "p")
+    assert catalog.entry("mine").description == "Mine: R = decay."
+
+
 class _DatasetPlugin:
     """A throwaway plugin registering one dataset."""
 

@@ -41,7 +41,11 @@ def natural_key(text: str) -> list:
 
 
 def first_docstring_line(obj: Any) -> str:
-    doc = getattr(obj, "__doc__", None) or ""
+    """The first non-blank line of ``obj.doc`` when that is a non-empty string (a ``RuleSpec``'s
+    own description; its ``__doc__`` would be the class's), else of ``obj.__doc__``."""
+    doc = getattr(obj, "doc", None)
+    if not (isinstance(doc, str) and doc.strip()):
+        doc = getattr(obj, "__doc__", None) or ""
     for line in doc.strip().splitlines():
         if line.strip():
             return line.strip()

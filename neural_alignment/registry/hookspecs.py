@@ -4,7 +4,8 @@ Every ``register_<kind>`` hook receives a ``register`` callable::
 
     register(name, obj, description=None)
 
-``description`` defaults to the first line of ``obj``'s docstring. What ``obj`` is depends
+``description`` defaults to the first line of ``obj.doc`` (a ``RuleSpec``'s description) or,
+without one, of ``obj``'s docstring. What ``obj`` is depends
 on the kind (see each hook). Built-in plugins use exactly these hooks; there is no other way in.
 """
 
