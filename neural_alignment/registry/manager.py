@@ -1,8 +1,9 @@
 """The plugin manager and the catalogs it fills.
 
-Order of loading: the built-in plugins (``neural_alignment.plugins.BUILTIN_PLUGINS``), then
-every entry point of the ``neural_alignment`` group, then a check for misspelt hook names.
-A plugin that fails (on import, in a hook, or with a misspelt hook) is recorded in
+Order of loading: the built-in plugins (``neural_alignment.plugins.BUILTIN_PLUGINS``), the
+in-process ``extra_plugins``, then every entry point of the ``neural_alignment`` group, then a
+check for misspelt hook names. A plugin that fails (on import, on registration with a hook
+argument its spec lacks, in a hook, or with a misspelt hook) is recorded in
 ``Registry.failures`` and the others still load.
 
 Environment:
