@@ -186,6 +186,12 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
     assert state["step"] == 3 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_loader_workers_are_seeded_by_the_run_seed(tmp_path):
+    seeds = {Trainer(recipe(f"train.seed={seed}"), tmp_path / str(seed)).batches().generator.initial_seed()
+             for seed in (0, 1)}
+    assert len(seeds) == 2  # data.num_workers > 0: the augmentation draws differ between seeds
+
+
 def test_topk_counts():
     logits = torch.tensor([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05], [0.2, 0.3, 0.5]])
     targets = torch.tensor([2, 0, 0])

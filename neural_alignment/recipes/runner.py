@@ -400,10 +400,12 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def batches(self) -> DataLoader:
-        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, self.recipe.train.seed,
-                              self.step, self.total_steps)
+        seed = self.recipe.train.seed
+        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps)
+        # the generator only seeds the workers (their augmentation draws): from the run's seed and start step,
+        # not the global RNG (a resumed run must not shift it) nor a fixed seed (every run alike)
         return DataLoader(self.splits.train, batch_sampler=sampler, num_workers=self.recipe.data.num_workers,
-                          generator=torch.Generator())
+                          generator=torch.Generator().manual_seed(seed * 1_000_003 + self.step))
 
     def run(self) -> RunResult:
         from tqdm import tqdm
