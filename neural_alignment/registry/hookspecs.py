@@ -32,7 +32,7 @@ def register_primitives(register):
     """Register layer-wise regularizer primitives.
 
     ``obj`` is a :class:`neural_alignment.core.primitives.Primitive` instance: a ``name``,
-    the set of context fields it ``needs`` and ``__call__(ctx) -> scalar tensor``.
+    what it ``needs`` (of ``core.primitives.NEEDS``) and ``__call__(ctx) -> scalar tensor``.
     """
 
 
