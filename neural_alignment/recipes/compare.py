@@ -25,7 +25,7 @@ from torch.utils.data import default_collate
 from neural_alignment.analysis.figures import plot_comparison
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.runner import Trainer, build_data
+from neural_alignment.recipes.runner import Trainer, build_data, default_run_dir
 from neural_alignment.registry import UnknownNameError, get_registry
 
 FALLBACK_DATASET = "digits"
@@ -90,7 +90,7 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
     extra, notice = dataset_overrides(name, overrides)
     if notice:
         print(f"nalign: notice: {notice}", file=sys.stderr)
-    out = Path(out) if out else Path("runs") / f"compare-{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    out = Path(out) if out else default_run_dir(f"compare-{name}")
     rows, histories, trainers = [], {}, {}
     for index, rule in enumerate(rules, 1):
         print(f"[{index}/{len(rules)}] training {name} with rule {rule}", file=sys.stderr, flush=True)
