@@ -88,6 +88,8 @@ def test_unknown_override_key_and_wrong_type(recipe_dir):
         load_recipe("r", ["rule.weights.decay=lots"])
     with pytest.raises(RecipeError, match="key=value"):
         load_recipe("r", ["train.steps"])
+    with pytest.raises(RecipeError, match=r"overrides \['train\.steps=x'\]"):  # any iterable, named in full
+        load_recipe("r", (item for item in ["train.steps=x"]))
 
 
 def test_unknown_base_and_cycle(recipe_dir):

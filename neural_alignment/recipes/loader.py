@@ -171,14 +171,15 @@ def _dotlist(overrides: Iterable[str]) -> DictConfig:
 
 def load_recipe(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     """The resolved, validated recipe ``name`` with ``key=value`` overrides applied."""
+    overrides = list(overrides)  # read more than once: a generator would be empty in the messages
     raw = _chain(name, ())
     cli = _dotlist(overrides)
-    first = validate(merge(raw, cli), f"recipe {name!r} with overrides {list(overrides)}")
+    first = validate(merge(raw, cli), f"recipe {name!r} with overrides {overrides}")
     by_rule = first.by_rule.get(first.rule.name)
     if by_rule is None:
         return first
     layers = [raw, validate_fragment(by_rule, f"by_rule.{first.rule.name} of recipe {name!r}"), cli]
-    return validate(merge(*layers), f"recipe {name!r} with overrides {list(overrides)}")
+    return validate(merge(*layers), f"recipe {name!r} with overrides {overrides}")
 
 
 def validate_fragment(fragment, where: str) -> DictConfig:
