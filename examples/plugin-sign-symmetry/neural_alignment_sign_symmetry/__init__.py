@@ -6,7 +6,7 @@ Registered through the public hooks only, as any plugin would.
 import torch
 
 from neural_alignment import hookimpl
-from neural_alignment.core.primitives import Primitive
+from neural_alignment.core.primitives import Primitive, sum_of_squares
 from neural_alignment.core.rules import RuleSpec
 
 
@@ -19,7 +19,7 @@ class SignPrimitive(Primitive):
     def __call__(self, ctx) -> torch.Tensor:
         W = ctx.W.detach()
         target = torch.sign(W) * W.abs().mean()
-        return (ctx.B - target).pow(2).sum()
+        return sum_of_squares(ctx.B - target)
 
 
 SIGN_SYMMETRY = RuleSpec(
