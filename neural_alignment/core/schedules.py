@@ -19,7 +19,7 @@ plain config (YAML-friendly) with :func:`make_schedule`:
     triangular wave: with ``u = (epoch mod p) / p``,
     ``lo + (hi - lo) * (1 - |2u - 1|)``: ``lo`` at multiples of ``p``, ``hi`` halfway.
 ``{"kind": "step", "warmup_epochs": w, "warmup_from": a, "drops": [d1, ...], "factor": f}``
-    linear warmup ``a + (1 - a) * epoch / w`` for ``epoch < w`` (``a`` defaults to 0,
+    linear warmup ``a + (1 - a) * max(epoch, 0) / w`` for ``epoch < w`` (``a`` defaults to 0,
     no warmup when ``w`` is 0), then 1, times ``f ** (number of d_i <= epoch)``
     (``f`` defaults to 0.1).
 
@@ -112,7 +112,7 @@ class Cyclic:
 
 @dataclass(frozen=True)
 class Step:
-    """Linear warmup ``warmup_from + (1 - warmup_from) * epoch / warmup_epochs`` before ``warmup_epochs``,
+    """Linear warmup ``warmup_from + (1 - warmup_from) * max(epoch, 0) / warmup_epochs`` before ``warmup_epochs``,
     then 1; times ``factor ** (number of drops <= epoch)``."""
 
     warmup_epochs: float = 0.0
