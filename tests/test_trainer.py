@@ -156,6 +156,22 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path):
     assert steps[-8:] == list(range(7, 15))
 
 
+def test_resumed_record_equals_the_uninterrupted_one(tmp_path):
+    # logs at 4, 8, 12, 14; the checkpoint at 6 holds the loss/accuracy sums of steps 5-6
+    r = recipe("rule.name=kp", "train.steps=14", "train.deterministic=true", "train.checkpoint_every=3",
+               "train.metrics_every=4", "data.train_limit=128")
+    train(r, tmp_path / "whole")
+    with pytest.raises(Killed):
+        train(r, tmp_path / "killed", on_step=kill_at(8))  # step 8 was logged before the kill
+    train(r, tmp_path / "killed", resume=True)
+
+    def timeless(run):
+        return [{k: v for k, v in rec.items() if k != "seconds_per_step"} for rec in records(tmp_path / run)]
+
+    assert [rec["step"] for rec in timeless("killed")] == [4, 8, 12, 14]
+    assert timeless("killed") == timeless("whole")
+
+
 @pytest.mark.parametrize("check_every", [1, 7])  # 7: checkpoints in between still wait for a check
 def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp_path, check_every):
     # B's update under sa is B <- B - lr * 2e-3 * (B - W): lr 1e5 multiplies B - W by -199 each step

@@ -20,11 +20,13 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
 Data order is a seeded permutation per epoch (``seed``, epoch), independent of the global RNG,
 so a resumed run sees the same batches. The run folder holds ``recipe.yaml``, ``metrics.jsonl``
 (the ``jsonl`` logger is always on), ``summary.json`` and ``checkpoint.pt`` (atomic; every
-``checkpoint_every`` steps and at the end).
+``checkpoint_every`` steps and at the end). Resuming drops the records of ``metrics.jsonl`` past
+the checkpoint's step (they are logged again), so the record reads as one uninterrupted run.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -54,6 +56,7 @@ from neural_alignment.recipes.loader import to_yaml
 from neural_alignment.registry import get_registry
 
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"  # written by the always-on jsonl logger
 
 
 class TrainingDiverged(UserError):
@@ -99,6 +102,20 @@ class StepBatches(Sampler):
 
     def __len__(self) -> int:
         return self.total - self.start
+
+
+def drop_records_after(path: Path, step: int) -> None:
+    """Keep the JSONL records of ``path`` up to ``step`` (and drop a line a kill cut short)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                kept.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -217,6 +234,7 @@ class Trainer:
             if not (self.run_dir / CHECKPOINT).is_file():
                 raise UserError(f"cannot resume: {self.run_dir / CHECKPOINT} does not exist (was the run folder given?)")
             self._load(checkpoint.load(self.run_dir / CHECKPOINT, map_location=self.backend.device))
+            drop_records_after(self.run_dir / METRICS, self.step)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
         self.loggers = self._loggers()
@@ -247,7 +265,7 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
-        """Write ``checkpoint.pt`` atomically: model, optimizers, lr state, RNG states, step."""
+        """Write ``checkpoint.pt`` atomically: model, optimizers, lr state, RNG states, running stats, step."""
         return checkpoint.save({
             "step": self.step,
             "model": self.model.state_dict(),
@@ -255,6 +273,7 @@ class Trainer:
             "schedules": {k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
                           for k, c in self.components.items()},
             "rng": checkpoint.rng_state(),
+            "running": {"sums": self.running, "seen": self.seen},  # train loss/accuracy since the last log
             "recipe": to_yaml(self.recipe),
         }, self.run_dir / CHECKPOINT)
 
@@ -265,6 +284,9 @@ class Trainer:
                 component.load_state_dict(state["optimizers"][key])
         checkpoint.set_rng_state(state["rng"])
         self.step = int(state["step"])
+        if "running" in state:
+            self.running.copy_(state["running"]["sums"])
+            self.seen = int(state["running"]["seen"])
 
     # -- the step -------------------------------------------------------------------------
     def updates(self, step: int) -> tuple[bool, bool]:
