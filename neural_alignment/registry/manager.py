@@ -162,7 +162,8 @@ class Registry:
         try:
             return self.catalogs[kind]
         except KeyError:
-            raise RegistryError(f"unknown kind {kind!r}.{did_you_mean(kind, KINDS)} Valid kinds: {', '.join(KINDS)}") from None
+            hint = did_you_mean(kind, KINDS)
+            raise RegistryError(f"unknown kind {kind!r}.{hint} Valid kinds: {', '.join(KINDS)}") from None
 
     def get(self, kind: str, name: str) -> Any:
         return self.catalog(kind).get(name)
