@@ -25,7 +25,7 @@ from torch.utils.data import default_collate
 from neural_alignment.analysis.figures import plot_comparison
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.runner import Trainer, build_data, default_run_dir
+from neural_alignment.recipes.runner import METRICS, Trainer, build_data, default_run_dir
 from neural_alignment.registry import UnknownNameError, get_registry
 
 FALLBACK_DATASET = "digits"
@@ -66,7 +66,7 @@ def interleaved_step_seconds(trainers: dict[str, Trainer], rounds: int = TIMING_
 
 
 def read_history(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines = (run_dir / METRICS).read_text().splitlines()
     return [json.loads(line) for line in lines if line.strip()]
 
 
