@@ -230,6 +230,11 @@ def test_resume_without_checkpoint_is_a_user_error(tmp_path):
         train(recipe("train.steps=1"), tmp_path / "empty", resume=True)
 
 
+def test_no_length_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="train.steps or train.epochs"):
+        Trainer(recipe("train.epochs=null"), tmp_path / "run")
+
+
 def test_backend_errors_name_the_option(tmp_path):
     with pytest.raises(UserError, match="unknown option 'autocast'.*autocast_dtype"):
         train(recipe("backend.options={autocast: bfloat16}"), tmp_path / "a")

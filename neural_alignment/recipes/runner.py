@@ -218,6 +218,8 @@ class Trainer:
         self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples")
+        if t.steps is None and t.epochs is None:
+            raise UserError("set train.steps or train.epochs (both are null)")
         self.total_steps = t.steps if t.steps is not None else round(t.epochs * self.steps_per_epoch)
         self.dtype = getattr(torch, t.dtype, None)
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
