@@ -158,3 +158,12 @@ def test_a_schedule_of_another_kind_replaces_rather_than_merges(recipe_dir):
     write(recipe_dir, "listed", "base: base\noptim: {task: {schedule: [{kind: constant}]}}\n")
     back = load_recipe("listed", ["optim.task.schedule={kind: window, start: 1}"])
     assert back.optim.task.schedule == {"kind": "window", "start": 1}
+
+
+def test_a_bad_schedule_is_a_recipe_error_naming_its_key(recipe_dir):
+    write(recipe_dir, "r", "optim: {task: {schedule: {kind: window, stop: 3}}}\n")
+    with pytest.raises(RecipeError, match=r"'optim\.task\.schedule'.*unknown key 'stop'.*start, end"):
+        load_recipe("r")
+    write(recipe_dir, "ok", "{}\n")
+    with pytest.raises(RecipeError, match=r"'rule\.schedules\.amp'.*end > start"):
+        load_recipe("ok", ["rule.schedules={amp: {kind: linear, start: 2, end: 1}}"])

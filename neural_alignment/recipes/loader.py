@@ -6,7 +6,8 @@ also works. Merge order, lowest first: the ``base`` chain (recursively), the rec
 ``by_rule[<rule.name>]``, the command-line overrides (mappings merge key by key, except that a
 schedule of another ``kind`` replaces the one below it). Every step is validated against
 ``recipes.schema.Recipe``: an unknown key or a wrong type is a ``RecipeError`` naming the
-full key path and the valid keys or the expected type.
+full key path and the valid keys or the expected type. Schedules (``optim.*.schedule``,
+``rule.schedules.*``) are built once to check their kinds and keys.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from neural_alignment.core.errors import UserError
+from neural_alignment.core.schedules import make_schedule
 from neural_alignment.recipes.schema import Recipe
 from neural_alignment.registry import get_registry
 from neural_alignment.registry.catalog import Entry, natural_key
@@ -174,12 +176,25 @@ def load_recipe(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     overrides = list(overrides)  # read more than once: a generator would be empty in the messages
     raw = _chain(name, ())
     cli = _dotlist(overrides)
-    first = validate(merge(raw, cli), f"recipe {name!r} with overrides {overrides}")
+    where = f"recipe {name!r} with overrides {overrides}"
+    first = validate(merge(raw, cli), where)
     by_rule = first.by_rule.get(first.rule.name)
     if by_rule is None:
-        return first
+        return _check_schedules(first, where)
     layers = [raw, validate_fragment(by_rule, f"by_rule.{first.rule.name} of recipe {name!r}"), cli]
-    return validate(merge(*layers), f"recipe {name!r} with overrides {overrides}")
+    return _check_schedules(validate(merge(*layers), where), where)
+
+
+def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:
+    """``recipe`` once every schedule in it builds; else a ``RecipeError`` naming the key."""
+    schedules = {f"optim.{part}.schedule": recipe.optim[part].schedule for part in ("task", "alignment")}
+    schedules.update({f"rule.schedules.{key}": value for key, value in recipe.rule.schedules.items()})
+    for key, cfg in schedules.items():
+        try:
+            make_schedule(OmegaConf.to_container(cfg) if isinstance(cfg, (DictConfig, ListConfig)) else cfg)
+        except (UserError, TypeError, ValueError) as exc:
+            raise RecipeError(f"bad value for recipe key {key!r} in {where}: {exc}") from None
+    return recipe
 
 
 def validate_fragment(fragment, where: str) -> DictConfig:
