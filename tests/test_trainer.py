@@ -225,6 +225,13 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert "unknown rule 'nope'" in capsys.readouterr().err
 
 
+def test_cli_run_takes_out_or_resume_not_both(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["run", "digits-mlp", "--out", str(tmp_path / "a"), "--resume", str(tmp_path / "b")])
+    assert info.value.code == 2 and "--resume: not allowed with argument --out" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+
+
 def test_resume_without_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="cannot resume.*checkpoint.pt does not exist"):
         train(recipe("train.steps=1"), tmp_path / "empty", resume=True)

@@ -73,8 +73,9 @@ def register(subparsers) -> None:
 
     run = subparsers.add_parser("run", help="train a recipe")
     add_recipe_arguments(run)
-    run.add_argument("--out", metavar="DIR", help="run folder (default runs/<recipe>-<timestamp>)")
-    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
+    folder = run.add_mutually_exclusive_group()  # a resumed run stays in its folder
+    folder.add_argument("--out", metavar="DIR", help="run folder (default runs/<recipe>-<timestamp>)")
+    folder.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its checkpoint")
     run.set_defaults(func=cmd_run)
 
     comp = subparsers.add_parser("compare", help="train a recipe once per rule and compare them")
