@@ -101,6 +101,22 @@ def test_containers_shared_modules_and_a_bare_layer():
     assert isinstance(converted, AlignedConv2d) and torch.equal(converted.weight, bare.weight)
 
 
+def test_a_shared_module_is_excluded_or_overridden_under_all_its_names():
+    def model():
+        shared = nn.Linear(3, 3)
+        return nn.Sequential(shared, nn.ReLU(), shared)
+
+    fa = get_rule("fa")
+    with pytest.raises(UserError, match="exclude: '0' is one module shared with '2'"):
+        convert_modules(model(), get_rule("sa"), op_specs(), exclude=["0"])
+    with pytest.raises(UserError, match="overrides: '2' is one module shared with '0'"):
+        convert_modules(model(), get_rule("sa"), op_specs(), overrides={"2": fa})
+    excluded = convert_modules(model(), get_rule("sa"), op_specs(), exclude=["0", "2"])
+    assert type(excluded[0]) is nn.Linear and excluded[0] is excluded[2]
+    overridden = convert_modules(model(), get_rule("sa"), op_specs(), overrides={"0": fa, "2": fa})
+    assert overridden[0].rule is fa and overridden[0] is overridden[2]
+
+
 def test_subclasses_are_not_converted():
     class MyLinear(nn.Linear):
         pass

@@ -4,7 +4,8 @@ Every module whose type is exactly an ``OpSpec.source`` (``nn.Linear``, ``nn.Con
 plugins add), at any depth (Sequential, ModuleDict, ModuleList, attributes), is replaced by
 ``spec.from_module(module, rule)``: same arguments, W and bias copied, same device and dtype,
 so the forward output is unchanged. A module reachable under several names is converted once
-and the one aligned layer is put at every name.
+and the one aligned layer is put at every name (``exclude``/``overrides`` name all of its
+names or none of them).
 """
 
 from __future__ import annotations
@@ -35,8 +36,13 @@ def convert_modules(
     specs = {spec.source: spec for spec in (op_specs.values() if isinstance(op_specs, Mapping) else op_specs)}
     exclude = set(exclude)
     overrides = dict(overrides or {})
-    convertible = [name for name, m in model.named_modules(remove_duplicate=False) if type(m) in specs]
-    _check_names(exclude, overrides, convertible)
+    names_of: dict[int, list[str]] = {}  # every name of each convertible module, in module order
+    convertible = []
+    for name, m in model.named_modules(remove_duplicate=False):
+        if type(m) in specs:
+            names_of.setdefault(id(m), []).append(name)
+            convertible.append(name)
+    _check_names(exclude, overrides, convertible, [names for names in names_of.values() if len(names) > 1])
 
     converted: dict[int, nn.Module] = {}
     for name, module in list(model.named_modules(remove_duplicate=False)):
@@ -51,8 +57,11 @@ def convert_modules(
     return model
 
 
-def _check_names(exclude: set[str], overrides: Mapping[str, Any], convertible: list[str]) -> None:
-    """Every excluded or overridden name must be a convertible layer, and not both at once."""
+def _check_names(exclude: set[str], overrides: Mapping[str, Any], convertible: list[str],
+                 shared: list[list[str]]) -> None:
+    """Every excluded or overridden name must be a convertible layer, and not both at once; the
+    names of one ``shared`` module are excluded (or overridden) all together or not at all
+    (excluding some names only would untie the copies; an override of some only was ignored)."""
     known = set(convertible)
     for what, names in (("exclude", exclude), ("overrides", overrides)):
         for name in names:
@@ -64,3 +73,11 @@ def _check_names(exclude: set[str], overrides: Mapping[str, Any], convertible: l
     both = sorted(exclude & set(overrides))
     if both:
         raise UserError(f"layer(s) {', '.join(map(repr, both))} are both excluded and given an override rule")
+    for names in shared:
+        for what, chosen in (("exclude", exclude), ("overrides", overrides)):
+            picked = [name for name in names if name in chosen]
+            if picked and len(picked) < len(names):
+                raise UserError(
+                    f"{what}: {', '.join(map(repr, picked))} is one module shared with "
+                    f"{', '.join(repr(n) for n in names if n not in chosen)}; name all of them or none"
+                )
