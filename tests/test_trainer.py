@@ -172,6 +172,15 @@ def test_resumed_record_equals_the_uninterrupted_one(tmp_path):
     assert timeless("killed") == timeless("whole")
 
 
+def test_evaluation_does_not_change_training(tmp_path):
+    # input noise and noisy updates draw from the global RNG: evaluating in between must not shift it
+    common = ["rule.name=wm", "rule.noise_std=0.5", "train.steps=6", "optim.alignment.noise.std=0.5",
+              "data.train_limit=128"]
+    quiet = train(recipe(*common, "train.eval_every=0"), tmp_path / "quiet").model.state_dict()
+    evaluated = train(recipe(*common, "train.eval_every=2"), tmp_path / "evaluated").model.state_dict()
+    assert all(torch.equal(evaluated[k], quiet[k]) for k in quiet)
+
+
 @pytest.mark.parametrize("check_every", [1, 7])  # 7: checkpoints in between still wait for a check
 def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp_path, check_every):
     # B's update under sa is B <- B - lr * 2e-3 * (B - W): lr 1e5 multiplies B - W by -199 each step

@@ -369,8 +369,9 @@ class Trainer:
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
         self.model.eval()
+        # its own generator: a loader draws its worker seed from the global RNG, which training uses
         loader = DataLoader(self.splits.test, batch_size=self.recipe.data.eval_batch_size,
-                            num_workers=self.recipe.data.num_workers)
+                            num_workers=self.recipe.data.num_workers, generator=torch.Generator())
         sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
         count = 0
         for x, y in loader:
