@@ -7,12 +7,11 @@ and the options it does take (with a close match suggested), instead of a ``Type
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 from typing import Any, Callable
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import UserError, did_you_mean
 
 _BY_KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
@@ -32,8 +31,7 @@ def checked_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., A
         def builder(*args: Any, **options: Any) -> Any:
             for key in options:
                 if key not in accepted:
-                    close = difflib.get_close_matches(key, listed, n=1, cutoff=0.6)
-                    hint = f" Did you mean {close[0]!r}?" if close else ""
+                    hint = did_you_mean(key, listed)
                     valid = ", ".join(listed) if listed else "(none)"
                     raise UserError(f"unknown option {key!r} for {what}.{hint} Valid options: {valid}")
             return fn(*args, **options)

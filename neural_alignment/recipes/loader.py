@@ -13,7 +13,6 @@ full key path and the valid keys or the expected type. Schedules (``optim.*.sche
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import fnmatch
 from pathlib import Path
 from typing import Iterable
@@ -22,7 +21,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import UserError, did_you_mean
 from neural_alignment.core.schedules import make_schedule
 from neural_alignment.recipes.schema import Recipe
 from neural_alignment.registry import get_registry
@@ -73,8 +72,7 @@ def find_recipe(name: str) -> Path:
     known = recipe_files()
     if name in known:
         return known[name]
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(name, known, cutoff=0.5)
     raise RecipeError(f"unknown recipe {name!r}.{hint} Known: {', '.join(known) or '(none)'}")
 
 
