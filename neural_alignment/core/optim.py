@@ -60,7 +60,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 
 def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """A torch optimizer by name: sgd, nesterov, gd (SGD without momentum), adam, adamw."""
+    """A torch optimizer by name: sgd, nesterov, gd (SGD without momentum), adam, adamw (both ignore ``momentum``)."""
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](list(params), lr, momentum, weight_decay)

@@ -67,7 +67,8 @@ class NoiseConfig:
 class OptimizerConfig:
     """One loss component's optimizer.
 
-    ``name``: sgd, nesterov, adam, adamw or gd (plain gradient descent).
+    ``name``: sgd, nesterov, adam, adamw or gd (plain gradient descent); ``momentum`` is used by
+    sgd and nesterov, rejected by gd and ignored by adam/adamw (their betas stay torch's defaults).
     lr(step) = lr * (batch_size / 256 if rescale_lr) * schedule(epoch), epoch = step / steps_per_epoch.
     """
 
