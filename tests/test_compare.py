@@ -36,3 +36,11 @@ def test_unknown_rule_fails_before_training(tmp_path, capsys):
     assert main(["compare", "digits-mlp", "--rules", "bp,kpp", "--out", str(tmp_path / "c")]) == 2
     assert "Did you mean 'kp'" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_a_bad_recipe_for_a_later_rule_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["compare", "digits-mlp", "--rules", "bp,kp", *FEW, "by_rule.kp.optim.alignment.momentun=0.9"]
+    assert main([*args, "--out", str(tmp_path / "c")]) == 2
+    assert "'optim.alignment.momentun' in by_rule.kp" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -90,12 +90,14 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
     extra, notice = dataset_overrides(name, overrides)
     if notice:
         print(f"nalign: notice: {notice}", file=sys.stderr)
+    # every rule's recipe (its by_rule entry and the overrides) is checked before any training
+    recipes = {rule: load_recipe(name, [*overrides, *extra, f"rule.name={rule}"]) for rule in rules}
     out = Path(out) if out else default_run_dir(f"compare-{name}")
     rows, histories, trainers = [], {}, {}
     for index, rule in enumerate(rules, 1):
         print(f"[{index}/{len(rules)}] training {name} with rule {rule}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        trainers[rule] = Trainer(load_recipe(name, [*overrides, *extra, f"rule.name={rule}"]), out / rule)
+        trainers[rule] = Trainer(recipes[rule], out / rule)
         result = trainers[rule].run()
         rows.append({"rule": rule, **result.summary, "wall_seconds": time.perf_counter() - started})
         histories[rule] = read_history(result.run_dir)
