@@ -95,6 +95,20 @@ def test_alternating_steps_move_alignment_then_task(tmp_path):
         assert moved(store[step - 1], store[step]) == expected, step
 
 
+def test_delay_with_alternation_aligns_every_step_of_the_delay(tmp_path):
+    store = {}
+    r = recipe("rule.name=sa", "train.steps=8", "train.delay_epochs=1", "train.alternating=true",
+               "data.train_limit=128")
+    trainer = Trainer(r, tmp_path / "run", on_step=lambda t, s: snapshots(t, s, store))
+    snapshots(trainer, 0, store)
+    backward = {n for n, p in trainer.model.named_parameters() if n.endswith("backward_weight")}
+    trainer.run()
+    # 4 steps per epoch: steps 0..3 (the delay) all move B; then steps 4, 6 align and 5, 7 train the task
+    for step in range(1, 9):
+        expected = backward if step <= 4 or (step - 1) % 2 == 0 else set(store[0]) - backward
+        assert moved(store[step - 1], store[step]) == expected, step
+
+
 @pytest.mark.parametrize("rule", ["kp", "aa"])
 def test_accumulation_equals_the_large_batch(tmp_path, rule):
     common = ["train.dtype=float64", f"rule.name={rule}", "train.steps=5", "optim.alignment.name=sgd",

@@ -6,9 +6,10 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
    delivered inside the task backward (scaled by loss_rate), is alignment_rate * dW.
 2. For each of ``accumulate`` micro-batches (the step's batch split evenly), one backward of
    ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``.
-3. Which components update: the task optimizer (W, biases, BatchNorm) unless ``e < delay_epochs``
-   or (``alternating``) ``s`` is even; the alignment optimizer (backward weights) unless
-   (``alternating``) ``s`` is odd. Each component's gradients are clipped to ``clip_grad_norm``.
+3. Which components update: while ``e < delay_epochs`` only the alignment optimizer (backward
+   weights), every step; after the delay both, or (``alternating``) the alignment optimizer on
+   even steps and the task optimizer (W, biases, BatchNorm) on odd steps. Each component's
+   gradients are clipped to ``clip_grad_norm``.
    A rule with ``align_forward_weight`` puts W's alignment gradient into the same backward, so
    W's task optimizer applies it (W belongs to the task component only).
 4. The loss is checked for NaN/inf every ``check_finite_every`` steps, before the update: a
@@ -292,13 +293,14 @@ class Trainer:
 
     # -- the step -------------------------------------------------------------------------
     def updates(self, step: int) -> tuple[bool, bool]:
-        """(task updates, alignment updates) at global ``step``: delay and alternation."""
+        """(task updates, alignment updates) at global ``step``: during the delay only the alignment
+        trains, every step; after it, with alternation, even steps align and odd steps train the task."""
         t = self.recipe.train
-        task = step / self.steps_per_epoch >= t.delay_epochs
-        alignment = True
+        if step / self.steps_per_epoch < t.delay_epochs:
+            return False, True
         if t.alternating:
-            task, alignment = task and step % 2 == 1, step % 2 == 0
-        return task, alignment
+            return step % 2 == 1, step % 2 == 0
+        return True, True
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(total loss, task loss incl. model L2, logits) of one micro-batch."""
