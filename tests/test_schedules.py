@@ -110,3 +110,18 @@ def test_values_are_python_floats():
     for cfg in ["constant", {"kind": "exponential", "rate": 0.9}, {"kind": "step", "drops": [1]}]:
         assert isinstance(make_schedule(cfg)(1.5), float)
     assert math.isfinite(make_schedule({"kind": "exponential", "rate": 0.9})(1000.0))
+
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"kind": "step", "drops": 30}, "'drops' must be a list of epochs"),
+        ({"kind": "step", "drops": [30, "sixty"]}, "'drops' must be a list of epochs"),
+        ({"kind": "window", "start": "1"}, "'start' must be a number"),
+        ({"kind": "linear", "start": 0, "end": 1, "to_value": True}, "'to_value' must be a number"),
+        ({"kind": "exponential", "rate": -0.5}, "rate > 0"),
+    ],
+)
+def test_bad_values_are_user_errors_naming_the_key(cfg, message):
+    with pytest.raises(UserError, match=message):
+        make_schedule(cfg)

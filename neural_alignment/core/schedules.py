@@ -89,6 +89,10 @@ class Exponential:
     rate: float = 1.0
     start: float = 0.0
 
+    def __post_init__(self):
+        if not self.rate > 0:
+            raise UserError(f"exponential schedule needs rate > 0, got rate={self.rate}")
+
     def __call__(self, epoch: float) -> float:
         return float(self.rate ** (epoch - self.start)) if epoch >= self.start else 1.0
 
@@ -178,7 +182,22 @@ def _from_mapping(cfg: Mapping[str, Any]) -> Schedule:
         raise UserError(f"unknown schedule kind {kind!r}; valid kinds: {', '.join(KINDS)}")
     cls = KINDS[kind]
     valid = [f.name for f in fields(cls)]
-    for key in options:
+    for key, value in options.items():
         if key not in valid:
             raise UserError(f"unknown key {key!r} for schedule kind {kind!r}; valid keys: kind, {', '.join(valid)}")
+        _check_number(kind, key, value)
     return cls(**options)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_number(kind: str, key: str, value: Any) -> None:
+    """Every schedule key is a number, except ``drops``: a list of numbers (epochs)."""
+    if key == "drops":
+        if isinstance(value, Sequence) and not isinstance(value, str) and all(map(_is_number, value)):
+            return
+        raise UserError(f"schedule kind {kind!r}: 'drops' must be a list of epochs, e.g. [30, 60]; got {value!r}")
+    if not _is_number(value):
+        raise UserError(f"schedule kind {kind!r}: {key!r} must be a number, got {value!r}")
