@@ -41,6 +41,16 @@ def snapshots(trainer, step, store):
     store[step] = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
 
+def parameters_after_each_step(run_dir, *overrides):
+    """Train ``recipe(*overrides)``; returns ({step: parameters after it}, the backward weights' names)."""
+    store = {}
+    trainer = Trainer(recipe(*overrides), run_dir, on_step=lambda t, s: snapshots(t, s, store))
+    snapshots(trainer, 0, store)
+    backward = {n for n, _ in trainer.model.named_parameters() if n.endswith("backward_weight")}
+    trainer.run()
+    return store, backward
+
+
 def moved(before, after):
     return {n for n in after if not torch.equal(before[n], after[n])}
 
@@ -69,13 +79,9 @@ def test_run_folder_checkpoint_and_logged_lrs(tmp_path):
 
 
 def test_delay_trains_only_the_alignment_first(tmp_path):
-    store = {}
-    r = recipe("rule.name=sa", "train.steps=12", "train.delay_epochs=1", "data.train_limit=128",
-               "optim.task.schedule={kind: step, warmup_epochs: 1}")
-    trainer = Trainer(r, tmp_path / "run", on_step=lambda t, s: snapshots(t, s, store))
-    snapshots(trainer, 0, store)
-    backward = {n for n, p in trainer.model.named_parameters() if n.endswith("backward_weight")}
-    trainer.run()
+    store, backward = parameters_after_each_step(
+        tmp_path / "run", "rule.name=sa", "train.steps=12", "train.delay_epochs=1", "data.train_limit=128",
+        "optim.task.schedule={kind: step, warmup_epochs: 1}")
     # 128 // 32 = 4 steps per epoch: steps 0..3 move only B; then W too, with the task warmup shifted by 1 epoch
     for step in range(1, 5):
         assert moved(store[step - 1], store[step]) == backward
@@ -84,25 +90,17 @@ def test_delay_trains_only_the_alignment_first(tmp_path):
 
 
 def test_alternating_steps_move_alignment_then_task(tmp_path):
-    store = {}
-    trainer = Trainer(recipe("rule.name=sa", "train.steps=6", "train.alternating=true"), tmp_path / "run",
-                      on_step=lambda t, s: snapshots(t, s, store))
-    snapshots(trainer, 0, store)
-    backward = {n for n, _ in trainer.model.named_parameters() if n.endswith("backward_weight")}
-    trainer.run()
+    store, backward = parameters_after_each_step(
+        tmp_path / "run", "rule.name=sa", "train.steps=6", "train.alternating=true")
     for step in range(1, 7):
         expected = backward if (step - 1) % 2 == 0 else set(store[0]) - backward
         assert moved(store[step - 1], store[step]) == expected, step
 
 
 def test_delay_with_alternation_aligns_every_step_of_the_delay(tmp_path):
-    store = {}
-    r = recipe("rule.name=sa", "train.steps=8", "train.delay_epochs=1", "train.alternating=true",
-               "data.train_limit=128")
-    trainer = Trainer(r, tmp_path / "run", on_step=lambda t, s: snapshots(t, s, store))
-    snapshots(trainer, 0, store)
-    backward = {n for n, p in trainer.model.named_parameters() if n.endswith("backward_weight")}
-    trainer.run()
+    store, backward = parameters_after_each_step(
+        tmp_path / "run", "rule.name=sa", "train.steps=8", "train.delay_epochs=1", "train.alternating=true",
+        "data.train_limit=128")
     # 4 steps per epoch: steps 0..3 (the delay) all move B; then steps 4, 6 align and 5, 7 train the task
     for step in range(1, 9):
         expected = backward if step <= 4 or (step - 1) % 2 == 0 else set(store[0]) - backward
