@@ -134,6 +134,7 @@ class RunFolder:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self._created = False
+        self._damaged = False  # the latest checkpoint did not load
         self._unlock = None
 
     def claim(self, resume: bool, overwrite: bool = False) -> None:
@@ -194,8 +195,11 @@ class RunFolder:
         return load_resolved_recipe(self.path / RECIPE)
 
     def load_checkpoint(self, map_location) -> tuple[dict, str | None]:
-        """The newest good checkpoint and, when that is the previous one, a notice naming the damaged file."""
-        return checkpoint.load_good(self.path / CHECKPOINT, map_location)
+        """The newest good checkpoint and, when that is the previous one, a notice naming the damaged file
+        (which :meth:`begin` moves aside to ``checkpoint.pt.damaged``, so no later save keeps it as the previous one)."""
+        state, notice = checkpoint.load_good(self.path / CHECKPOINT, map_location)
+        self._damaged = notice is not None and (self.path / CHECKPOINT).is_file()
+        return state, notice
 
     def begin(self, recipe_yaml: str, resume_step: int | None = None, overwrite: bool = False) -> None:
         """The run's first writes, once its settings are valid.
@@ -210,6 +214,8 @@ class RunFolder:
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         for tmp in checkpoint.temporary_files(self.path / CHECKPOINT):
             tmp.unlink(missing_ok=True)
+        if self._damaged:
+            os.replace(self.path / CHECKPOINT, self.path / f"{CHECKPOINT}.damaged")
         if resume_step is not None:
             drop_records_after(self.path / METRICS, resume_step)
         write_text_atomically(self.path / RECIPE, recipe_yaml)

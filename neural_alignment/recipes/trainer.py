@@ -114,6 +114,7 @@ class Trainer:
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint in the folder
         self._evaluated: tuple[int, dict] = (-1, {})
         self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
         self.seen = 0  # examples since the last log (a host count: no device read)
@@ -160,6 +161,7 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
         """Write ``checkpoint.pt`` atomically: model, optimizers, lr state, RNG states, running stats, step."""
+        self.saved_step = self.step
         return checkpoint.save({
             "step": self.step,
             "model": self.model.state_dict(),
@@ -177,7 +179,7 @@ class Trainer:
             if component is not None:
                 component.load_state_dict(state["optimizers"][key])
         checkpoint.set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         if "running" in state:
             self.running.copy_(state["running"]["sums"])
             self.seen = int(state["running"]["seen"])
@@ -360,7 +362,8 @@ class Trainer:
                 clock = time.perf_counter()
             if self.step > start_step:
                 self.check_finite(self.step - 1, weights=True)
-            self.save()
+            if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
+                self.save()
             summary = self.summary(step_seconds, "finished")
             return RunResult(self.run_dir, summary, self.model)
         except TrainingDiverged as exc:
