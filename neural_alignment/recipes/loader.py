@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from pathlib import Path
 from typing import Iterable
 
@@ -81,7 +82,8 @@ def find_recipe(name: str) -> Path:
 def _read(path: Path) -> DictConfig:
     """The mapping a recipe file holds; an empty file, a scalar or a list is a ``RecipeError``."""
     try:
-        top = yaml.safe_load(path.read_text(encoding="utf-8"))  # OmegaConf reads '' as {} and 'x' as {x: null}
+        # the top level's kind first: OmegaConf reads '' as {} and 'x' as {x: null}
+        top = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
         cfg = OmegaConf.load(path)  # its YAML reads 1e-3 as a number
     except Exception as exc:  # YAML syntax errors come in many types
         raise RecipeError(f"cannot parse recipe file {path}: {str(exc).splitlines()[0]}") from None
@@ -106,12 +108,37 @@ def _error(exc: OmegaConfBaseException, where: str) -> RecipeError:
     return RecipeError(f"bad value for recipe key {key!r} in {where}: {reason}")
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The schema's defaults as a config, built once (``OmegaConf.merge`` copies it, never changes it)."""
+    return OmegaConf.structured(Recipe)
+
+
 def validate(cfg, where: str) -> DictConfig:
     """``cfg`` merged onto the schema's defaults; raises ``RecipeError`` naming a bad key."""
+    schema = _schema()
     try:
-        return OmegaConf.merge(OmegaConf.structured(Recipe), cfg)
+        return OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as exc:
         raise _error(exc, where) from None
+    except TypeError:  # OmegaConf merges a list into a mapping (or back) with a bare TypeError
+        key = _shape_mismatch(schema, cfg)
+        raise RecipeError(f"bad value for recipe key {key!r} in {where}: a list where a mapping belongs, "
+                          "or a mapping where a list belongs") from None
+
+
+def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
+    """The first key where ``cfg`` holds a list and ``schema`` a mapping, or the other way round."""
+    for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else ():
+        below = schema._get_node(key) if key in schema else None
+        if isinstance(value, ListConfig) and isinstance(below, DictConfig) or (
+                isinstance(value, DictConfig) and isinstance(below, ListConfig)):
+            return f"{prefix}{key}"
+        if isinstance(value, DictConfig) and isinstance(below, DictConfig):
+            found = _shape_mismatch(below, value, f"{prefix}{key}.")
+            if found:
+                return found
+    return prefix.rstrip(".")
 
 
 def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
@@ -174,7 +201,7 @@ def _dotlist(overrides: Iterable[str]) -> DictConfig:
             raise RecipeError(f"override {item!r} must look like key=value, e.g. train.steps=100")
     try:
         return OmegaConf.from_dotlist(items)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise RecipeError(f"cannot parse overrides {items}: {str(exc).splitlines()[0]}") from None
 
 

@@ -69,7 +69,7 @@ class Registered(Check):
         from neural_alignment.registry import get_registry
 
         catalog = get_registry().catalog(self.kind)
-        return None if value in catalog else catalog.unknown_message(value)
+        return None if isinstance(value, str) and value in catalog else catalog.unknown_message(value)
 
 
 @dataclass(frozen=True)
