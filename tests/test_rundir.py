@@ -82,7 +82,7 @@ def test_resume_continues_the_folders_recipe_and_records_what_changed(tmp_path, 
 
 @pytest.mark.parametrize("override, named", [
     ("rule.name=kp", "rule.name ('fa' -> 'kp')"),
-    ("optim.task.lr=0.5", "optim.task.lr"),
+    ("optim.task.lr=0.5", "optim.task.lr (0.05 -> 0.5): a resumed run keeps its recipe"),
     ("log.loggers=[nosuchlogger]", "unknown logger 'nosuchlogger'"),
     ("train.steps=1", "its checkpoint is at step 2"),
 ])
@@ -182,3 +182,10 @@ def test_a_held_folder_is_released_when_the_run_ends(tmp_path):
         RunFolder(tmp_path / "f").claim(resume=False)
     folder.release()
     RunFolder(tmp_path / "f").claim(resume=False)
+
+
+def test_run_needs_a_recipe_or_resume_and_resume_takes_no_overwrite(tmp_path, capsys):
+    code, err = run(capsys)
+    assert code == 2 and len(err) == 1 and "needs a recipe NAME" in err[0]
+    code, err = run(capsys, "--resume", str(tmp_path), "--overwrite")
+    assert code == 2 and len(err) == 1 and "give one of them" in err[0]

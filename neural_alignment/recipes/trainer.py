@@ -93,8 +93,9 @@ class Trainer:
             if resume:
                 self._resume()
             self.folder.begin(to_yaml(self.recipe), self.step if resume else None, overwrite)
-            self.loggers = [make(self.run_dir, self.run_dir.name, OmegaConf.to_container(self.recipe, resolve=True),
-                                 **options) for make, options in self._logger_factories]
+            config = OmegaConf.to_container(self.recipe, resolve=True)
+            self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
+                            for make, options in self._logger_factories]
         except BaseException:
             self.folder.release()
             raise
