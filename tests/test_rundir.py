@@ -50,8 +50,9 @@ def test_a_second_run_into_a_used_folder_is_refused_unless_overwrite(tmp_path, c
 def test_a_folder_held_by_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, capsys):
     out = tmp_path / "C"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-                held = RunFolder({str(out)!r})
+        import time
+        from neural_alignment.recipes.rundir import RunFolder
+        held = RunFolder({str(out)!r})
         held.claim(resume=False)
         print("held", flush=True)
         time.sleep(60)
