@@ -84,11 +84,13 @@ def schema_keys(schema=Recipe(), prefix=""):
 
 
 KEYS = sorted(schema_keys())
+NAMES = st.sampled_from(["mlp", "digits", "bp", "kp", "sgd", "adam", "float64", "jsonl", "console", "cpu", "normal",
+                         "decay", "hidden", "kind", "fo_bias", "task", "alignment", "1", "3"])  # names the code knows
 SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
-           | st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
-           | st.sampled_from(["mlp", "digits", "bp", "kp", "sgd", "adam", "float64", "jsonl", "cpu", "normal"]))
+           | st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | NAMES)
 VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8), inner, max_size=3),
+                      | st.dictionaries(NAMES | st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8), inner,
+                                        max_size=3),
                       max_leaves=6)
 
 

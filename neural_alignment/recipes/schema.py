@@ -84,6 +84,25 @@ class FloatDtype(Check):
         return None if ok else f"{value!r} is not a torch floating dtype (float32, float64, bfloat16...)"
 
 
+@dataclass(frozen=True)
+class Text(Check):
+    """A string (OmegaConf lets a list into a ``List[str]`` item)."""
+
+    def problem(self, value: Any) -> str | None:
+        return None if isinstance(value, str) else f"{value!r} is not a name (a string)"
+
+
+@dataclass(frozen=True)
+class OptionsByName(Check):
+    """A mapping from a name (a logger...) to the mapping of that one's keyword options."""
+
+    def problem(self, value: Any) -> str | None:
+        for name, options in value.items():
+            if options is not None and not hasattr(options, "items"):
+                return f"the options of {name!r} must be a mapping (key: value, ...), not {options!r}"
+        return None
+
+
 def at_least(low: float) -> Range:
     return Range(low)
 
@@ -122,7 +141,7 @@ class RuleConfig:
     noise_dist: Optional[str] = field(default=None, metadata=valid(OneOf(NOISE_DISTRIBUTIONS)))
     schedules: Dict[str, Any] = field(default_factory=dict)
     align_forward_weight: Optional[bool] = None
-    exclude: List[str] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list, metadata=valid(Text()))
 
 
 @dataclass
@@ -223,7 +242,7 @@ class LogConfig:
     """``loggers``: registered logger names (jsonl is always added); ``options``: per logger name."""
 
     loggers: List[str] = field(default_factory=lambda: ["jsonl", "console"], metadata=valid(Registered("loggers")))
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict, metadata=valid(OptionsByName()))
 
 
 @dataclass

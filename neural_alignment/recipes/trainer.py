@@ -153,7 +153,7 @@ class Trainer:
         names = list(dict.fromkeys(["jsonl", *log.loggers]))
         options = OmegaConf.to_container(log.options)
         registry = get_registry()
-        return [(registry.get("loggers", name), options.get(name, {})) for name in names]
+        return [(registry.get("loggers", name), options.get(name) or {}) for name in names]
 
     @property
     def components(self) -> dict[str, ComponentOptimizer | None]:
