@@ -1,7 +1,7 @@
 """The rules a biotorch user knows, here and in biotorch, side by side on one small convnet.
 
     python benchmarks/peers.py [--rules bp,fa,usf,brsf,frsf,dfa] [--seeds 0] [--epochs 1]
-                               [--train-limit 10000] [--batch-size 64] [--threads 1]
+                               [--train-limit 10000] [--test-limit N] [--batch-size 64] [--threads 1]
 
 For each rule and seed: one plain torch convnet (``convnet``: conv3x3-BN-ReLU-maxpool blocks,
 channels 16, 32, then a Linear classifier) is built from the seed and copied twice; one copy is
@@ -80,8 +80,8 @@ def load_biotorch():
     return BioModule
 
 
-def load_data(train_limit: int):
-    """(train x, train y, test x, test y, dataset name, classes) as tensors."""
+def load_data(train_limit: int, test_limit: int | None):
+    """(train x, train y, test x, test y, dataset name, classes) as tensors (the first examples of each split)."""
     datasets = get_registry().catalog("datasets")
     if FMNIST.is_dir():
         splits, name = datasets.get("fashion_mnist")(root=str(FMNIST)), "fashion_mnist"
@@ -89,7 +89,8 @@ def load_data(train_limit: int):
         splits, name = datasets.get("digits")(), "digits"
     train_x, train_y = (torch.stack(t) for t in zip(*[splits.train[i] for i in range(min(train_limit,
                                                                                          len(splits.train)))]))
-    test_x, test_y = (torch.stack(t) for t in zip(*[splits.test[i] for i in range(len(splits.test))]))
+    test_count = len(splits.test) if test_limit is None else min(test_limit, len(splits.test))
+    test_x, test_y = (torch.stack(t) for t in zip(*[splits.test[i] for i in range(test_count)]))
     return train_x, train_y, test_x, test_y, name, splits.num_classes
 
 
@@ -197,6 +198,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--train-limit", type=int, default=10000)
+    parser.add_argument("--test-limit", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     registry = Registry(autoload=False, extra_plugins=example_plugins())
     BioModule = load_biotorch()
-    data = load_data(args.train_limit)
+    data = load_data(args.train_limit, args.test_limit)
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"# {data[4]}: {len(data[0])} training examples, {len(data[2])} test; convnet channels 16,32 + BN; "
           f"batch {args.batch_size}, {args.epochs} epoch(s), seeds {seeds}, {args.threads} thread(s), "
