@@ -58,6 +58,11 @@ class DirectFeedback(Feedback):
         if self._output_layer is not None and self._output_layer() is layer:
             self._error = dy.reshape(dy.shape[0], -1)
         e = self._error
+        if e is None or e.shape[0] != dy.shape[0]:
+            raise RuntimeError(
+                "dfa: no output error for this backward: the last aligned layer to run forward (the output "
+                "layer) must be on the loss's path, with its input requiring a gradient"
+            )
         D = self.matrix(layer, e.shape[1], math.prod(input_shape[1:]), like=dy)
         return e.matmul(D).reshape(input_shape)
 

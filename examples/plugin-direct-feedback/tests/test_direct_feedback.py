@@ -9,6 +9,7 @@ steps and restored from a checkpoint.
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -124,3 +125,12 @@ def test_feedback_matrices_are_fixed_and_restored_from_a_checkpoint():
     restored.load_state_dict(model.state_dict())
     F.cross_entropy(restored(x), targets).backward()
     assert all(torch.equal(a, feedback_matrix(layer)) for a, (_, layer) in zip(first, aligned_layers(restored)))
+
+
+def test_a_backward_without_the_output_layer_on_its_path_is_an_error_naming_it():
+    model = mlp()
+    x = torch.randn(3, 6, dtype=F64, requires_grad=True)
+    hidden = model[:4](x)  # the last layer to run forward is not on this loss's path
+    model[4](torch.randn(2, 4, dtype=F64))
+    with pytest.raises(RuntimeError, match="the last aligned layer to run forward .the output layer. must be on"):
+        hidden.sum().backward()
