@@ -14,7 +14,8 @@ scikit-learn's digits; the first ``--train-limit`` training examples) and train 
 SGD (lr 0.05, momentum 0.9) on W, biases and BatchNorm, one step of each library after the
 other, alternating which goes first.
 
-Printed per rule: test accuracy (the whole test split, after training), the weight angle
+Printed per rule: test accuracy (the whole test split, after training; mean and, with several
+seeds, the range over seeds), the weight angle
 (degrees between vec(W) and vec(B) of the B the last backward used, mean over layers; biotorch's
 frsf keeps |B| in ``weight_backward`` and multiplies by sign(W) in the forward, so the angle is
 taken with |B| sign(W); none for dfa, whose feedback matrices do not have W's shape), and the
@@ -192,6 +193,14 @@ def fmt(value, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def spread(values: list[float]) -> str:
+    """``mean (min-max)`` over seeds, or ``-`` without values."""
+    if not values:
+        return "-"
+    mean = statistics.fmean(values)
+    return f"{mean:.4f}" if len(values) == 1 else f"{mean:.4f} ({min(values):.3f}-{max(values):.3f})"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rules", default=",".join(RULES))
@@ -218,13 +227,16 @@ def main(argv=None) -> int:
     for rule in args.rules.split(","):
         results = [run(rule, seed, data, args, registry, BioModule) for seed in seeds]
 
+        def values(side, key):
+            return [r[side][key] for r in results if side in r and r[side][key] is not None]
+
         def mean(side, key):
-            values = [r[side][key] for r in results if side in r and r[side][key] is not None]
-            return statistics.fmean(values) if values else None
+            found = values(side, key)
+            return statistics.fmean(found) if found else None
 
         ours_ms, peer_ms = mean("ours", "ms"), mean("biotorch", "ms")
         ratio = None if peer_ms is None else ours_ms / peer_ms
-        print(f"| {rule} | {fmt(mean('ours', 'acc'), '.4f')} | {fmt(mean('biotorch', 'acc'), '.4f')} "
+        print(f"| {rule} | {spread(values('ours', 'acc'))} | {spread(values('biotorch', 'acc'))} "
               f"| {fmt(mean('ours', 'angle'), '.1f')} | {fmt(mean('biotorch', 'angle'), '.1f')} "
               f"| {fmt(ours_ms, '.2f')} | {fmt(peer_ms, '.2f')} | {fmt(ratio, '.2f')} |", flush=True)
     return 0
