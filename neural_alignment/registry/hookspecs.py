@@ -43,7 +43,9 @@ def register_rules(register):
 
     ``obj`` is a :class:`neural_alignment.core.rules.RuleSpec`: its ``name`` (the registered
     name), default primitive weights (each primitive registered by some plugin) and options;
-    ``get_rule(name, **overrides)`` builds a rule from it.
+    ``get_rule(name, **overrides)`` builds a rule from it. A rule with its own backward path
+    sets ``RuleSpec(feedback=...)`` (``core/feedback.py``: B set from W each step, or a layer's
+    input gradient other than dy B); no other hook is involved.
     """
 
 
