@@ -45,7 +45,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``nalign run NAME [KEY=VALUE ...] [--out DIR] [--resume DIR]``: train one recipe."""
-    from neural_alignment.recipes.runner import default_run_dir, train
+    from neural_alignment.recipes.rundir import default_run_dir
+    from neural_alignment.recipes.trainer import train
 
     recipe = load_recipe(args.recipe, args.overrides)
     if args.resume:

@@ -25,7 +25,9 @@ from torch.utils.data import default_collate
 from neural_alignment.analysis.figures import plot_comparison
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.runner import METRICS, Trainer, build_data, default_run_dir
+from neural_alignment.recipes.build import build_data
+from neural_alignment.recipes.rundir import METRICS, default_run_dir
+from neural_alignment.recipes.trainer import Trainer
 from neural_alignment.registry import UnknownNameError, get_registry
 
 FALLBACK_DATASET = "digits"

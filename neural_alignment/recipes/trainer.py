@@ -23,45 +23,44 @@ so a resumed run sees the same batches. The run folder holds ``recipe.yaml``, ``
 (the ``jsonl`` logger is always on), ``summary.json`` and ``checkpoint.pt`` (atomic; every
 ``checkpoint_every`` steps and at the end). Resuming drops the records of ``metrics.jsonl`` past
 the checkpoint's step (they are logged again), so the record reads as one uninterrupted run.
+
 """
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from neural_alignment.api import alignment_loss, convert, layer_metrics, set_epoch
+from neural_alignment.api import alignment_loss, layer_metrics, set_epoch
 from neural_alignment.core import checkpoint
-from neural_alignment.core.backend import Backend
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.logger import layer_metric_key
-from neural_alignment.core.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
-from neural_alignment.core.options import checked_options
-from neural_alignment.core.rules import OPTION_KEYS
+from neural_alignment.core.optim import ComponentOptimizer
+from neural_alignment.recipes.batches import StepBatches
+from neural_alignment.recipes.build import (
+    backward_weights,
+    build_backend,
+    build_data,
+    build_model,
+    forward_weights,
+    make_component,
+    seed_everything,
+)
+from neural_alignment.recipes.divergence import TrainingDiverged, blown_up_layer
+from neural_alignment.recipes.evaluation import metric_name, topk_correct
 from neural_alignment.recipes.loader import to_yaml
+from neural_alignment.recipes.rundir import CHECKPOINT, METRICS, drop_records_after
 from neural_alignment.registry import get_registry
-
-CHECKPOINT = "checkpoint.pt"
-METRICS = "metrics.jsonl"  # written by the always-on jsonl logger
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN or infinite; the message names the step and the layer that blew up."""
 
 
 @dataclass
@@ -71,135 +70,6 @@ class RunResult:
     run_dir: Path
     summary: dict
     model: nn.Module
-
-
-def default_run_dir(name: str) -> Path:
-    """``runs/<recipe>-<UTC timestamp>``."""
-    return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-
-
-class StepBatches(Sampler):
-    """Batches of indices for global steps ``start .. total - 1``.
-
-    Step ``s`` takes slice ``s mod spe`` of epoch ``s // spe``'s permutation, drawn from a
-    generator seeded with ``(seed, epoch)`` (spe = n // batch_size; the remainder is dropped).
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int):
-        self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
-        self.steps_per_epoch = n // batch_size
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.n, generator=generator)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, perm = None, None
-        for step in range(self.start, self.total):
-            e, i = divmod(step, self.steps_per_epoch)
-            if e != epoch:
-                epoch, perm = e, self.permutation(e)
-            yield perm[i * self.batch_size:(i + 1) * self.batch_size].tolist()
-
-    def __len__(self) -> int:
-        return self.total - self.start
-
-
-def drop_records_after(path: Path, step: int) -> None:
-    """Keep the JSONL records of ``path`` up to ``step`` (and drop a line a kill cut short)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                kept.append(line)
-        except ValueError:
-            continue
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed torch, numpy and ``random``; in deterministic mode, forbid nondeterministic kernels."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(bool(deterministic))
-
-
-def build_data(recipe: DictConfig) -> DataSplits:
-    """The recipe's dataset (registered name), cut to ``train_limit``/``test_limit``."""
-    data = recipe.data
-    builder = get_registry().get("datasets", data.dataset)
-    splits = builder(root=data.root, **OmegaConf.to_container(data.options))
-    return splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
-
-
-def rule_options(rule: DictConfig) -> dict[str, Any]:
-    """The rule overrides a recipe sets (empty mappings and nulls keep the rule's defaults)."""
-    options = OmegaConf.to_container(rule)
-    return {key: options[key] for key in OPTION_KEYS if options[key] not in (None, {})}
-
-
-def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
-    """The architecture for ``splits``, converted to the recipe's rule (``rule.exclude`` stays on bp)."""
-    builder = get_registry().get("architectures", recipe.model.arch)
-    model = builder(splits.num_classes, tuple(splits.in_shape), **OmegaConf.to_container(recipe.model.options))
-    return convert(model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), **rule_options(recipe.rule))
-
-
-def build_backend(recipe: DictConfig) -> Backend:
-    cls = get_registry().get("backends", recipe.backend.name)
-    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**OmegaConf.to_container(recipe.backend.options))
-
-
-def backward_weights(model: nn.Module) -> list[nn.Parameter]:
-    """Every aligned layer's trainable backward weight B."""
-    return [m.backward_weight for _, m in aligned_layers(model)
-            if m.backward_weight is not None and m.backward_weight.requires_grad]
-
-
-def forward_weights(model: nn.Module) -> list[nn.Parameter]:
-    """The forward kernels W: every parameter named ``weight`` with at least 2 dims (not BatchNorm's)."""
-    return [p for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.dim() >= 2]
-
-
-def weight_norms(model: nn.Module) -> list[tuple[str, float]]:
-    """(``<layer>.weight``/``<layer>.backward_weight``, Frobenius norm) of every W and B."""
-    return [(name, p.detach().double().norm().item()) for name, p in model.named_parameters()
-            if name.rpartition(".")[2] in ("weight", "backward_weight") and p.dim() >= 2]
-
-
-def blown_up_layer(model: nn.Module) -> str:
-    """The W or B whose norm is non-finite, else the largest one, as ``name (||.|| = value)``."""
-    norms = weight_norms(model)
-    bad = [(n, v) for n, v in norms if not math.isfinite(v)]
-    name, value = bad[0] if bad else max(norms, key=lambda item: item[1])
-    return f"{name} (norm {value:.4g})"
-
-
-def make_component(cfg: DictConfig, params: list, steps_per_epoch: int, batch_size: int, shift: float,
-                   noisy: list) -> ComponentOptimizer | None:
-    """One loss component's :class:`ComponentOptimizer`, or ``None`` when it has no parameters."""
-    if not params:
-        return None
-    optimizer = make_optimizer(cfg.name, params, cfg.lr, cfg.momentum, cfg.weight_decay)
-    lr = make_lr_schedule(cfg.lr, OmegaConf.to_container(cfg, resolve=True)["schedule"], steps_per_epoch,
-                          batch_size, cfg.rescale_lr, shift)
-    return ComponentOptimizer(optimizer, lr, cfg.noise.std, noisy)
-
-
-def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: list[int]) -> torch.Tensor:
-    """Per k, the number of examples whose target is among the k largest logits."""
-    top = logits.topk(max(ks), dim=1).indices
-    hits = top == targets[:, None]
-    return torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
-
-
-def metric_name(k: int) -> str:
-    return "test_acc" if k == 1 else f"test_top{k}"
 
 
 class Trainer:

@@ -1,0 +1,79 @@
+"""Building what a recipe names: seeds, data, model, backend and the per-component optimizers."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from neural_alignment.api import convert
+from neural_alignment.core.backend import Backend
+from neural_alignment.core.data import DataSplits
+from neural_alignment.core.layers import aligned_layers
+from neural_alignment.core.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
+from neural_alignment.core.options import checked_options
+from neural_alignment.core.rules import OPTION_KEYS
+from neural_alignment.registry import get_registry
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed torch, numpy and ``random``; in deterministic mode, forbid nondeterministic kernels."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(deterministic))
+
+
+def build_data(recipe: DictConfig) -> DataSplits:
+    """The recipe's dataset (registered name), cut to ``train_limit``/``test_limit``."""
+    data = recipe.data
+    builder = get_registry().get("datasets", data.dataset)
+    splits = builder(root=data.root, **OmegaConf.to_container(data.options))
+    return splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
+
+
+def rule_options(rule: DictConfig) -> dict[str, Any]:
+    """The rule overrides a recipe sets (empty mappings and nulls keep the rule's defaults)."""
+    options = OmegaConf.to_container(rule)
+    return {key: options[key] for key in OPTION_KEYS if options[key] not in (None, {})}
+
+
+def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
+    """The architecture for ``splits``, converted to the recipe's rule (``rule.exclude`` stays on bp)."""
+    builder = get_registry().get("architectures", recipe.model.arch)
+    model = builder(splits.num_classes, tuple(splits.in_shape), **OmegaConf.to_container(recipe.model.options))
+    return convert(model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), **rule_options(recipe.rule))
+
+
+def build_backend(recipe: DictConfig) -> Backend:
+    cls = get_registry().get("backends", recipe.backend.name)
+    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**OmegaConf.to_container(recipe.backend.options))
+
+
+def backward_weights(model: nn.Module) -> list[nn.Parameter]:
+    """Every aligned layer's trainable backward weight B."""
+    return [m.backward_weight for _, m in aligned_layers(model)
+            if m.backward_weight is not None and m.backward_weight.requires_grad]
+
+
+def forward_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The forward kernels W: every parameter named ``weight`` with at least 2 dims (not BatchNorm's)."""
+    return [p for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.dim() >= 2]
+
+
+def make_component(cfg: DictConfig, params: list, steps_per_epoch: int, batch_size: int, shift: float,
+                   noisy: list) -> ComponentOptimizer | None:
+    """One loss component's :class:`ComponentOptimizer`, or ``None`` when it has no parameters."""
+    if not params:
+        return None
+    optimizer = make_optimizer(cfg.name, params, cfg.lr, cfg.momentum, cfg.weight_decay)
+    lr = make_lr_schedule(cfg.lr, OmegaConf.to_container(cfg, resolve=True)["schedule"], steps_per_epoch,
+                          batch_size, cfg.rescale_lr, shift)
+    return ComponentOptimizer(optimizer, lr, cfg.noise.std, noisy)

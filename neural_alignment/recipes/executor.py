@@ -1,0 +1,88 @@
+"""Running many recipes: the one path that search trials and comparison grids share.
+
+A :class:`RunSpec` names a recipe, its overrides and the run folder. :func:`run_one` trains it
+into that folder and returns its summary, and is idempotent on the folder:
+
+- ``summary.json`` says ``finished``: the run is reused, nothing is trained again;
+- a ``checkpoint.pt`` is there (an interrupted run): training resumes from it;
+- otherwise a fresh run.
+
+A run that raises (a user error, a divergence, a bug) returns a summary with
+``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
+:func:`run_all` runs a list of specs one after another (``local``); other executors (a Ray
+cluster) plug in beside it with the same contract.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.divergence import TrainingDiverged
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.rundir import CHECKPOINT, SUMMARY
+
+FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run: recipe ``name`` (or YAML path) with ``overrides``, trained into ``run_dir``."""
+
+    name: str
+    overrides: tuple[str, ...] = ()
+    run_dir: Path = field(default_factory=Path)
+
+
+def finished_summary(run_dir: str | os.PathLike) -> dict | None:
+    """The summary of a finished run in ``run_dir``, else ``None``."""
+    path = Path(run_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if summary.get("status") == FINISHED else None
+
+
+def run_one(spec: RunSpec) -> dict:
+    """Train ``spec`` (reusing a finished run, resuming an interrupted one); never raises for a failed run.
+
+    The returned summary always has ``status`` and ``seconds`` (wall time of this call) and, on
+    failure, ``error`` (one line for a user error or a divergence, the last traceback line otherwise).
+    """
+    from neural_alignment.recipes.trainer import train
+
+    started = time.perf_counter()
+    reused = finished_summary(spec.run_dir)
+    if reused is not None:
+        return {**reused, "reused": True}
+    try:
+        recipe = load_recipe(spec.name, list(spec.overrides))
+        result = train(recipe, spec.run_dir, resume=(Path(spec.run_dir) / CHECKPOINT).is_file())
+        summary = dict(result.summary)
+    except TrainingDiverged as exc:
+        summary = {"status": "diverged", "error": str(exc)}
+    except UserError as exc:
+        summary = {"status": "failed", "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a trial's bug is recorded, the search goes on
+        last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+        summary = {"status": "failed", "error": last}
+    summary["seconds"] = time.perf_counter() - started
+    return summary
+
+
+def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:
+    """Run ``specs`` one after another in this process; ``on_done(spec, summary)`` after each."""
+    summaries = []
+    for spec in specs:
+        summary = run_one(spec)
+        if on_done is not None:
+            on_done(spec, summary)
+        summaries.append(summary)
+    return summaries

@@ -1,0 +1,40 @@
+"""The executor: a finished run is reused, an interrupted one resumes, a failing one is recorded."""
+
+import json
+
+from neural_alignment.recipes.executor import RunSpec, run_all, run_one
+
+TINY = (
+    "data.train_limit=128", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[8]",
+    "train.progress=false", "log.loggers=[jsonl]", "train.epochs=null", "train.metrics_every=1",
+)
+
+
+def test_a_finished_run_is_reused_not_retrained(tmp_path):
+    spec = RunSpec("digits-mlp", (*TINY, "train.steps=4"), tmp_path / "a")
+    first = run_one(spec)
+    assert first["status"] == "finished" and first["steps"] == 4
+    stamp = (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns
+    again = run_one(spec)
+    assert again["reused"] and again["test_acc"] == first["test_acc"]
+    assert (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns == stamp
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    run_dir = tmp_path / "b"
+    run_one(RunSpec("digits-mlp", (*TINY, "train.steps=3"), run_dir))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "stopped", "step": 3}))
+    summary = run_one(RunSpec("digits-mlp", (*TINY, "train.steps=6"), run_dir))
+    assert summary["status"] == "finished" and summary["steps"] == 6
+    steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert steps[0] == 1 and steps[-1] == 6 and len(steps) == len(set(steps))
+
+
+def test_a_failing_run_is_recorded_and_the_rest_go_on(tmp_path):
+    specs = [RunSpec("digits-mlp", (*TINY, "rule.name=nosuchrule", "train.steps=2"), tmp_path / "bad"),
+             RunSpec("digits-mlp", (*TINY, "train.steps=2"), tmp_path / "good")]
+    done = []
+    bad, good = run_all(specs, on_done=lambda spec, summary: done.append(spec.run_dir.name))
+    assert bad["status"] == "failed" and "nosuchrule" in bad["error"] and bad["seconds"] >= 0
+    assert good["status"] == "finished"
+    assert done == ["bad", "good"]
