@@ -123,7 +123,7 @@ def weights_figure(run: Run, layers: Sequence[str], steps: Sequence[int]) -> Fig
             limit = float(np.abs(pairs).max()) * 1.05 or 1.0
             ax.plot([-limit, limit], [-limit, limit], linestyle=":", color="black", linewidth=1)
             ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal",
-                   title=f"{layer}, step {step}", xlabel="W", ylabel="B")
+                   title=f"layer {layer}, step {step}", xlabel="W", ylabel="B")
     figure.suptitle(f"{run.label}: forward vs backward weights (sampled entries; dotted: B = W)")
     return figure
 
@@ -134,24 +134,25 @@ def _save(figure: Figure, out: Path, name: str) -> Path:
     return path
 
 
-def chosen_layers(run: Run, layers: Sequence[str] | None, available: Sequence[str]) -> list[str]:
-    if not layers:
+def chosen(run: Run, requested: Sequence | None, available: Sequence, missing: str, valid: str) -> list:
+    """``requested`` if every item is in ``available`` (else a ``UserError`` naming the missing
+    ones and listing ``available``); the first, middle and last of ``available`` when none is requested."""
+    if not requested:
         return default_choice(list(available))
-    unknown = [layer for layer in layers if layer not in available]
-    if unknown:
-        raise UserError(f"run {run.label}: no weight snapshots of layer(s) {', '.join(unknown)}; "
-                        f"layers: {', '.join(available)}")
-    return list(layers)
+    absent = [str(item) for item in requested if item not in available]
+    if absent:
+        raise UserError(f"run {run.label}: {missing} {', '.join(absent)}; {valid}: {', '.join(map(str, available))}")
+    return list(requested)
 
 
-def chosen_steps(run: Run, steps: Sequence[int] | None, available: Sequence[int]) -> list[int]:
-    if not steps:
-        return default_choice(list(available))
-    missing = [step for step in steps if step not in available]
-    if missing:
-        raise UserError(f"run {run.label}: no weight snapshot at step(s) {', '.join(map(str, missing))}; "
-                        f"snapshot steps: {', '.join(map(str, available))}")
-    return list(steps)
+def scatter_choice(run: Run, layers: Sequence[str] | None,
+                   steps: Sequence[int] | None) -> tuple[list[str], list[int]] | None:
+    """(layers, steps) of ``run``'s W-versus-B scatter, or None when it has no snapshots."""
+    available = run.snapshot_steps()
+    if not available:
+        return None
+    return (chosen(run, layers, list(run.snapshot(available[0])), "no weight snapshots of layer(s)", "layers"),
+            chosen(run, steps, available, "no weight snapshot at step(s)", "snapshot steps"))
 
 
 def summary_table(runs: Sequence[Run]) -> str:
@@ -196,6 +197,7 @@ def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[
     last layer and snapshot); a layer or step a run lacks is a ``UserError`` listing what it has.
     """
     runs = load_runs(paths)
+    scatter = {run.label: scatter_choice(run, layers, steps) for run in runs}  # bad choices fail before drawing
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = [Figured("curves.png", "Accuracy and loss", "test (solid) and training (dashed) against the step"),
@@ -209,15 +211,12 @@ def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[
         figures.append(Figured(f"layers-{stem}.png", f"{run.label}: per-layer metrics (Fig. S4)",
                                "weight angle, gradient angle and norm ratio per layer, coloured by depth"))
         _save(layers_figure(run), out, figures[-1].name)
-        available = run.snapshot_steps()
-        if not available:
+        if scatter[run.label] is None:
             notes.append(f"{run.label}: no weight snapshots in {run.path}, so no W-versus-B scatter.")
             continue
-        first = run.snapshot(available[0])
-        layer_choice = chosen_layers(run, layers, list(first))
-        step_choice = chosen_steps(run, steps, available)
+        layer_choice, step_choice = scatter[run.label]
         figures.append(Figured(f"weights-{stem}.png", f"{run.label}: forward vs backward weights (Fig. S3)",
-                               f"sampled (W, B) entry pairs of {', '.join(layer_choice)} at steps "
+                               f"sampled (W, B) entry pairs of layers {', '.join(layer_choice)} at steps "
                                f"{', '.join(map(str, step_choice))}; dotted: B = W"))
         _save(weights_figure(run, layer_choice, step_choice), out, figures[-1].name)
     (out / "index.html").write_text(page(runs, figures, out, notes), encoding="utf-8")
