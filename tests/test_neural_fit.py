@@ -77,7 +77,8 @@ def test_noise_ceiling_correction_lifts_a_perfect_predictor_to_about_one():
     # the reliability is the Spearman-Brown corrected split half: by hand for one split
     reliability = neural_fit.split_half_reliability(trials[:, :50], splits=1, seed=0)
     order = np.random.default_rng(0).permutation(20)
-    half = [np.corrcoef(trials[order[:10], :50, j].mean(0), trials[order[10:], :50, j].mean(0))[0, 1] for j in range(30)]
+    first, second = trials[order[:10], :50].mean(0), trials[order[10:], :50].mean(0)
+    half = [np.corrcoef(first[:, j], second[:, j])[0, 1] for j in range(30)]
     np.testing.assert_allclose(reliability, [2 * h / (1 + h) for h in half], rtol=1e-10)
 
 

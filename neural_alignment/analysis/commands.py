@@ -98,7 +98,8 @@ def cmd_neural_fit(args: argparse.Namespace) -> int:
     features = neural_fit.layer_features(model, args.layer, data.images)
     result = neural_fit.fit(features, data.responses, data.labels, data.trials, args.components, args.seed)
     print(f"layer {args.layer}: {features.shape[1]} features -> {len(result.r)} sites; PLS with "
-          f"{result.n_components} components; {result.n_train} train / {result.n_test} held-out images (seed {args.seed})")
+          f"{result.n_components} components; {result.n_train} train / {result.n_test} held-out images "
+          f"(seed {args.seed})")
     print(f"median held-out Pearson r: {result.median_r:.4f}")
     if result.reliability is not None:
         print(f"median noise-corrected r: {result.median_corrected_r:.4f} "
@@ -122,14 +123,16 @@ def register(subparsers) -> None:
     analyze = subparsers.add_parser("analyze", help="the appendix's dynamics analyses (d1, d2)")
     which = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     d1 = which.add_parser("d1", help="D.1: stability of a rule's layer-wise regularizer (scalar linear case)")
-    d1.add_argument("--rule", action="append", metavar="NAME", help="a registered rule (repeatable; default sa, aa, wm)")
+    d1.add_argument("--rule", action="append", metavar="NAME",
+                    help="a registered rule (repeatable; default sa, aa, wm)")
     d1.add_argument("--weight", action="append", default=[], metavar="RULE.PRIMITIVE=NUMBER",
                     help="override a rule's primitive weight, e.g. wm.decay=5e-4 (wm with alpha = beta)")
     d1.add_argument("--x", default="0.5,1,2,4", help="inputs x to evaluate at (default 0.5,1,2,4)")
     d1.add_argument("--at", default="0.7,-0.4", metavar="W,B", help="the point (w, b) (default 0.7,-0.4)")
     d1.set_defaults(func=cmd_d1)
     d2 = which.add_parser("d2", help="D.2: two-layer scalar linear network under bp, fa, sa")
-    d2.add_argument("--rule", action="append", metavar="NAME", help="a registered rule (repeatable; default bp, fa, sa)")
+    d2.add_argument("--rule", action="append", metavar="NAME",
+                    help="a registered rule (repeatable; default bp, fa, sa)")
     d2.add_argument("--rate", type=float, default=500.0,
                     help="B's flow is -rate * dR/db (default 500: eq. 4's unit rate for sa's default weights)")
     d2.add_argument("--seed", type=int, default=0, help="seed of the data and of the trajectories' starts")
@@ -140,7 +143,8 @@ def register(subparsers) -> None:
     fit = subparsers.add_parser("neural-fit", help="B.5: fit a layer's features to neural responses (PLS, per-site r)")
     fit.add_argument("run", metavar="RUN_DIR", help="a trained run folder")
     fit.add_argument("--layer", required=True, help="module name whose output is the features (e.g. 2 or features.3)")
-    fit.add_argument("--data", required=True, metavar="FILE.npz", help="images, responses, labels (and optionally trials)")
+    fit.add_argument("--data", required=True, metavar="FILE.npz",
+                     help="images, responses, labels (and optionally trials)")
     fit.add_argument("--components", type=int, default=25, help="PLS components (default 25)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the 75/25 split within categories")
     fit.add_argument("--json", metavar="FILE", help="write the per-site results as JSON")

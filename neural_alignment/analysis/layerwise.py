@@ -19,7 +19,8 @@ beta / 2) with alpha = beta:
     A_SA = alpha [[1, -1], [-1, 1]]                          (alpha = weight of self = 2 x weight of decay)
     A_AA = alpha x^2 [[1, -1], [-1, 1]]                      (alpha = weight of amp = 2 x weight of sparse)
     A_WM = alpha [[lambda_WM, -x^2], [-x^2, lambda_WM]]      (alpha = weight of amp, lambda_WM = beta / alpha
-                                                              = 2 x weight of decay / weight of amp; 1 when alpha = beta)
+                                                              = 2 x weight of decay / weight of amp;
+                                                              1 when alpha = beta)
 
 In the eigenbasis u = (1, 1), v = (1, -1): lambda_u = 0 for SA and AA, alpha (lambda_WM - x^2)
 for WM (negative, so unstable, when x^2 > lambda_WM); lambda_v = 2 alpha and 2 alpha x^2 for SA

@@ -93,7 +93,8 @@ def layer_features(model: nn.Module, layer: str, images: np.ndarray, batch_size:
     return torch.cat(captured).double().cpu().numpy()
 
 
-def category_split(labels: np.ndarray, seed: int = 0, fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def category_split(labels: np.ndarray, seed: int = 0,
+                   fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices: per category a seeded permutation, its first round(fraction * n) train."""
     rng = np.random.default_rng(seed)
     train, test = [], []

@@ -33,7 +33,8 @@ from neural_alignment.core.errors import UserError
 LAYER_PANELS = (("angle", "weight angle (degrees)"), ("grad_angle", "gradient angle (degrees)"),
                 ("norm_ratio", "norm ratio ||B|| / ||W||"))
 MEAN_PANELS = (("mean_weight_angle", "mean weight angle (degrees)"),
-               ("mean_grad_angle", "mean gradient angle (degrees)"), ("mean_norm_ratio", "mean norm ratio ||B|| / ||W||"))
+               ("mean_grad_angle", "mean gradient angle (degrees)"),
+               ("mean_norm_ratio", "mean norm ratio ||B|| / ||W||"))
 DPI = 110
 
 
@@ -158,7 +159,8 @@ def scatter_choice(run: Run, layers: Sequence[str] | None,
 def summary_table(runs: Sequence[Run]) -> str:
     """An HTML table: per run its folder, rule, steps and final metrics (from summary.json)."""
     columns = (("rule", "rule", "{}"), ("steps", "steps", "{}"), ("test_acc", "test acc", "{:.4f}"),
-               ("mean_weight_angle", "mean weight angle", "{:.1f}"), ("mean_grad_angle", "mean gradient angle", "{:.1f}"),
+               ("mean_weight_angle", "mean weight angle", "{:.1f}"),
+               ("mean_grad_angle", "mean gradient angle", "{:.1f}"),
                ("mean_norm_ratio", "norm ratio", "{:.2f}"))
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
     rows = []
@@ -166,7 +168,8 @@ def summary_table(runs: Sequence[Run]) -> str:
         cells = "".join(
             f"<td>{html.escape(fmt.format(run.summary[key]) if run.summary.get(key) is not None else '-')}</td>"
             for key, _, fmt in columns)
-        rows.append(f"<tr><td>{html.escape(run.label)}</td><td><code>{html.escape(str(run.path))}</code></td>{cells}</tr>")
+        rows.append(f"<tr><td>{html.escape(run.label)}</td>"
+                    f"<td><code>{html.escape(str(run.path))}</code></td>{cells}</tr>")
     return f"<table><tr><th>run</th><th>folder</th>{head}</tr>{''.join(rows)}</table>"
 
 

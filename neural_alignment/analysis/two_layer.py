@@ -180,10 +180,12 @@ def format_fixed_points(rule: Rule, points: Sequence[FixedPoint]) -> str:
     rows = [("w1", "w2", "b", "|flow|", "eigenvalues (Jacobian of the layers' flow)", "eigenvalues (D.2)", "kind")]
     for p in points:
         closed = "n/a" if p.closed_form is None else ", ".join(f"{v:.5g}" for v in p.closed_form)
+        rounded = np.where(np.abs(p.eigenvalues) < 1e-9, 0.0, p.eigenvalues)  # differencing noise (~1e-13) shown as 0
         rows.append((*(f"{v:.4g}" for v in p.state), f"{np.abs(p.flow).max():.1e}",
-                     ", ".join(f"{v:.5g}" for v in p.eigenvalues), closed, p.kind))
+                     ", ".join(f"{v:.5g}" for v in rounded), closed, p.kind))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"rule {rule.name}" + (" (no b: b = w2 implicitly; state (w1, w2))" if not rule.has_backward_weight else "")]
+    implicit = "" if rule.has_backward_weight else " (no b: b = w2 implicitly; state (w1, w2))"
+    lines = [f"rule {rule.name}{implicit}"]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines)
 
