@@ -13,13 +13,13 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from neural_alignment.core.atomic import replaced_atomically
 from neural_alignment.core.errors import UserError
 
 
@@ -43,35 +43,24 @@ def save(state: dict[str, Any], path: str | os.PathLike, keep_previous: bool = T
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    with replaced_atomically(path) as tmp:
+        with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         if keep_previous and path.is_file():
             _replace_by_link(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def _replace_by_link(source: Path, target: Path) -> None:
     """Make ``target`` a copy of ``source`` atomically (a hard link where the file system has them)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        os.unlink(tmp)
+    with replaced_atomically(target) as tmp:
+        tmp.unlink()
         try:
             os.link(source, tmp)
         except OSError:
             shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:

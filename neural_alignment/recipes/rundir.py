@@ -25,7 +25,6 @@ import fcntl
 import json
 import os
 import shutil
-import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from neural_alignment.core import checkpoint
+from neural_alignment.core.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_resolved_recipe
 
@@ -59,18 +59,6 @@ def default_run_dir(name: str) -> Path:
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether ``run_dir`` holds a checkpoint to resume from (the latest or the previous one)."""
     return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT))
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename it over ``path``: a kill leaves the old or the new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def drop_records_after(path: Path, step: int) -> None:

@@ -9,10 +9,10 @@ rename). Non-finite values are written as ``NaN``/``Infinity`` (Python's json re
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from neural_alignment.core.atomic import write_text_atomically
 from neural_alignment.core.logger import Logger, to_scalar
 from neural_alignment.core.options import checked_options
 
@@ -28,9 +28,8 @@ def json_default(value: Any) -> Any:
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write ``data`` as indented JSON to ``path`` atomically (``core.atomic``)."""
+    write_text_atomically(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 
 class JsonlLogger(Logger):
