@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -119,3 +120,15 @@ def test_cli_bad_inputs_are_one_line_errors(run_dir, images, tmp_path, capsys):
         assert main(["neural-fit", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(run_dir, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    shutil.copyfile(copy / "checkpoint.pt", copy / "checkpoint.prev.pt")
+    (copy / "checkpoint.pt").write_bytes(b"cut short")
+    model = load_trained_model(copy)
+    for name, value in load_trained_model(run_dir).state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+    err = capsys.readouterr().err
+    assert "checkpoint.pt is damaged" in err and "using the previous one" in err

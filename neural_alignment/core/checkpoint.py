@@ -95,8 +95,7 @@ def load_good(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[
     previous = previous_path(path)
     state, why_previous = _try_load(previous, map_location)
     if state is not None:
-        return state, (f"checkpoint {path} is damaged ({why}); resuming from the previous one, "
-                       f"{previous} (step {state['step']}); the damaged file is kept as {path.name}.damaged")
+        return state, f"checkpoint {path} is damaged ({why}); using the previous one, {previous} (step {state['step']})"
     if why == "missing" and why_previous == "missing":
         raise UserError(f"cannot resume: {path} does not exist (was the run folder given?)")
     raise UserError(f"checkpoint {path} is damaged ({why}) and there is no good previous one "

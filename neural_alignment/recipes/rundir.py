@@ -187,6 +187,8 @@ class RunFolder:
         (which :meth:`begin` moves aside to ``checkpoint.pt.damaged``, so no later save keeps it as the previous one)."""
         state, notice = checkpoint.load_good(self.path / CHECKPOINT, map_location)
         self._damaged = notice is not None and (self.path / CHECKPOINT).is_file()
+        if self._damaged:
+            notice += f"; the damaged file is kept as {CHECKPOINT}.damaged"
         return state, notice
 
     def begin(self, recipe_yaml: str, resume_step: int | None = None, overwrite: bool = False) -> None:
