@@ -115,11 +115,15 @@ def test_cli_bad_inputs_are_one_line_errors(run_dir, images, tmp_path, capsys):
         ([str(run_dir), "--layer", "22", "--data", str(good)], "no layer '22'"),
         ([str(tmp_path), "--layer", "2", "--data", str(good)], "is not a trained run folder"),
         ([str(run_dir), "--layer", "2", "--data", str(tmp_path / "missing.npz")], "does not exist"),
+        ([str(run_dir), "--layer", "2", "--data", str(good), "--json", str(good)], "--json"),
+        ([str(run_dir), "--layer", "2", "--data", str(good), "--json", str(tmp_path / "no" / "f.json")],
+         "does not exist"),
     ]
     for args, message in cases:
         assert main(["neural-fit", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+    assert np.load(good)["responses"].shape == (240, 3)  # the refused --json target is untouched
 
 
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(run_dir, tmp_path, capsys):

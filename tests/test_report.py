@@ -45,6 +45,23 @@ def test_report_of_a_compare_folder(compare_dir, tmp_path, capsys):
     assert ">bp<" in page and ">sa<" in page
 
 
+def test_report_replaces_an_earlier_report_and_refuses_any_other_folder(compare_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(compare_dir / "sa"), "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert main(["report", str(compare_dir / "bp"), "--out", str(out)]) == 0
+    assert "bp" in (out / "index.html").read_text() and (out / "notes.txt").read_text() == "mine"
+    capsys.readouterr()
+    for target, message in [(compare_dir, "holds files that are not an earlier nalign report"),
+                            (compare_dir / "sa" / "metrics.jsonl", "is a file")]:
+        before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} if target.is_dir() else target.read_bytes()
+        assert main(["report", str(compare_dir / "sa"), "--out", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} if target.is_dir() else target.read_bytes()
+        assert after == before
+
+
 def test_report_figures_show_what_the_runs_logged(compare_dir):
     from neural_alignment.analysis.report import layers_figure, weights_figure
     from neural_alignment.analysis.runs import load_runs

@@ -81,6 +81,15 @@ def test_cli_prints_table_and_plot(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and image[..., :3].std() > 0.05
 
 
+def test_cli_plot_never_replaces_a_file(tmp_path, capsys):
+    png = tmp_path / "mine.png"
+    png.write_bytes(b"a user's file")
+    assert main(["analyze", "d2", "--rule", "bp", "--plot", str(png)]) == 2
+    err = capsys.readouterr().err
+    assert "--plot" in err and "already exists" in err and len(err.strip().splitlines()) == 1
+    assert png.read_bytes() == b"a user's file"
+
+
 def test_trajectories_reach_the_minima_and_sa_reaches_b_equal_w2():
     initial = np.array([[0.8, 0.6, -0.5]])
     ratio = DATA.a / DATA.s

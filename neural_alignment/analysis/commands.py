@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from neural_alignment.core.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
 
 
@@ -20,6 +21,17 @@ def comma_list(text: str | None, kind=str, what: str = "value") -> list | None:
         return [kind(item) for item in items]
     except ValueError:
         raise UserError(f"{what} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
+
+
+def new_output_file(path: str, option: str) -> Path:
+    """``path`` checked before any work is done: a new file in an existing folder. An existing file
+    is a ``UserError``: an output never replaces what a user has."""
+    path = Path(path)
+    if path.exists():
+        raise UserError(f"{option} {path} already exists; give a new file name (nalign does not overwrite it)")
+    if not path.parent.is_dir():
+        raise UserError(f"{option} {path}: the folder {path.parent} does not exist")
+    return path
 
 
 def weight_overrides(pairs: list[str]) -> dict[str, dict[str, float]]:
@@ -75,6 +87,7 @@ def cmd_d2(args: argparse.Namespace) -> int:
     """``nalign analyze d2 [--rule NAME ...] [--plot [PNG]]``: appendix D.2 for each rule."""
     from neural_alignment.analysis import two_layer
 
+    plot = new_output_file(args.plot, "--plot") if args.plot else None
     data = two_layer.ScalarData.sample(seed=args.seed)
     rules = [two_layer.registered_rule(name) for name in args.rule or two_layer.DEFAULT_RULES]
     print(f"D.2: two-layer scalar linear net on {len(data.x)} seeded points, a = mean(yx) = {data.a:.4g}, "
@@ -82,8 +95,8 @@ def cmd_d2(args: argparse.Namespace) -> int:
           f"{args.rate:g}. Jacobian of the real layers' flow at points of the hyperbola:")
     for rule in rules:
         print(two_layer.format_fixed_points(rule, two_layer.fixed_points(rule, data, args.rate)))
-    if args.plot:
-        path = two_layer.plot_flows(rules, data, args.plot, args.rate, seed=args.seed)
+    if plot:
+        path = two_layer.plot_flows(rules, data, plot, args.rate, seed=args.seed)
         print(f"trajectories: {path}")
     return 0
 
@@ -93,6 +106,7 @@ def cmd_neural_fit(args: argparse.Namespace) -> int:
     from neural_alignment.analysis import neural_fit
     from neural_alignment.recipes.trained import load_trained_model
 
+    json_file = new_output_file(args.json, "--json") if args.json else None
     data = neural_fit.load_neural_data(args.data)
     model = load_trained_model(args.run)
     features = neural_fit.layer_features(model, args.layer, data.images)
@@ -104,10 +118,10 @@ def cmd_neural_fit(args: argparse.Namespace) -> int:
     if result.reliability is not None:
         print(f"median noise-corrected r: {result.median_corrected_r:.4f} "
               f"({result.unreliable_sites} sites with split-half reliability <= 0 left out)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"run": str(args.run), "layer": args.layer, "seed": args.seed,
-                                               **result.as_dict()}, indent=2) + "\n")
-        print(f"per-site results: {args.json}", file=sys.stderr)
+    if json_file:
+        write_text_atomically(json_file, json.dumps({"run": str(args.run), "layer": args.layer, "seed": args.seed,
+                                                     **result.as_dict()}, indent=2) + "\n")
+        print(f"per-site results: {json_file}", file=sys.stderr)
     return 0
 
 
@@ -137,7 +151,7 @@ def register(subparsers) -> None:
                     help="B's flow is -rate * dR/db (default 500: eq. 4's unit rate for sa's default weights)")
     d2.add_argument("--seed", type=int, default=0, help="seed of the data and of the trajectories' starts")
     d2.add_argument("--plot", nargs="?", const="d2-flows.png", metavar="PNG",
-                    help="integrate trajectories and draw them (default file d2-flows.png)")
+                    help="integrate trajectories and draw them into this new file (default d2-flows.png)")
     d2.set_defaults(func=cmd_d2)
 
     fit = subparsers.add_parser("neural-fit", help="B.5: fit a layer's features to neural responses (PLS, per-site r)")
@@ -147,5 +161,5 @@ def register(subparsers) -> None:
                      help="images, responses, labels (and optionally trials)")
     fit.add_argument("--components", type=int, default=25, help="PLS components (default 25)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the 75/25 split within categories")
-    fit.add_argument("--json", metavar="FILE", help="write the per-site results as JSON")
+    fit.add_argument("--json", metavar="FILE", help="write the per-site results as JSON to this new file")
     fit.set_defaults(func=cmd_neural_fit)

@@ -36,6 +36,7 @@ MEAN_PANELS = (("mean_weight_angle", "mean weight angle (degrees)"),
                ("mean_grad_angle", "mean gradient angle (degrees)"),
                ("mean_norm_ratio", "mean norm ratio ||B|| / ||W||"))
 DPI = 110
+HEADING = "<h1>nalign report</h1>"  # how an earlier report's index.html is recognised
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def page(runs: Sequence[Run], figures: Sequence[Figured], out: Path, notes: Sequ
         "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}"
         "figure{margin:1.5em 0}figcaption{color:#444}</style></head><body>",
-        "<h1>nalign report</h1>", summary_table(runs),
+        HEADING, summary_table(runs),
     ]
     parts += [f"<p><em>{html.escape(note)}</em></p>" for note in notes]
     for fig in figures:
@@ -192,16 +193,32 @@ def page(runs: Sequence[Run], figures: Sequence[Figured], out: Path, notes: Sequ
     return "\n".join(parts) + "\n"
 
 
+def check_output_folder(out: Path) -> None:
+    """``out`` may be new, empty, or an earlier report (its ``index.html`` has :data:`HEADING`), whose
+    files of the same names are replaced; a file, or a folder holding anything else, is a ``UserError``:
+    a report never overwrites what a user has."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"report folder {out} is a file; give a new or empty folder")
+    index = out / "index.html"
+    if any(out.iterdir()) and not (index.is_file() and HEADING in index.read_text(encoding="utf-8", errors="replace")):
+        raise UserError(f"report folder {out} holds files that are not an earlier nalign report; "
+                        f"give a new or empty folder (nothing was written)")
+
+
 def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[str] | None = None,
                  steps: Sequence[int] | None = None) -> list[Figured]:
     """Write the figures and ``index.html`` for the runs of ``paths`` into ``out``; returns the figures.
 
     ``layers``/``steps`` choose the rows/columns of the weight scatter (default: first, middle and
     last layer and snapshot); a layer or step a run lacks is a ``UserError`` listing what it has.
+    ``out`` must be new, empty or an earlier report (:func:`check_output_folder`).
     """
     runs = load_runs(paths)
     scatter = {run.label: scatter_choice(run, layers, steps) for run in runs}  # bad choices fail before drawing
     out = Path(out)
+    check_output_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     figures = [Figured("curves.png", "Accuracy and loss", "test (solid) and training (dashed) against the step"),
                Figured("alignment.png", "Alignment, mean over layers",
