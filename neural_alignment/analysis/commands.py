@@ -156,7 +156,7 @@ def register(subparsers) -> None:
 
     fit = subparsers.add_parser("neural-fit", help="B.5: fit a layer's features to neural responses (PLS, per-site r)")
     fit.add_argument("run", metavar="RUN_DIR", help="a trained run folder")
-    fit.add_argument("--layer", required=True, help="module name whose output is the features (e.g. 2 or features.3)")
+    fit.add_argument("--layer", required=True, help="module name whose output is the features (e.g. 2 or features.block2)")
     fit.add_argument("--data", required=True, metavar="FILE.npz",
                      help="images, responses, labels (and optionally trials)")
     fit.add_argument("--components", type=int, default=25, help="PLS components (default 25)")
