@@ -101,5 +101,5 @@ def test_cli_prints_closed_forms_and_verdicts(capsys):
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, message, capsys):
     assert main(["analyze", "d1", *args]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1
+    out, err = capsys.readouterr()
+    assert message in err and len(err.strip().splitlines()) == 1 and out == ""

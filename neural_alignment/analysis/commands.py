@@ -75,10 +75,11 @@ def cmd_d1(args: argparse.Namespace) -> int:
     stray = sorted(set(weights) - set(rules))
     if stray:
         raise UserError(f"--weight names rule(s) {', '.join(stray)} that are not analysed; rules: {', '.join(rules)}")
+    scalar_rules = [layerwise.scalar_rule(name, weights.get(name)) for name in rules]  # an unknown name fails here
     print("D.1: symmetrized gradient flow d/dt (w, b) = -A (w, b) of a rule's R_l, scalar linear case "
           "(batch of one input x; no bias, layer-wise operations or input noise); A by autograd through the rule.")
-    for name in rules:
-        analysis = layerwise.analyze(layerwise.scalar_rule(name, weights.get(name)), xs, tuple(point))
+    for rule in scalar_rules:
+        analysis = layerwise.analyze(rule, xs, tuple(point))
         print(layerwise.format_analysis(analysis))
     return 0
 
