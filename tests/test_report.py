@@ -53,12 +53,14 @@ def test_report_replaces_an_earlier_report_and_refuses_any_other_folder(compare_
     assert "bp" in (out / "index.html").read_text() and (out / "notes.txt").read_text() == "mine"
     capsys.readouterr()
     for target, message in [(compare_dir, "holds files that are not an earlier nalign report"),
-                            (compare_dir / "sa" / "metrics.jsonl", "is a file")]:
-        before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} if target.is_dir() else target.read_bytes()
+                            (compare_dir / "sa" / "metrics.jsonl", "is a file"),
+                            (compare_dir / "sa" / "metrics.jsonl" / "r", "cannot create report folder")]:
+        kept = target if target.exists() else target.parent
+        before = {p: p.read_bytes() for p in kept.rglob("*") if p.is_file()} if kept.is_dir() else kept.read_bytes()
         assert main(["report", str(compare_dir / "sa"), "--out", str(target)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
-        after = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} if target.is_dir() else target.read_bytes()
+        after = {p: p.read_bytes() for p in kept.rglob("*") if p.is_file()} if kept.is_dir() else kept.read_bytes()
         assert after == before
 
 

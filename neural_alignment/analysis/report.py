@@ -219,7 +219,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[
     scatter = {run.label: scatter_choice(run, layers, steps) for run in runs}  # bad choices fail before drawing
     out = Path(out)
     check_output_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create report folder {out}: {exc.strerror}") from None
     figures = [Figured("curves.png", "Accuracy and loss", "test (solid) and training (dashed) against the step"),
                Figured("alignment.png", "Alignment, mean over layers",
                        "weight angle, gradient angle and norm ratio ||B||/||W|| averaged over layers")]
