@@ -82,28 +82,28 @@ def test_plugins_command_names_the_distribution_and_version(plugin_site):
     assert direct["registered"] == {"rules": ["dfa"]}
 
 
+def train_installed(rule: str, site: Path, run_dir: Path) -> tuple[dict, dict]:
+    """Train digits-mlp 5 steps with an installed plugin's rule through `nalign run`; (summary, model state)."""
+    result = nalign("run", "digits-mlp", f"rule.name={rule}", "train.steps=5", "--out", str(run_dir),
+                    site=site, NALIGN_BLOCK_PLUGINS="broken")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["rule"], summary["steps"]) == ("finished", rule, 5)
+    return summary, torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
 def test_installed_usf_trains_by_name(plugin_site, tmp_path):
     """B follows sign(W) (weight angle far below feedback alignment's ~90 degrees), every entry of a
     layer's B at one magnitude. brsf and frsf: the plugin's own tests."""
-    result = nalign("run", "digits-mlp", "rule.name=usf", "train.steps=5", "--out", str(tmp_path / "run"),
-                    site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (summary["status"], summary["rule"], summary["steps"]) == ("finished", "usf", 5)
+    summary, state = train_installed("usf", plugin_site, tmp_path / "run")
     assert summary["mean_weight_angle"] < 60
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
     for key in [k for k in state if k.endswith("backward_weight")]:
         magnitudes = state[key].abs()
         torch.testing.assert_close(magnitudes, magnitudes.mean().expand_as(magnitudes))
 
 
 def test_installed_dfa_trains_by_name_and_checkpoints_its_feedback(plugin_site, tmp_path):
-    result = nalign("run", "digits-mlp", "rule.name=dfa", "train.steps=5", "--out", str(tmp_path / "run"),
-                    site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
-    assert result.returncode == 0, result.stderr
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert (summary["status"], summary["rule"], summary["steps"]) == ("finished", "dfa", 5)
-    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    summary, state = train_installed("dfa", plugin_site, tmp_path / "run")
     layers = {k.rpartition(".")[0] for k in state if k.endswith(".weight")}
     assert {k.rpartition(".")[0] for k in state if k.endswith(".direct_feedback_seed")} == layers
 
