@@ -117,9 +117,11 @@ class Evaluation:
 
     @property
     def closed_eigenvalues(self) -> np.ndarray | None:
+        """The eigenvalues (ascending) of D.1's closed-form A, where the rule has one."""
         return None if self.closed_form is None else np.linalg.eigvalsh(self.closed_form)
 
     def growing(self, tolerance: float) -> bool:
+        """Whether A has an eigenvalue below -tolerance: a mode of d/dt (w, b) = -A (w, b) that grows."""
         return bool(self.eigenvalues[0] < -tolerance)
 
 
@@ -139,6 +141,7 @@ class Analysis:
 
     @property
     def stable(self) -> bool:
+        """No x of the analysis has a growing mode."""
         return not any(e.growing(self.tolerance) for e in self.evaluations)
 
     def verdict(self) -> str:

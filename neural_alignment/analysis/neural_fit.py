@@ -142,10 +142,12 @@ class FitResult:
 
     @property
     def median_r(self) -> float:
+        """The median over sites of the held-out Pearson r (a site whose r is NaN left out)."""
         return float(np.nanmedian(self.r))
 
     @property
     def corrected_r(self) -> np.ndarray | None:
+        """Per site r / sqrt(rho), rho the Spearman-Brown split-half reliability; NaN where rho <= 0."""
         if self.reliability is None:
             return None
         with np.errstate(invalid="ignore"):
@@ -153,14 +155,17 @@ class FitResult:
 
     @property
     def median_corrected_r(self) -> float | None:
+        """The median of :attr:`corrected_r` over the sites that have one (rho > 0)."""
         corrected = self.corrected_r
         return None if corrected is None else float(np.nanmedian(corrected))
 
     @property
     def unreliable_sites(self) -> int:
+        """How many sites have rho <= 0 (no corrected r)."""
         return 0 if self.reliability is None else int((~(self.reliability > 0)).sum())
 
     def as_dict(self) -> dict:
+        """The result as plain JSON types (NaN r as null): what ``neural-fit --json`` writes."""
         out = {"n_sites": int(len(self.r)), "n_train": self.n_train, "n_test": self.n_test,
                "n_components": self.n_components, "median_r": self.median_r,
                "r": [None if np.isnan(v) else float(v) for v in self.r]}
