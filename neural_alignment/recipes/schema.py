@@ -40,7 +40,12 @@ class RuleConfig:
 
 @dataclass
 class DataConfig:
-    """``dataset``: a registered dataset; ``train_limit``/``test_limit`` keep N seeded random examples."""
+    """``dataset``: a registered dataset; ``train_limit``/``test_limit`` keep N seeded random examples.
+
+    ``val_split``: a fraction in (0, 1) or a count >= 1 of the (limited) training set held out
+    as the validation set, seeded by ``train.seed`` and stratified by class; the trainer then
+    reports ``val_loss``/``val_acc`` beside ``test_*``. Searches choose on it.
+    """
 
     dataset: str = "digits"
     root: Optional[str] = None
@@ -48,6 +53,7 @@ class DataConfig:
     eval_batch_size: int = 1000
     train_limit: Optional[int] = None
     test_limit: Optional[int] = None
+    val_split: Optional[float] = None
     num_workers: int = 0
     options: Dict[str, Any] = field(default_factory=dict)
 
