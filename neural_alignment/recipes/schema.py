@@ -147,11 +147,18 @@ class LogConfig:
 
 @dataclass
 class SearchConfig:
-    """Hyperparameter search (carried for ``nalign search``): space, number of trials, metric."""
+    """``nalign search``: hyperopt's TPE over ``space`` (see ``recipes.search_space``), ``max_evals`` trials.
+
+    ``metric``: the trial summary's value to optimise, ``goal``: max or min it. A search never
+    reads the test set: ``test_*`` metrics are refused, ``val_*`` ones need ``data.val_split``.
+    ``startup_trials``: random trials before TPE models the scores (hyperopt's n_startup_jobs).
+    """
 
     space: Dict[str, Any] = field(default_factory=dict)
     max_evals: int = 0
-    metric: str = "test_acc"
+    metric: str = "val_acc"
+    goal: str = "max"
+    startup_trials: int = 10
 
 
 @dataclass
