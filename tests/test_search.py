@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from neural_alignment.cli import main
 from neural_alignment.recipes.search import SearchPlan, plan_for, run_search
@@ -178,3 +179,15 @@ def test_a_new_search_does_not_overwrite_one(tmp_path, capsys):
     SearchPlan("digits-mlp").save(out)
     assert main(["search", tiny(tmp_path), "--out", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
+
+
+def test_trials_are_wandb_runs_grouped_under_the_search(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "grouped"
+    plan = plan_for(tiny(tmp_path, steps=2), ["log.loggers=[jsonl,wandb]"], 1, "local", 1)
+    run_search(plan, out, echo=lambda line: None)
+    trial = out / records(out)[0]["run_dir"]
+    assert yaml.safe_load((trial / "recipe.yaml").read_text())["log"]["options"]["wandb"]["group"] == "grouped"
+    assert list((trial / "wandb").glob("offline-run-*"))  # a real (offline) W&B run in the trial's folder
