@@ -104,6 +104,35 @@ def test_search_with_the_ray_backend_on_a_local_2_cpu_cluster(tmp_path, monkeypa
     assert capsys.readouterr().out.count("[search] trial ") == 4  # a progress line per trial
 
 
+@pytest.mark.slow
+def test_an_interrupted_ray_search_resumes_through_rays_experiment_restore(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "ray-search"
+    command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=30), "--out", str(out),
+               "--backend", "ray", "--parallelism", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "trials.jsonl").is_file() and len(records(out)) >= 2:
+                break
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    before = records(out)
+    assert 2 <= len(before) < 6
+    assert main(["search", "--resume", str(out)]) == 0
+    after = records(out)
+    assert len(after) == 6 and len({r["trial"] for r in after}) == 6
+    for record in before:  # finished trials are not run again
+        assert next(r for r in after if r["trial"] == record["trial"]) == record
+
+
 FAILING = """\
     train.accumulate: {dist: choice, options: [1, 3]}
     optim.task.lr: {dist: choice, options: [0.05, 1.0e+30]}
