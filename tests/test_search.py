@@ -56,20 +56,29 @@ def finished_stamps(out):
     return stamps
 
 
+def interrupt_after(command, out, count, signum, patience=300):
+    """Run ``command`` (a search into ``out``) in a real process; send it ``signum`` once ``count``
+    trials are recorded; wait for it to end (killed after 120 s more if the signal did not end it)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "trials.jsonl").is_file() and len(records(out)) >= count:
+                break
+            time.sleep(0.05)
+        os.kill(process.pid, signum)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_local_search_killed_after_3_resumes_to_6_without_repeating(tmp_path):
     out = tmp_path / "search"
     command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=8), "--out", str(out),
                "--max-evals", "6"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / "trials.jsonl").is_file() and len(records(out)) >= 3:
-                break
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.wait()
+    interrupt_after(command, out, 3, signal.SIGKILL)
     before = records(out)
     assert 3 <= len(before) < 6, "the search was not killed in the middle"
     stamps = finished_stamps(out)
@@ -111,19 +120,7 @@ def test_an_interrupted_ray_search_resumes_through_rays_experiment_restore(tmp_p
     out = tmp_path / "ray-search"
     command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=30), "--out", str(out),
                "--backend", "ray", "--parallelism", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and process.poll() is None:
-            if (out / "trials.jsonl").is_file() and len(records(out)) >= 2:
-                break
-            time.sleep(0.05)
-        process.send_signal(signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
-        process.wait(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    interrupt_after(command, out, 2, signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
     before = records(out)
     assert 2 <= len(before) < 6
     assert main(["search", "--resume", str(out)]) == 0
