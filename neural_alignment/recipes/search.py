@@ -50,7 +50,6 @@ TRIAL_FOLDERS = "trials"
 TRIAL_VALUES = "trial.json"
 BEST = "best.yaml"
 TABLE = "summary.md"
-GOALS = ("max", "min")
 WORST_LOSS = 1e12
 """The loss TPE is told for a failed or diverged trial (worse than any real score)."""
 RECORDED_METRICS = ("val_loss", "val_acc", "val_top5", "mean_weight_angle", "last_weight_angle",
@@ -103,11 +102,7 @@ class Objective:
         space = OmegaConf.to_container(search.space, resolve=True)
         if not space:
             raise UserError(f"recipe {recipe.name!r} has no search.space to search; see the search-* recipes")
-        check_metric(search.metric, recipe.data.val_split)
-        if search.goal not in GOALS:
-            raise UserError(f"search.goal must be one of {', '.join(GOALS)}, got {search.goal!r}")
-        if search.startup_trials < 1:
-            raise UserError(f"search.startup_trials must be >= 1, got {search.startup_trials}")
+        check_metric(search.metric, recipe.data.val_split)  # the schema checks goal and startup_trials
         hyperopt_space(space)  # checks every entry
         return cls(space, search.metric, search.goal, search.startup_trials, recipe.name,
                    "wandb" in recipe.log.loggers)
