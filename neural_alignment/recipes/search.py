@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -38,6 +37,7 @@ from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
+from neural_alignment.core.atomic import replaced_atomically, write_text_atomically
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.executor import FINISHED, RunSpec, run_one
 from neural_alignment.recipes.loader import find_recipe, load_recipe, to_yaml
@@ -191,9 +191,7 @@ class TrialLog:
 
     def add(self, record: dict) -> None:
         self.records[str(record["trial"])] = record
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in self.records.values()))
         self.echo(self.progress_line(record))
 
     def progress_line(self, record: dict) -> str:
@@ -240,9 +238,8 @@ def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLo
     while len(trials.trials) < plan.max_evals:
         fmin(evaluate, space, algo=algo, max_evals=len(trials.trials) + 1, trials=trials,
              rstate=np.random.default_rng(plan.seed), show_progressbar=False)
-        tmp = pickled.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(trials))
-        os.replace(tmp, pickled)
+        with replaced_atomically(pickled) as tmp:
+            tmp.write_bytes(pickle.dumps(trials))
 
 
 def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print) -> dict | None:
