@@ -50,12 +50,17 @@ def comparison_figure(histories: Mapping[str, Sequence[Mapping[str, float]]]) ->
     return figure
 
 
-def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
-    """Write the comparison figure of ``histories`` (name -> rows) as a PNG at ``path``; returns the path."""
+def save_png(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``figure`` as a PNG at ``path`` (its folder made if needed); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    comparison_figure(histories).savefig(path, format="png", dpi=120)
+    figure.savefig(path, format="png", dpi=dpi)
     return path
+
+
+def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
+    """Write the comparison figure of ``histories`` (name -> rows) as a PNG at ``path``; returns the path."""
+    return save_png(comparison_figure(histories), path)
 
 
 def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[str, str]] = PANELS) -> Figure:
@@ -84,10 +89,7 @@ def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[s
 
 def plot_grid(rows: Sequence[Mapping], vary_key: str, path: str | Path) -> Path:
     """Write :func:`grid_figure` of the aggregated ``rows`` as a PNG at ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid_figure(rows, vary_key).savefig(path, format="png", dpi=120)
-    return path
+    return save_png(grid_figure(rows, vary_key), path)
 
 
 def layer_keys(rows: Sequence[Mapping[str, float]], metric: str) -> list[str]:
@@ -122,7 +124,4 @@ def layer_angles_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], 
 
 def plot_layer_angles(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
     """Write :func:`layer_angles_figure` of ``histories`` (name -> rows) as a PNG at ``path``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    layer_angles_figure(histories).savefig(path, format="png", dpi=80)
-    return path
+    return save_png(layer_angles_figure(histories), path, dpi=80)
