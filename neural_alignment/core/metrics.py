@@ -96,7 +96,10 @@ def _cuda_devices(device: torch.device) -> list[int]:
 
 @contextmanager
 def _state_kept(model: nn.Module):
-    """Restore buffers and the layers' last_input/last_output on exit; RNG kept by fork_rng."""
+    """Restore buffers and the layers' last_input/last_output on exit; RNG kept by fork_rng.
+
+    A buffer a module registers during the passes (state drawn on first use, e.g. direct
+    feedback's matrix from the layer's seed) is kept as it is: it had no earlier value."""
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     remembered = {name: (m.last_input, m.last_output) for name, m in aligned_layers(model)}
     try:
@@ -104,6 +107,7 @@ def _state_kept(model: nn.Module):
     finally:
         with torch.no_grad():
             for name, b in model.named_buffers():
-                b.copy_(buffers[name])
+                if name in buffers:
+                    b.copy_(buffers[name])
         for name, m in aligned_layers(model):
             m.last_input, m.last_output = remembered[name]

@@ -20,6 +20,7 @@ from neural_alignment.recipes.grid import GridPoint
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("test_acc", "test acc", "{:.4f}"),
     ("mean_weight_angle", "mean angle", "{:.1f}"),
+    ("mean_grad_angle", "mean grad angle", "{:.1f}"),
     ("last_weight_angle", "last-layer angle", "{:.1f}"),
     ("mean_norm_ratio", "norm ratio", "{:.2f}"),
 )

@@ -7,8 +7,10 @@ resumes, so an interrupted comparison continues where it stopped. Every rule's r
 loaded before any training, so a bad override fails first. When the recipe's dataset cannot be
 loaded (e.g. Fashion-MNIST absent) the comparison falls back to ``digits`` with a one-line notice.
 
-One run per rule (no ``--vary``, one seed): the table has per rule test accuracy, mean and
-last-layer weight angle (degrees), mean norm ratio ||B||/||W||, and the median seconds per
+One run per rule (no ``--vary``, one seed): the table has per rule test accuracy, mean weight
+angle, mean gradient angle (``recipes/probes.py``: propagated vs true gradient at each layer's
+input, on a fixed held-out batch) and last-layer weight angle (degrees), mean norm ratio
+||B||/||W||, and the median seconds per
 training step relative to the ``bp`` run (or to the first rule). The step times are measured
 after training (each run rebuilt from its checkpoint), on one batch, in interleaved rounds
 (every rule a few steps per round), so a change in machine load hits every rule alike; the
@@ -33,6 +35,7 @@ import numpy as np
 from torch.utils.data import default_collate
 
 from neural_alignment.analysis.figures import plot_comparison, plot_grid
+from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.aggregate import aggregate, grid_table, markdown
 from neural_alignment.recipes.build import build_data
@@ -49,6 +52,7 @@ COLUMNS = (
     ("rule", "rule", "{}"),
     ("test_acc", "test acc", "{:.4f}"),
     ("mean_weight_angle", "mean angle", "{:.1f}"),
+    ("mean_grad_angle", "mean grad angle", "{:.1f}"),
     ("last_weight_angle", "last-layer angle", "{:.1f}"),
     ("mean_norm_ratio", "norm ratio", "{:.2f}"),
     ("relative_step_time", "time/step vs {base}", "{:.2f}x"),
@@ -78,12 +82,6 @@ def interleaved_step_seconds(trainers: dict[str, Trainer], rounds: int = TIMING_
         for rule, trainer in trainers.items():
             seconds[rule] += trainer.time_steps(x, y, steps)
     return {rule: float(np.median(values)) for rule, values in seconds.items()}
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    lines = path.read_text().splitlines() if path.is_file() else []
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def markdown_table(rows: list[dict], base: str) -> str:
@@ -128,7 +126,8 @@ def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[Run
     rows, trainers, histories = [], {}, {}
     for (point, summary), spec in zip(results, specs):
         rows.append({"rule": point.rule, **summary})
-        histories[point.rule] = read_history(spec.run_dir)
+        if (spec.run_dir / METRICS).is_file():  # a run that failed before training has no record
+            histories[point.rule] = read_history(spec.run_dir)
         if summary.get("status") == FINISHED:  # rebuilt from its checkpoint, for the step times
             trainers[point.rule] = Trainer(load_recipe(spec.name, spec.overrides), spec.run_dir, resume=True)
     rules = [row["rule"] for row in rows]
@@ -171,8 +170,8 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
             plot_grid(report["rows"], vary.key, out / "comparison.png")
         else:
             first = min(p.seed for p in points)
-            plot_comparison({p.rule: read_history(spec.run_dir) for p, spec in zip(points, specs) if p.seed == first},
-                            out / "comparison.png")
+            plot_comparison({p.rule: read_history(spec.run_dir) for p, spec in zip(points, specs)
+                             if p.seed == first and (spec.run_dir / METRICS).is_file()}, out / "comparison.png")
     print(table)
     for spec, summary in failed:
         print(f"nalign: warning: {spec.run_dir} {summary['status']}: {summary.get('error', '')}", file=sys.stderr)

@@ -59,6 +59,7 @@ from neural_alignment.recipes.build import (
 from neural_alignment.recipes.divergence import TrainingDiverged, blown_up_layer
 from neural_alignment.recipes.evaluation import metric_name, topk_correct
 from neural_alignment.recipes.loader import to_yaml
+from neural_alignment.recipes.probes import EvaluationProbes
 from neural_alignment.recipes.rundir import CHECKPOINT, METRICS, drop_records_after
 from neural_alignment.registry import get_registry
 
@@ -111,6 +112,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
         self.loggers = self._loggers()
+        self.probes = EvaluationProbes(self.model, self.splits.test, self.run_dir, t.seed, self.backend.device, self.dtype,
+                                       self.step)
 
     # -- building -------------------------------------------------------------------------
     def _components(self) -> tuple[ComponentOptimizer | None, ComponentOptimizer | None]:
@@ -237,7 +240,8 @@ class Trainer:
     # -- evaluation and logging -----------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and top-k accuracies over the whole test set (computed once per step)."""
+        """Test loss and top-k accuracies over the whole test set, gradient angles and a weight
+        snapshot (``recipes/probes.py``); computed once per step."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
         self.model.eval()
@@ -255,7 +259,8 @@ class Trainer:
             count += len(y)
         self.model.train()
         values = (sums / count).tolist()
-        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])}})
+        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])},
+                                       **self.probes.record(self.model, self.step)})
         return self._evaluated[1]
 
     def layer_summary(self) -> dict[str, float]:
@@ -360,7 +365,7 @@ class Trainer:
                 "steps": self.step, "epochs": self.step / self.steps_per_epoch,
                 "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
                 "train_seconds": sum(step_seconds),
-                **self.evaluate(), **{k: v for k, v in self.layer_summary().items() if "/" not in k}}
+                **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k}}
 
 
 def train(recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
