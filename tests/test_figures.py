@@ -56,14 +56,3 @@ def test_grid_figure_draws_each_rule_against_the_value_with_its_error_bars():
     assert [list(b) for b in bars] == [pytest.approx([0.79, 0.81]), pytest.approx([0.68, 0.72])]
     assert [t.get_text() for t in accuracy.get_xticklabels()] == ["1", "4"] and accuracy.get_xlabel() == "depth"
 
-
-def test_layer_angles_figure_one_panel_per_run_one_line_per_layer():
-    from neural_alignment.analysis.figures import layer_angles_figure
-
-    rows = [{"step": 10, "angle/conv": 80.0, "angle/fc": 70.0, "loss": 1.0}, {"step": 20, "angle/conv": 60.0, "angle/fc": 50.0}]
-    figure = layer_angles_figure({"sa": rows, "kp": rows[:1]}, columns=3)
-    sa, kp, unused = figure.axes[:3]
-    assert sa.get_title() == "sa" and [line.get_label() for line in sa.lines] == ["conv", "fc"]
-    assert list(sa.lines[1].get_ydata()) == [70.0, 50.0] and len(kp.lines[0].get_xdata()) == 1
-    assert not unused.get_visible()
-    assert sa.lines[0].get_color() != sa.lines[1].get_color()  # coloured by depth

@@ -4,9 +4,7 @@
 against the training step (left) and the mean weight angle between W and B against the
 step (right). ``plot_grid`` draws a comparison grid (``nalign compare --vary``): each metric of
 ``PANELS`` against the varied value, one line per rule, error bars the standard error across
-seeds. ``plot_layer_angles`` draws Fig. S4's left column for several runs: per layer, the weight
-angle between W and B against the step, one panel per run. Uses matplotlib's Agg canvas
-directly (no pyplot state, no display needed).
+seeds. Uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
 """
 
 from __future__ import annotations
@@ -14,11 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from neural_alignment.core.logger import layer_metric_key
 
 PANELS: tuple[tuple[str, str], ...] = (
     ("test_acc", "test accuracy"),
@@ -91,37 +86,3 @@ def plot_grid(rows: Sequence[Mapping], vary_key: str, path: str | Path) -> Path:
     """Write :func:`grid_figure` of the aggregated ``rows`` as a PNG at ``path``; returns the path."""
     return save_png(grid_figure(rows, vary_key), path)
 
-
-def layer_keys(rows: Sequence[Mapping[str, float]], metric: str) -> list[str]:
-    """The per-layer keys ``<metric>/<layer>`` in ``rows``, in the order the layers were first logged."""
-    prefix = layer_metric_key(metric, "")
-    return list(dict.fromkeys(key for row in rows for key in row if key.startswith(prefix)))
-
-
-def layer_angles_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], columns: int = 3) -> Figure:
-    """One panel per history (title: its name): each layer's weight angle against the step,
-    coloured by depth (dark: input side, yellow: output side)."""
-    rows_of_panels = -(-len(histories) // columns)
-    figure = Figure(figsize=(4 * columns, 3.2 * rows_of_panels), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(rows_of_panels, columns, squeeze=False).ravel()
-    for ax, (name, rows) in zip(axes, histories.items()):
-        keys = layer_keys(rows, "angle")
-        for depth, key in enumerate(keys):
-            steps, values = series(rows, key)
-            colour = colormaps["viridis"](depth / max(len(keys) - 1, 1))
-            ax.plot(steps, values, color=colour, marker="o", markersize=2, label=key[len(layer_metric_key("angle", "")):])
-        ax.set_title(name)
-        ax.set_xlabel("step")
-        ax.set_ylabel("weight angle (degrees)")
-        ax.grid(alpha=0.3)
-    for ax in axes[len(histories):]:
-        ax.set_visible(False)
-    if len(axes) and axes[0].lines:  # the layers are the same in every panel: one legend for all
-        figure.legend(handles=axes[0].lines, loc="outside right upper", fontsize="x-small", title="layer")
-    return figure
-
-
-def plot_layer_angles(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
-    """Write :func:`layer_angles_figure` of ``histories`` (name -> rows) as a PNG at ``path``; returns the path."""
-    return save_png(layer_angles_figure(histories), path, dpi=80)
