@@ -14,7 +14,8 @@ input, on a fixed held-out batch) and last-layer weight angle (degrees), mean no
 training step relative to the ``bp`` run (or to the first rule). The step times are measured
 after training (each run rebuilt from its checkpoint), on one batch, in interleaved rounds
 (every rule a few steps per round), so a change in machine load hits every rule alike; the
-figure shows accuracy and angle over training.
+trainers held for the timing share one dataset in memory (each keeps only its model and
+optimizers). The figure shows accuracy and angle over training.
 
 A grid (``--vary`` or ``--seeds`` above 1): the table has per rule and value the mean ± standard
 error across seeds of those metrics (``recipes.aggregate``), and the figure each against the
@@ -38,7 +39,7 @@ from neural_alignment.analysis.figures import plot_comparison, plot_grid
 from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.aggregate import aggregate, grid_table, markdown
-from neural_alignment.recipes.build import build_data
+from neural_alignment.recipes.build import build_data, data_key
 from neural_alignment.recipes.executor import FINISHED, RunSpec, run_specs
 from neural_alignment.recipes.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
 from neural_alignment.recipes.loader import load_recipe
@@ -123,13 +124,17 @@ def run_grid(specs: Sequence[RunSpec], backend: str) -> list[dict]:
 
 def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[RunSpec]) -> tuple[str, list[dict], dict]:
     """The one-run-per-rule table (with interleaved step times), its rows, and the histories to draw."""
-    rows, trainers, histories = [], {}, {}
+    rows, trainers, histories, datasets = [], {}, {}, {}
     for (point, summary), spec in zip(results, specs):
         rows.append({"rule": point.rule, **summary})
         if (spec.run_dir / METRICS).is_file():  # a run that failed before training has no record
             histories[point.rule] = read_history(spec.run_dir)
         if summary.get("status") == FINISHED:  # rebuilt from its checkpoint, for the step times
-            trainers[point.rule] = Trainer(load_recipe(spec.name, spec.overrides), spec.run_dir, resume=True)
+            recipe = load_recipe(spec.name, spec.overrides)
+            key = data_key(recipe)  # one dataset in memory for every rule that reads the same one
+            if key not in datasets:
+                datasets[key] = build_data(recipe)
+            trainers[point.rule] = Trainer(recipe, spec.run_dir, resume=True, splits=datasets[key])
     rules = [row["rule"] for row in rows]
     base = "bp" if "bp" in trainers else next(iter(trainers), rules[0])
     if trainers:
