@@ -32,13 +32,13 @@ def trainings(monkeypatch):
     calls, real = [], trainer_module.train
     state = {"interrupt_at": None}
 
-    def counting(recipe, run_dir, resume=False, on_step=None):
+    def counting(recipe, run_dir, resume=False, on_step=None, **options):
         calls.append((Path(run_dir), resume))
         if len(calls) == state["interrupt_at"]:
             def on_step(trainer, step):
                 if step == 4:
                     raise KeyboardInterrupt  # as Ctrl-C would, mid-run, after the step-4 checkpoint
-        return real(recipe, run_dir, resume, on_step)
+        return real(recipe, run_dir, resume, on_step, **options)
 
     monkeypatch.setattr(trainer_module, "train", counting)
     return calls, state
