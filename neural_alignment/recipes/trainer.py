@@ -97,7 +97,8 @@ class Trainer:
             config = OmegaConf.to_container(self.recipe, resolve=True)
             self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
                             for make, options in self._logger_factories]
-            self.probes = EvaluationProbes(self.model, self.splits.test, self.run_dir, self.recipe.train.seed,
+            held_out = self.splits.val if self.splits.val is not None else self.splits.test  # a search may read it
+            self.probes = EvaluationProbes(self.model, held_out, self.run_dir, self.recipe.train.seed,
                                            self.backend.device, self.dtype, self.step)
         except BaseException:
             self.folder.release()
@@ -262,15 +263,25 @@ class Trainer:
             )
 
     # -- evaluation and logging -----------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and top-k accuracies over the whole test set, gradient angles and a weight
-        snapshot (``recipes/probes.py``); computed once per step."""
+        """Test loss and top-k accuracies over the whole test set, the same over the validation set
+        when ``data.val_split`` holds one out (``val_*``), gradient angles and a weight snapshot
+        (``recipes/probes.py``); computed once per step."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
+        metrics = self.evaluate_split(self.splits.test, "test")
+        if self.splits.val is not None:
+            metrics.update(self.evaluate_split(self.splits.val, "val"))
+        metrics.update(self.probes.record(self.model, self.step))
+        self._evaluated = (self.step, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate_split(self, dataset, split: str) -> dict[str, float]:
+        """``<split>_loss`` and top-k accuracies over the whole of ``dataset``."""
         self.model.eval()
         # its own generator: a loader draws its worker seed from the global RNG, which training uses
-        loader = DataLoader(self.splits.test, batch_size=self.recipe.data.eval_batch_size,
+        loader = DataLoader(dataset, batch_size=self.recipe.data.eval_batch_size,
                             num_workers=self.recipe.data.num_workers, generator=torch.Generator())
         sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
         count = 0
@@ -283,9 +294,7 @@ class Trainer:
             count += len(y)
         self.model.train()
         values = (sums / count).tolist()
-        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])},
-                                       **self.probes.record(self.model, self.step)})
-        return self._evaluated[1]
+        return {f"{split}_loss": values[0], **{metric_name(k, split): v for k, v in zip(self.ks, values[1:])}}
 
     def layer_summary(self) -> dict[str, float]:
         """Per-layer weight angles and norm ratios, their means, and the last layer's."""
