@@ -97,6 +97,22 @@ def test_local_search_killed_after_3_resumes_to_6_without_repeating(tmp_path):
     assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "best-run")]) == 0  # best.yaml runs
 
 
+def test_a_trial_recorded_before_the_trials_pickle_was_saved_is_not_run_again(tmp_path):
+    """A kill between a trial's record and the save of trials.pkl: the resumed search keeps the record."""
+    out = tmp_path / "search"
+    assert main(["search", tiny(tmp_path), "--out", str(out), "--max-evals", "2"]) == 0
+    trials = pickle.loads((out / "trials.pkl").read_bytes())
+    last = trials._dynamic_trials.pop()  # as trials.pkl was after trial 0: trial 1 recorded, not yet pickled
+    trials._ids.discard(last["tid"])
+    trials.refresh()
+    (out / "trials.pkl").write_bytes(pickle.dumps(trials))
+    before = records(out)
+
+    assert main(["search", "--resume", str(out)]) == 0
+    assert records(out) == before  # the same records, seconds included: trial 1 was not evaluated again
+    assert len(pickle.loads((out / "trials.pkl").read_bytes()).trials) == 2
+
+
 def test_search_with_the_ray_backend_on_a_local_2_cpu_cluster(tmp_path, monkeypatch, capsys):
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

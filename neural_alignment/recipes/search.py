@@ -228,6 +228,8 @@ def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLo
 
     def evaluate(expr, memo, ctrl):
         tid = int(ctrl.current_trial["tid"])
+        if tid in log:  # finished and recorded, but killed before trials.pkl was saved: keep the record
+            return {"loss": objective.loss(log.records[str(tid)]), "status": STATUS_OK}
         sample = resolve(objective.space, rec_eval(expr, memo=memo))
         record = run_trial(plan, objective, sample, out / TRIAL_FOLDERS / f"trial-{tid:04d}", tid)
         log.add(record)
