@@ -45,15 +45,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``nalign run NAME [KEY=VALUE ...] [--out DIR] [--resume DIR]``: train one recipe."""
+    from neural_alignment.recipes.build import launch_processes
     from neural_alignment.recipes.rundir import default_run_dir
     from neural_alignment.recipes.trainer import train
 
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.resume:
-        result = train(recipe, args.resume, resume=True)
-    else:
-        result = train(recipe, args.out or default_run_dir(recipe.name))
-    print(f"run folder: {result.run_dir}")
+    run_dir = args.resume or args.out or str(default_run_dir(recipe.name))
+    # a backend that starts its own processes runs this command in each, with the run folder fixed here
+    code = launch_processes(recipe, ["run", args.recipe, *args.overrides, "--resume" if args.resume else "--out", run_dir])
+    if code is not None:  # rank 0 printed the run folder
+        return code
+    result = train(recipe, run_dir, resume=bool(args.resume))
+    if result.is_main:
+        print(f"run folder: {result.run_dir}")
     return 0
 
 

@@ -99,7 +99,8 @@ class TrainConfig:
     ``alternating``: even steps update only the backward weights, odd steps only the rest.
     ``accumulate``: micro-batches per step (each of batch_size / accumulate examples).
     ``*_every``: in steps; 0 means only at the end.
-    ``check_finite_every``: how often the loss is read on the host to stop on NaN/inf.
+    ``check_finite_every``: how often the loss is read on the host to stop on NaN/inf; null: the
+    backend's default (every step; the logging interval on XLA, where a host read stalls the trace).
     ``dtype``: the model's and inputs' torch dtype (float64 for exact tests).
     """
 
@@ -117,7 +118,7 @@ class TrainConfig:
     eval_every: int = 0
     metrics_every: int = 50
     checkpoint_every: int = 0
-    check_finite_every: int = 1
+    check_finite_every: Optional[int] = None
     topk: List[int] = field(default_factory=lambda: [1, 5])
     dtype: str = "float32"
     progress: bool = True

@@ -19,7 +19,14 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
    checkpoint is written after the loss or a weight became NaN/inf.
 
 Data order is a seeded permutation per epoch (``seed``, epoch), independent of the global RNG,
-so a resumed run sees the same batches. The run folder holds ``recipe.yaml``, ``metrics.jsonl``
+so a resumed run sees the same batches.
+
+The backend (``core.backend``) carries everything that differs between one device, DDP and XLA:
+which slice of each global batch this process trains on, the wrapped module the forward runs,
+the gradient averaging before clipping and the step, the end of a step, the sums read back at
+logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
+writes the run folder; every process evaluates its share of the test set. Processes other than rank 0 draw their random numbers
+(input noise) from their own stream, seeded from (seed, rank, start step). The run folder holds ``recipe.yaml``, ``metrics.jsonl``
 (the ``jsonl`` logger is always on), ``summary.json`` and ``checkpoint.pt`` (atomic; every
 ``checkpoint_every`` steps and at the end). Resuming drops the records of ``metrics.jsonl`` past
 the checkpoint's step (they are logged again), so the record reads as one uninterrupted run.
@@ -46,7 +53,7 @@ from neural_alignment.core import checkpoint
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.logger import layer_metric_key
 from neural_alignment.core.optim import ComponentOptimizer
-from neural_alignment.recipes.batches import StepBatches
+from neural_alignment.recipes.batches import StepBatches, process_share
 from neural_alignment.recipes.build import (
     backward_weights,
     build_backend,
@@ -70,6 +77,7 @@ class RunResult:
     run_dir: Path
     summary: dict
     model: nn.Module
+    is_main: bool = True  # False in the processes of a data-parallel run other than rank 0
 
 
 class Trainer:
@@ -79,12 +87,14 @@ class Trainer:
                  on_step: Callable[["Trainer", int], None] | None = None):
         self.recipe, self.run_dir, self.on_step = recipe, Path(run_dir), on_step
         t = recipe.train
-        if t.accumulate < 1 or recipe.data.batch_size % t.accumulate:
-            raise UserError(f"train.accumulate={t.accumulate} must be >= 1 and divide data.batch_size={recipe.data.batch_size}")
         if t.loss_rate <= 0:
             raise UserError(f"train.loss_rate must be > 0, got {t.loss_rate}")
         seed_everything(t.seed, t.deterministic)
         self.backend = build_backend(recipe)
+        world = self.backend.world_size
+        if t.accumulate < 1 or recipe.data.batch_size % (t.accumulate * world):
+            raise UserError(f"train.accumulate={t.accumulate} must be >= 1, and accumulate * {world} processes must "
+                            f"divide data.batch_size={recipe.data.batch_size}")
         self.splits = build_data(recipe)
         self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
@@ -95,22 +105,30 @@ class Trainer:
         self.dtype = getattr(torch, t.dtype, None)
         if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
             raise UserError(f"train.dtype={t.dtype!r} is not a torch floating dtype (float32, float64, bfloat16...)")
-        self.model = build_model(recipe, self.splits).to(self.backend.device, self.dtype)
+        self.model = self.backend.prepare(build_model(recipe, self.splits), self.dtype)
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
         self._evaluated: tuple[int, dict] = (-1, {})
         self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
         self.seen = 0  # examples since the last log (a host count: no device read)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.backend.device)
+        self.nonfinite = torch.zeros((), device=self.backend.device)  # > 0 once a loss was NaN/inf
+        self.check_every = (t.check_finite_every if t.check_finite_every is not None
+                            else self.backend.check_finite_every(t.metrics_every))
         if resume:
             if not (self.run_dir / CHECKPOINT).is_file():
                 raise UserError(f"cannot resume: {self.run_dir / CHECKPOINT} does not exist (was the run folder given?)")
-            self._load(checkpoint.load(self.run_dir / CHECKPOINT, map_location=self.backend.device))
-            drop_records_after(self.run_dir / METRICS, self.step)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
-        self.loggers = self._loggers()
+            self._load(checkpoint.load(self.run_dir / CHECKPOINT))
+        if self.backend.rank:  # its own noise stream (rank 0 keeps the run's, which checkpoints hold)
+            torch.manual_seed(hash((t.seed, self.backend.rank, self.step)) % 2**63)
+        self.net = self.backend.wrap(self.model)  # the module the step's forward runs
+        self.loggers = []
+        if self.backend.is_main:
+            if resume:
+                drop_records_after(self.run_dir / METRICS, self.step)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
+            self.loggers = self._loggers()
 
     # -- building -------------------------------------------------------------------------
     def _components(self) -> tuple[ComponentOptimizer | None, ComponentOptimizer | None]:
@@ -138,17 +156,20 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
-        """Write ``checkpoint.pt`` atomically: model, optimizers, lr state, RNG states, running stats, step."""
-        return checkpoint.save({
+        """Write ``checkpoint.pt`` atomically (rank 0, CPU tensors): model, optimizers, lr state, RNG
+        states, the running stats summed over the processes, step. Every process calls it."""
+        running = torch.tensor(self.backend.sum_across(self.running))
+        self.backend.save({
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
             "schedules": {k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
                           for k, c in self.components.items()},
             "rng": checkpoint.rng_state(),
-            "running": {"sums": self.running, "seen": self.seen},  # train loss/accuracy since the last log
+            "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
             "recipe": to_yaml(self.recipe),
         }, self.run_dir / CHECKPOINT)
+        return self.run_dir / CHECKPOINT
 
     def _load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -157,7 +178,7 @@ class Trainer:
                 component.load_state_dict(state["optimizers"][key])
         checkpoint.set_rng_state(state["rng"])
         self.step = int(state["step"])
-        if "running" in state:
+        if "running" in state and self.backend.is_main:  # global sums: counted once, by rank 0
             self.running.copy_(state["running"]["sums"])
             self.seen = int(state["running"]["seen"])
 
@@ -176,7 +197,7 @@ class Trainer:
         """(total loss, task loss incl. model L2, logits) of one micro-batch."""
         t = self.recipe.train
         with self.backend.autocast():
-            logits = self.model(x)
+            logits = self.net(x)
             task = F.cross_entropy(logits, y)
             if t.model_l2:
                 task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(self.model))
@@ -184,29 +205,32 @@ class Trainer:
         return total, task, logits
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimizer step at ``self.step`` on the batch (x, y); accumulates the running stats."""
+        """One optimizer step at ``self.step`` on this process's part (x, y) of the global batch;
+        accumulates the running stats. No host read of a device value, except at check steps."""
         t, step = self.recipe.train, self.step
         set_epoch(self.model, step / self.steps_per_epoch, angle_factor=t.alignment_rate / t.loss_rate)
         for component in self.components.values():
             if component is not None:
                 component.zero_grad()
-        for xm, ym in zip(x.chunk(t.accumulate), y.chunk(t.accumulate)):
-            total, task, logits = self.losses(xm, ym)
-            (total / t.accumulate).backward()
+        for index, (xm, ym) in enumerate(zip(x.chunk(t.accumulate), y.chunk(t.accumulate))):
+            with self.backend.micro_batch(self.net, last=index == t.accumulate - 1):
+                total, task, logits = self.losses(xm, ym)
+                (total / t.accumulate).backward()
             self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
-            self.seen += len(ym)
-            self.nonfinite |= ~torch.isfinite(total.detach())
-        if t.check_finite_every and (step + 1) % t.check_finite_every == 0:
+            self.seen += len(ym) * self.backend.world_size
+            self.nonfinite += (~torch.isfinite(total.detach())).float()
+        if self.check_every and (step + 1) % self.check_every == 0:
             self.check_finite(step)
-        for component, active in zip(self.components.values(), self.updates(step)):
-            if component is None:
-                continue
+        updates = [(c, active) for c, active in zip(self.components.values(), self.updates(step)) if c is not None]
+        self.backend.reduce_gradients([p for component, active in updates if active for p in component.params])
+        for component, active in updates:
             if active:
                 if t.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(component.params, t.clip_grad_norm)
                 component.step(step)
             else:
                 component.set_step(step)
+        self.backend.end_step()
 
     def time_steps(self, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
         """Wall seconds of each of ``repeats`` extra training steps on (x, y), device synchronised.
@@ -224,7 +248,7 @@ class Trainer:
 
     def check_finite(self, step: int, weights: bool = False) -> None:
         """Raise :class:`TrainingDiverged` if a loss since the last check (with ``weights``: or a parameter) is NaN/inf."""
-        loss_bad = bool(self.nonfinite)
+        loss_bad = self.backend.sum_across(self.nonfinite) > 0  # every process stops together
         if loss_bad or (weights and not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())):
             last = self.run_dir / CHECKPOINT
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
@@ -237,24 +261,24 @@ class Trainer:
     # -- evaluation and logging -----------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and top-k accuracies over the whole test set (computed once per step)."""
+        """Test loss and top-k accuracies over the whole test set (computed once per step; every
+        process evaluates its share and the sums are added up)."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
         self.model.eval()
+        share = process_share(self.splits.test, self.backend.rank, self.backend.world_size)
         # its own generator: a loader draws its worker seed from the global RNG, which training uses
-        loader = DataLoader(self.splits.test, batch_size=self.recipe.data.eval_batch_size,
+        loader = DataLoader(share, batch_size=self.recipe.data.eval_batch_size,
                             num_workers=self.recipe.data.num_workers, generator=torch.Generator())
         sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
-        count = 0
         for x, y in loader:
             x, y = self.backend.to_device((x.to(self.dtype), y))
             with self.backend.autocast():
                 logits = self.model(x)
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1:] += topk_correct(logits, y, self.ks)
-            count += len(y)
         self.model.train()
-        values = (sums / count).tolist()
+        values = [total / len(self.splits.test) for total in self.backend.sum_across(sums)]
         self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])}})
         return self._evaluated[1]
 
@@ -276,7 +300,7 @@ class Trainer:
 
     def train_metrics(self) -> dict[str, float]:
         """Mean loss and accuracy since the last call, learning rates, epoch, layer metrics."""
-        (loss_sum, correct), count = self.running.tolist(), self.seen
+        (loss_sum, correct), count = self.backend.sum_across(self.running), self.seen
         self.running.zero_()
         self.seen = 0
         metrics = {"epoch": self.step / self.steps_per_epoch}
@@ -298,7 +322,8 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def batches(self) -> DataLoader:
         seed = self.recipe.train.seed
-        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps)
+        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps,
+                              self.backend.rank, self.backend.world_size)
         # the generator only seeds the workers (their augmentation draws): from the run's seed and start step,
         # not the global RNG (a resumed run must not shift it) nor a fixed seed (every run alike)
         return DataLoader(self.splits.train, batch_sampler=sampler, num_workers=self.recipe.data.num_workers,
@@ -310,13 +335,12 @@ class Trainer:
         t = self.recipe.train
         self.model.train()
         # disable=None: tqdm shows the bar only on a terminal
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if t.progress else True, desc=self.recipe.name)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if t.progress and self.backend.is_main else True, desc=self.recipe.name)
         start_step, step_seconds, summary = self.step, [], {}
         try:
             clock = time.perf_counter()
-            for x, y in self.batches():
-                x, y = self.backend.to_device((x.to(self.dtype), y))
-                self.train_step(x, y)
+            for x, y in self.backend.batches(self.batches()):
+                self.train_step(x.to(self.dtype), y)
                 self.step += 1
                 bar.update(1)
                 logging = self.due(t.metrics_every) or self.due(t.eval_every)
@@ -341,7 +365,7 @@ class Trainer:
                 self.check_finite(self.step - 1, weights=True)
             self.save()
             summary = self.summary(step_seconds, "finished")
-            return RunResult(self.run_dir, summary, self.model)
+            return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
         except TrainingDiverged as exc:
             summary = {"status": "diverged", "step": self.step, "error": str(exc)}
             raise
@@ -360,7 +384,8 @@ class Trainer:
                 "steps": self.step, "epochs": self.step / self.steps_per_epoch,
                 "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
                 "train_seconds": sum(step_seconds),
-                **self.evaluate(), **{k: v for k, v in self.layer_summary().items() if "/" not in k}}
+                **self.evaluate(), **{k: v for k, v in self.layer_summary().items() if "/" not in k},
+                **self.backend.summary()}
 
 
 def train(recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
