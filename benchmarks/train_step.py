@@ -44,7 +44,8 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
     if arch == "convnet":
         recipe, shape, classes, batch = "fmnist-convnet", [1, 28, 28], 10, args.convnet_batch
     else:
-        recipe, shape, classes, batch = "imagenet-resnet18", [3, args.image_size, args.image_size], 1000, args.resnet_batch
+        size, batch = args.image_size, args.resnet_batch
+        recipe, shape, classes = "imagenet-resnet18", [3, size, size], 1000
     backend = {"autocast_dtype": args.autocast, "channels_last": args.channels_last}
     backend = {k: v for k, v in backend.items() if v}
     return recipe, [

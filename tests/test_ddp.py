@@ -84,7 +84,8 @@ def test_nalign_run_launches_ddp_and_a_checkpoint_resumes_in_one_process(tmp_pat
     subprocess.run([sys.executable, "-m", "neural_alignment.cli", "run", "digits-mlp", *TINY, "rule.name=kp",
                     "train.steps=3", "backend.name=ddp", "backend.options.nproc_per_node=2", "--out", str(run_dir)],
                    check=True, env=environment(), timeout=600)
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "summary.json"]
+    written = sorted(p.name for p in run_dir.iterdir())
+    assert written == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "summary.json"]
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
     resumed = train(recipe("kp"), run_dir, resume=True)
     uninterrupted = train(recipe("kp"), tmp_path / "uninterrupted")

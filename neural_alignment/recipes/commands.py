@@ -52,7 +52,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     run_dir = args.resume or args.out or str(default_run_dir(recipe.name))
     # a backend that starts its own processes runs this command in each, with the run folder fixed here
-    code = launch_processes(recipe, ["run", args.recipe, *args.overrides, "--resume" if args.resume else "--out", run_dir])
+    command = ["run", args.recipe, *args.overrides, "--resume" if args.resume else "--out", run_dir]
+    code = launch_processes(recipe, command)
     if code is not None:  # rank 0 printed the run folder
         return code
     result = train(recipe, run_dir, resume=bool(args.resume))

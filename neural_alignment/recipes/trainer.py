@@ -25,10 +25,12 @@ The backend (``core.backend``) carries everything that differs between one devic
 which slice of each global batch this process trains on, the wrapped module the forward runs,
 the gradient averaging before clipping and the step, the end of a step, the sums read back at
 logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
-writes the run folder; every process evaluates its share of the test set. Processes other than rank 0 draw their random numbers
-(input noise) from their own stream, seeded from (seed, rank, start step). The run folder holds ``recipe.yaml``, ``metrics.jsonl``
-(the ``jsonl`` logger is always on), ``summary.json`` and ``checkpoint.pt`` (atomic; every
-``checkpoint_every`` steps and at the end). Resuming drops the records of ``metrics.jsonl`` past
+writes the run folder; every process evaluates its share of the test set. Processes other
+than rank 0 draw their random numbers (input noise) from their own stream, seeded from
+(seed, rank, start step).
+
+The run folder holds ``recipe.yaml``, ``metrics.jsonl`` (the ``jsonl`` logger is always on),
+``summary.json`` and ``checkpoint.pt`` (atomic; every ``checkpoint_every`` steps and at the end). Resuming drops the records of ``metrics.jsonl`` past
 the checkpoint's step (they are logged again), so the record reads as one uninterrupted run.
 
 """
@@ -337,7 +339,8 @@ class Trainer:
         t = self.recipe.train
         self.model.train()
         # disable=None: tqdm shows the bar only on a terminal
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if t.progress and self.backend.is_main else True, desc=self.recipe.name)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.name,
+                   disable=None if t.progress and self.backend.is_main else True)
         start_step, step_seconds, summary = self.step, [], {}
         try:
             clock = time.perf_counter()
