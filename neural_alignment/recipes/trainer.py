@@ -30,8 +30,9 @@ than rank 0 draw their random numbers (input noise) from their own stream, seede
 (seed, rank, start step).
 
 The run folder holds ``recipe.yaml``, ``metrics.jsonl`` (the ``jsonl`` logger is always on),
-``summary.json`` and ``checkpoint.pt`` (atomic; every ``checkpoint_every`` steps and at the end). Resuming drops the records of ``metrics.jsonl`` past
-the checkpoint's step (they are logged again), so the record reads as one uninterrupted run.
+``summary.json`` and ``checkpoint.pt`` (atomic; every ``checkpoint_every`` steps and at the end).
+Resuming drops the records of ``metrics.jsonl`` past the checkpoint's step (they are logged
+again), so the record reads as one uninterrupted run.
 
 """
 
