@@ -28,11 +28,18 @@ TINY = [
     "train.dtype=float64", "train.steps=6", "train.eval_every=3",
 ]
 RULES = ["bp", "sa", "aa", "kp"]
+VARIANTS = {"kp-accumulate": ("kp", "train.accumulate=2")}  # DDP averages once per step (no_sync before)
 HERE = Path(__file__).resolve().parent
 
 
 def recipe(rule, *overrides):
     return load_recipe("digits-mlp", [*TINY, f"rule.name={rule}", *overrides])
+
+
+def variant(name, *overrides):
+    """A rule name, or a VARIANTS name: (rule, its overrides)."""
+    rule, *extra = VARIANTS.get(name, (name,))
+    return recipe(rule, *extra, *overrides)
 
 
 def environment():
@@ -57,17 +64,19 @@ def assert_same_weights(a, b, tol):
 
 
 def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
-    """bp, sa, aa, kp: W, biases and B after 6 steps equal the one-process run's, and so do the
-    logged losses (sums all-reduced) and the test metrics (each process evaluates half)."""
+    """bp, sa, aa, kp (and kp with 2 micro-batches): W, biases and B after 6 steps equal the
+    one-process run's, and so do the logged losses (sums all-reduced) and the test metrics (each
+    process evaluates half)."""
+    names = [*RULES, *VARIANTS]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(HERE / "ddp_worker.py"), str(tmp_path / "ddp"), *RULES],
+                    str(HERE / "ddp_worker.py"), str(tmp_path / "ddp"), *names],
                    check=True, env=environment(), timeout=600)
-    for rule in RULES:
-        single = train(recipe(rule), tmp_path / "one" / rule)
-        state = weights(tmp_path / "ddp" / rule)
-        assert any(name.endswith("backward_weight") for name in state) == (rule != "bp")
+    for name in names:
+        single = train(variant(name), tmp_path / "one" / name)
+        state = weights(tmp_path / "ddp" / name)
+        assert any(key.endswith("backward_weight") for key in state) == (name != "bp")
         assert_same_weights(state, single.model.state_dict(), tol=1e-12)
-        logged, expected = records(tmp_path / "ddp" / rule), records(tmp_path / "one" / rule)
+        logged, expected = records(tmp_path / "ddp" / name), records(tmp_path / "one" / name)
         assert [r["step"] for r in logged] == list(range(1, 7))  # rank 0 alone logs
         for got, want in zip(logged, expected):
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)  # running sums are float32
