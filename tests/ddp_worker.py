@@ -1,7 +1,7 @@
 """Run under torchrun by tests/test_ddp.py: train a tiny MLP for each rule on the ddp backend.
 
 ``python -m torch.distributed.run --nproc-per-node=2 tests/ddp_worker.py OUT NAME...`` trains
-``tests.test_ddp.variant(name)`` on the ddp backend into ``OUT/<name>`` for each name, with the
+``tests.test_ddp.variant(name, ddp=True)`` into ``OUT/<name>`` for each name, with the
 real Trainer in every process (the process group is created by the first and reused).
 """
 
@@ -17,4 +17,4 @@ from neural_alignment.recipes.trainer import train  # noqa: E402
 if __name__ == "__main__":
     out, names = Path(sys.argv[1]), sys.argv[2:]
     for name in names:
-        train(variant(name, "backend.name=ddp"), out / name)
+        train(variant(name, ddp=True), out / name)

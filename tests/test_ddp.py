@@ -28,7 +28,11 @@ TINY = [
     "train.dtype=float64", "train.steps=6", "train.eval_every=3",
 ]
 RULES = ["bp", "sa", "aa", "kp"]
-VARIANTS = {"kp-accumulate": ("kp", "train.accumulate=2")}  # DDP averages once per step (no_sync before)
+# name: (rule and overrides, overrides only the ddp run takes)
+VARIANTS = {
+    "kp-accumulate": (("kp", "train.accumulate=2"), ()),  # DDP averages once per step (no_sync before)
+    "wm-global-means": (("wm",), ("backend.options={sync_alignment_means: true}",)),  # BI/FO BWMC
+}
 HERE = Path(__file__).resolve().parent
 
 
@@ -36,10 +40,10 @@ def recipe(rule, *overrides):
     return load_recipe("digits-mlp", [*TINY, f"rule.name={rule}", *overrides])
 
 
-def variant(name, *overrides):
-    """A rule name, or a VARIANTS name: (rule, its overrides)."""
-    rule, *extra = VARIANTS.get(name, (name,))
-    return recipe(rule, *extra, *overrides)
+def variant(name, ddp=False):
+    """A rule name or a VARIANTS name; ``ddp``: on the ddp backend, with the variant's ddp options."""
+    (rule, *extra), ddp_only = VARIANTS.get(name, ((name,), ()))
+    return recipe(rule, *extra, *(("backend.name=ddp", *ddp_only) if ddp else ()))
 
 
 def environment():
@@ -64,9 +68,9 @@ def assert_same_weights(a, b, tol):
 
 
 def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
-    """bp, sa, aa, kp (and kp with 2 micro-batches): W, biases and B after 6 steps equal the
-    one-process run's, and so do the logged losses (sums all-reduced) and the test metrics (each
-    process evaluates half)."""
+    """bp, sa, aa, kp (and kp with 2 micro-batches, wm with the alignment pass's batch means over
+    both processes): W, biases and B after 6 steps equal the one-process run's, and so do the
+    logged losses (sums all-reduced) and the test metrics (each process evaluates half)."""
     names = [*RULES, *VARIANTS]
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                     str(HERE / "ddp_worker.py"), str(tmp_path / "ddp"), *names],

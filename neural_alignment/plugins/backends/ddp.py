@@ -12,7 +12,8 @@ inside the backward: W's, and B's, whether it comes from the alignment loss or, 
 Kolen-Pollack, is delivered by the op during the task backward (dB = angle_scale * dW).
 Batch-wise operations see each process's local batch (BatchNorm, the alignment pass's batch
 means); ``sync_batchnorm: true`` makes BatchNorm's statistics global (torch's SyncBatchNorm,
-which runs on GPUs only).
+which runs on GPUs only), ``sync_alignment_means: true`` the alignment pass's batch means
+(BI BWMC, FO BWMC: wm, ia) through a differentiable all-reduce.
 """
 
 from __future__ import annotations
@@ -22,14 +23,26 @@ import os
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from neural_alignment.core.backend import Backend
 from neural_alignment.core.errors import UserError
+from neural_alignment.core.layers import aligned_layers
 from neural_alignment.plugins.backends.local import cuda_device
 
 DEVICES = ("cpu", "cuda")
+
+
+def global_batch_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean over the batch axis of every process's ``t`` (equal batches): sum_r sum_i t / (n * world).
+
+    The all-reduce is differentiable (its backward all-reduces the gradient), so with DDP's
+    averaging B's gradient is the one-process gradient on the global batch.
+    """
+    total = dist_nn.all_reduce(t.sum(dim=0, keepdim=True))
+    return total / (t.shape[0] * dist.get_world_size())
 
 
 def launched() -> bool:
@@ -42,7 +55,8 @@ class DDPBackend(Backend):
     cuda, default cuda when present, one GPU per local rank; ``sync_batchnorm``)."""
 
     def __init__(self, *, nproc_per_node: int = 1, device: str | None = None, sync_batchnorm: bool = False,
-                 autocast_dtype: str | None = None, channels_last: bool = False, compile: bool | str = False):
+                 sync_alignment_means: bool = False, autocast_dtype: str | None = None, channels_last: bool = False,
+                 compile: bool | str = False):
         if not launched():
             raise UserError("backend 'ddp' runs in processes torchrun starts (or 'nalign run', which starts "
                             "them itself); LOCAL_RANK is not set here")
@@ -58,6 +72,7 @@ class DDPBackend(Backend):
             raise UserError("backend 'ddp' option sync_batchnorm needs device cuda (torch's SyncBatchNorm "
                             "runs on GPUs only); remove it on CPU")
         self.sync_batchnorm = bool(sync_batchnorm)
+        self.sync_alignment_means = bool(sync_alignment_means)
         self._ddp: DistributedDataParallel | None = None
 
     def make_device(self) -> torch.device:
@@ -88,6 +103,9 @@ class DDPBackend(Backend):
     def prepare(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
         if self.sync_batchnorm:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if self.sync_alignment_means:
+            for _, layer in aligned_layers(model):
+                layer.batch_mean = global_batch_mean
         return super().prepare(model, dtype)
 
     def wrap(self, model: nn.Module) -> nn.Module:
