@@ -1,6 +1,7 @@
 """The `nalign` command and plugins from really installed distributions.
 
-The example plugin (examples/plugin-sign-symmetry) and two fixture plugins (tests/plugins/) are
+The example plugins (examples/plugin-sign-symmetry, examples/plugin-direct-feedback) and two
+fixture plugins (tests/plugins/) are
 pip-installed into temporary targets; `nalign` runs as a subprocess with that target on
 PYTHONPATH, so the plugins are found exactly as an installed plugin is: through the
 `neural_alignment` entry-point group of a distribution's metadata.
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NALIGN = str(Path(sys.executable).with_name("nalign"))
@@ -29,10 +31,11 @@ def pip_install_to(target: Path, *projects: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def plugin_site(tmp_path_factory) -> Path:
-    """The example plugin and a plugin that fails on import, installed side by side."""
+    """The example plugins and a plugin that fails on import, installed side by side (once per module)."""
     return pip_install_to(
         tmp_path_factory.mktemp("site"),
         ROOT / "examples" / "plugin-sign-symmetry",
+        ROOT / "examples" / "plugin-direct-feedback",
         ROOT / "tests" / "plugins" / "broken-plugin",
     )
 
@@ -59,7 +62,10 @@ def rule_names(result: subprocess.CompletedProcess) -> dict[str, str]:
 def test_installed_example_plugin_adds_its_rule_and_primitive(plugin_site):
     result = nalign("list", "rules", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
     rules = rule_names(result)
-    assert rules["sign_symmetry"] == "sign_symmetry"
+    assert {name: rules[name] for name in ("sign_symmetry", "usf", "brsf", "frsf", "dfa")} == {
+        "sign_symmetry": "sign_symmetry", "usf": "sign_symmetry", "brsf": "sign_symmetry", "frsf": "sign_symmetry",
+        "dfa": "direct_feedback",
+    }
     assert rules["kp"] == "neural_alignment.plugins.rules"
     primitives = rule_names(nalign("list", "primitives", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken"))
     assert primitives["sign"] == "sign_symmetry"
@@ -68,10 +74,38 @@ def test_installed_example_plugin_adds_its_rule_and_primitive(plugin_site):
 def test_plugins_command_names_the_distribution_and_version(plugin_site):
     result = nalign("plugins", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
     assert result.returncode == 0, result.stderr
-    info = {p["name"]: p for p in json.loads(result.stdout)}["sign_symmetry"]
-    assert info["distribution"] == "neural-alignment-sign-symmetry"
-    assert info["version"] == "0.1.0"
-    assert info["registered"] == {"primitives": ["sign"], "rules": ["sign_symmetry"]}
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    sign, direct = plugins["sign_symmetry"], plugins["direct_feedback"]
+    assert (sign["distribution"], sign["version"]) == ("neural-alignment-sign-symmetry", "0.2.0")
+    assert sign["registered"] == {"primitives": ["sign"], "rules": ["sign_symmetry", "usf", "brsf", "frsf"]}
+    assert (direct["distribution"], direct["version"]) == ("neural-alignment-direct-feedback", "0.1.0")
+    assert direct["registered"] == {"rules": ["dfa"]}
+
+
+def test_installed_usf_trains_by_name(plugin_site, tmp_path):
+    """B follows sign(W) (weight angle far below feedback alignment's ~90 degrees), every entry of a
+    layer's B at one magnitude. brsf and frsf: the plugin's own tests."""
+    result = nalign("run", "digits-mlp", "rule.name=usf", "train.steps=5", "--out", str(tmp_path / "run"),
+                    site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["rule"], summary["steps"]) == ("finished", "usf", 5)
+    assert summary["mean_weight_angle"] < 60
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    for key in [k for k in state if k.endswith("backward_weight")]:
+        magnitudes = state[key].abs()
+        torch.testing.assert_close(magnitudes, magnitudes.mean().expand_as(magnitudes))
+
+
+def test_installed_dfa_trains_by_name_and_checkpoints_its_feedback(plugin_site, tmp_path):
+    result = nalign("run", "digits-mlp", "rule.name=dfa", "train.steps=5", "--out", str(tmp_path / "run"),
+                    site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert (summary["status"], summary["rule"], summary["steps"]) == ("finished", "dfa", 5)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    layers = {k.rpartition(".")[0] for k in state if k.endswith(".weight")}
+    assert {k.rpartition(".")[0] for k in state if k.endswith(".direct_feedback_seed")} == layers
 
 
 def test_broken_plugin_is_reported_and_the_others_still_load(plugin_site):

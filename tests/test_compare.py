@@ -21,6 +21,8 @@ def test_compare_writes_table_json_markdown_png(tmp_path, capsys):
     assert list(rows) == ["bp", "fa", "kp"] and report["dataset"] == "digits"
     assert rows["bp"]["relative_step_time"] == 1.0 and rows["bp"]["mean_weight_angle"] == 0.0
     assert rows["fa"]["last_weight_angle"] > 30  # B random and fixed
+    assert rows["bp"]["mean_grad_angle"] == 0.0 and rows["fa"]["mean_grad_angle"] > 30
+    assert "| mean angle | mean grad angle |" in printed
     for row in rows.values():
         assert 0 <= row["test_acc"] <= 1 and row["steps"] == 6 and row["timed_seconds_per_step"] > 0
     assert "time/step vs bp" in (out / "comparison.md").read_text()

@@ -96,3 +96,18 @@ def test_gradient_angle_is_zero_when_tied_and_leaves_no_state():
     for m, (x_seen, y_seen) in zip((net[0], net[5]), remembered):
         assert m.last_input is x_seen and m.last_output is y_seen
     assert not net[0]._forward_pre_hooks
+
+
+def test_gradient_angle_keeps_a_buffer_a_layer_registers_during_the_passes():
+    class Lazy(nn.Module):
+        """Registers a buffer on its first forward (as direct feedback's matrix is drawn on first use)."""
+
+        def forward(self, x):
+            if not hasattr(self, "drawn"):
+                self.register_buffer("drawn", torch.ones(3, dtype=F64))
+            return x
+
+    torch.manual_seed(2)
+    net = nn.Sequential(Lazy(), AlignedLinear(3, 2, rule=get_rule("fa"), dtype=F64))
+    angles = gradient_angle(net, (torch.randn(4, 3, dtype=F64), torch.randint(0, 2, (4,))), F.cross_entropy)
+    assert angles["1"] > 0 and torch.equal(net[0].drawn, torch.ones(3, dtype=F64))

@@ -9,6 +9,9 @@ object; the core never resolves names) decides:
 - ``rule.trains_backward_weight`` False (``fa``): B is a parameter with requires_grad=False.
 - ``rule.uses_angle`` (``kp``): B enters the op attached, and the task backward delivers
   dB = angle_scale * dW; otherwise B enters detached and gets no task gradient.
+- ``rule.feedback`` (a ``core.feedback.Feedback`` or None): attached once when the layer is
+  built, called before each forward with gradients enabled, and asked for the input gradient
+  in the op's backward (``core/feedback.py``).
 
 The layer contract of docs/internals.md: ``last_input``/``last_output`` (detached refs of the
 latest forward), ``project``, ``reconstruct``, ``angle_scale`` (0-dim, not persistent),
@@ -25,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neural_alignment.core.ops import aligned_conv2d, aligned_linear
+from neural_alignment.core.feedback import feedback_active
+from neural_alignment.core.ops import InputGradient, aligned_conv2d, aligned_linear
 
 __all__ = ["AlignedLayer", "AlignedLinear", "AlignedConv2d", "OpSpec"]
 
@@ -75,6 +79,22 @@ class AlignedLayer:
             self.reset_backward_weight()
         else:
             self.register_parameter("backward_weight", None)
+        feedback = getattr(rule, "feedback", None)
+        if feedback is not None:
+            own_state = set(self.state_dict())
+            feedback.attach(self)
+            self._feedback_state = set(self.state_dict()) - own_state
+
+    def _feedback_path(self) -> InputGradient | None:
+        """Run the rule's feedback before this forward and return the op's ``input_gradient``
+        (None without an active feedback or gradients: the op's own dy B). Decided here, in the
+        forward's thread, because CUDA runs the backward in another one."""
+        feedback = getattr(self.rule, "feedback", None)
+        if not (torch.is_grad_enabled() and feedback_active(feedback)):
+            return None
+        with torch.no_grad():
+            feedback.before_forward(self)
+        return lambda dy, input_shape: feedback.input_gradient(self, dy, input_shape)
 
     def reset_backward_weight(self) -> None:
         """Sample B with W's default initialiser (torch's kaiming_uniform_(a=sqrt(5)), the same
@@ -95,14 +115,16 @@ class AlignedLayer:
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
-        """Load torch's own state dicts: a missing ``backward_weight`` keeps its init."""
+        """Load torch's own state dicts: a missing ``backward_weight`` (or state its rule's feedback
+        attached) keeps its init."""
         before = len(missing_keys)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
-        key = prefix + "backward_weight"
-        if key in missing_keys[before:]:
-            missing_keys.remove(key)
+        for name in ("backward_weight", *getattr(self, "_feedback_state", ())):
+            key = prefix + name
+            if key in missing_keys[before:]:
+                missing_keys.remove(key)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, rule={self.rule.name}"
@@ -119,7 +141,8 @@ class AlignedLinear(AlignedLayer, nn.Linear):
         if self.backward_weight is None:
             y = F.linear(x, self.weight, self.bias)
         else:
-            y = aligned_linear(x, self.weight, self.bias, self._backward_kernel(), self.angle_scale)
+            input_gradient = self._feedback_path()
+            y = aligned_linear(x, self.weight, self.bias, self._backward_kernel(), self.angle_scale, input_gradient)
         return self._remember(x, y)
 
     def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -179,8 +202,9 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
         if self.backward_weight is None:
             y = self.project(x, self.weight, self.bias)
         else:
+            input_gradient = self._feedback_path()
             y = aligned_conv2d(self._padded(x), self.weight, self.bias, self._backward_kernel(), self.angle_scale,
-                               self.stride, self._op_padding, self.dilation, self.groups)
+                               self.stride, self._op_padding, self.dilation, self.groups, input_gradient)
         return self._remember(x, y)
 
     def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:

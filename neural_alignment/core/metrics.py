@@ -3,7 +3,7 @@
 - weight angle: the angle in degrees between vec(W) and vec(B);
 - norm ratio: ||B||_F / ||W||_F;
 - gradient angle: the angle between the gradient the aligned network propagates to a layer's
-  input and the true backprop gradient there (same weights, B := W), on one batch.
+  input and the true backprop gradient there (same weights, B := W, rules' feedback paths off), on one batch.
 
 A layer without B (rule ``bp``) propagates with W itself: its weight angle is 0 and its norm
 ratio 1 by definition. These functions read tensors on the host; call them between steps.
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from neural_alignment.core.feedback import native_backward
 from neural_alignment.core.layers import aligned_layers
 
 __all__ = ["angle_degrees", "layer_metrics", "gradient_angle"]
@@ -61,7 +62,8 @@ def gradient_angle(model: nn.Module, batch: Any, loss_fn: Callable[[Tensor, Tens
             if layer.backward_weight is not None}
     with _state_kept(model):
         propagated = _input_gradients(model, inputs, targets, loss_fn, {})
-        true = _input_gradients(model, inputs, targets, loss_fn, tied)
+        with native_backward():
+            true = _input_gradients(model, inputs, targets, loss_fn, tied)
     return {name: angle_degrees(propagated[name], true[name]) for name in propagated if name in true}
 
 
@@ -94,7 +96,10 @@ def _cuda_devices(device: torch.device) -> list[int]:
 
 @contextmanager
 def _state_kept(model: nn.Module):
-    """Restore buffers and the layers' last_input/last_output on exit; RNG kept by fork_rng."""
+    """Restore buffers and the layers' last_input/last_output on exit; RNG kept by fork_rng.
+
+    A buffer a module registers during the passes (state drawn on first use, e.g. direct
+    feedback's matrix from the layer's seed) is kept as it is: it had no earlier value."""
     buffers = {name: b.clone() for name, b in model.named_buffers()}
     remembered = {name: (m.last_input, m.last_output) for name, m in aligned_layers(model)}
     try:
@@ -102,6 +107,7 @@ def _state_kept(model: nn.Module):
     finally:
         with torch.no_grad():
             for name, b in model.named_buffers():
-                b.copy_(buffers[name])
+                if name in buffers:
+                    b.copy_(buffers[name])
         for name, m in aligned_layers(model):
             m.last_input, m.last_output = remembered[name]

@@ -20,6 +20,10 @@ weight slot. ``dB = angle_scale * dW`` is Kolen-Pollack's transported update: th
 one backward pass serves a whole step. A layer passes B detached unless its rule uses the
 ``angle`` primitive, so B normally gets no gradient from the task loss.
 
+``input_gradient`` (optional, both ops): a callable ``(dy, input_shape) -> dx | None`` that the
+backward calls for dx in place of ``dy B`` (None keeps ``dy B``); dW, db and dB are unchanged.
+A rule's feedback path (``core/feedback.py``) reaches the op through it.
+
 Under autocast the ops cast their inputs to the autocast dtype as F.linear/F.conv2d do.
 Nothing here reads a tensor on the host, so the ops trace under ``torch.compile`` and XLA.
 Gradients nobody asked for (``ctx.needs_input_grad``) are not computed.
@@ -27,11 +31,16 @@ Gradients nobody asked for (``ctx.needs_input_grad``) are not computed.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["aligned_linear", "aligned_conv2d"]
+__all__ = ["aligned_linear", "aligned_conv2d", "InputGradient"]
+
+InputGradient = Callable[[Tensor, tuple], "Tensor | None"]
+"""``(dy, input_shape) -> dx | None``: an op's replacement for its input gradient dy B."""
 
 
 def _transported(dW: Tensor | None, angle_scale: Tensor, needed: bool) -> Tensor | None:
@@ -39,17 +48,25 @@ def _transported(dW: Tensor | None, angle_scale: Tensor, needed: bool) -> Tensor
     return dW * angle_scale if needed else None
 
 
+def _replaced_input_gradient(ctx, dy: Tensor) -> Tensor | None:
+    """``input_gradient(dy, input_shape)`` when the op was given one and dx is needed, else None."""
+    if ctx.input_gradient is None or not ctx.needs_input_grad[0]:
+        return None
+    return ctx.input_gradient(dy, ctx.input_shape)
+
+
 class AlignedLinearFunction(torch.autograd.Function):
-    """y = F.linear(x, W, b); dx = dy B; dW = dy^T x; db = sum dy; dB = angle_scale * dW."""
+    """y = F.linear(x, W, b); dx = dy B (or input_gradient's); dW = dy^T x; db = sum dy; dB = angle_scale * dW."""
 
     @staticmethod
-    def forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor) -> Tensor:
+    def forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor, input_gradient) -> Tensor:
         return F.linear(x, W, b)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, W, b, B, angle_scale = inputs
-        need_x, need_W, _, need_B, _ = ctx.needs_input_grad
+        x, W, b, B, angle_scale, input_gradient = inputs
+        need_x, need_W, _, need_B, _, _ = ctx.needs_input_grad
+        ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.save_for_backward(
             x if (need_W or need_B) else None,
             B if need_x else None,
@@ -59,28 +76,31 @@ class AlignedLinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, B, angle_scale = ctx.saved_tensors
-        need_x, need_W, need_b, need_B, _ = ctx.needs_input_grad
-        dx = dW = db = None
-        if need_x:
+        need_x, need_W, need_b, need_B, _, _ = ctx.needs_input_grad
+        dW = db = None
+        dx = _replaced_input_gradient(ctx, dy)
+        if need_x and dx is None:
             dx = dy.matmul(B)
         if need_W or need_B:
             dW = dy.reshape(-1, dy.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0)
         dB = _transported(dW, angle_scale, need_B)
-        return dx, dW if need_W else None, db, dB, None
+        return dx, dW if need_W else None, db, dB, None, None
 
 
 class AlignedConv2dFunction(torch.autograd.Function):
-    """y = F.conv2d(x, W, b, ...); dx with B in W's slot; dW, db ordinary; dB = angle_scale * dW."""
+    """y = F.conv2d(x, W, b, ...); dx with B in W's slot (or input_gradient's); dW, db ordinary;
+    dB = angle_scale * dW."""
 
     @staticmethod
-    def forward(x, W, b, B, angle_scale, stride, padding, dilation, groups) -> Tensor:
+    def forward(x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups) -> Tensor:
         return F.conv2d(x, W, b, stride, padding, dilation, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, W, b, B, angle_scale, stride, padding, dilation, groups = inputs
+        x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups = inputs
+        ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.conv_args = (_pair(stride), _pair(padding), _pair(dilation), groups)
         ctx.bias_sizes = None if b is None else list(b.shape)
         # convolution_backward reads x and B for their shapes even when it computes
@@ -92,31 +112,32 @@ class AlignedConv2dFunction(torch.autograd.Function):
         x, B, angle_scale = ctx.saved_tensors
         need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
         stride, padding, dilation, groups = ctx.conv_args
+        replaced = _replaced_input_gradient(ctx, dy)
         dx, dW, db = torch.ops.aten.convolution_backward(
             dy, x, B, ctx.bias_sizes, stride, padding, dilation, False, [0, 0], groups,
-            [need_x, need_W or need_B, need_b],
+            [need_x and replaced is None, need_W or need_B, need_b],
         )
         dB = _transported(dW, angle_scale, need_B)
         return (
-            dx if need_x else None,
+            replaced if replaced is not None else (dx if need_x else None),
             dW if need_W else None,
             db if need_b else None,
-            dB, None, None, None, None, None,
+            dB, None, None, None, None, None, None,
         )
 
 
-def _apply(function, x, W, b, B, angle_scale, *conv_args) -> Tensor:
+def _apply(function, x, W, b, B, angle_scale, input_gradient, *conv_args) -> Tensor:
     """``function.apply(...)``; under autocast for x's device, on inputs cast to the autocast
     dtype (as autocast casts F.linear/F.conv2d inputs: floating point ones other than float64;
     the casts are differentiable, so gradients return in the parameters' dtype) with autocast
     off inside, so the backward's products see the dtypes the forward saw."""
     device_type = x.device.type
     if not torch.is_autocast_enabled(device_type):
-        return function.apply(x, W, b, B, angle_scale, *conv_args)
+        return function.apply(x, W, b, B, angle_scale, input_gradient, *conv_args)
     dtype = torch.get_autocast_dtype(device_type)
     x, W, b, B = (t.to(dtype) if _autocast_eligible(t) else t for t in (x, W, b, B))
     with torch.autocast(device_type, enabled=False):
-        return function.apply(x, W, b, B, angle_scale, *conv_args)
+        return function.apply(x, W, b, B, angle_scale, input_gradient, *conv_args)
 
 
 def _autocast_eligible(t: Tensor | None) -> bool:
@@ -132,12 +153,14 @@ def _pair(value) -> list[int]:
     return [int(first), int(second)]
 
 
-def aligned_linear(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor) -> Tensor:
+def aligned_linear(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor,
+                   input_gradient: InputGradient | None = None) -> Tensor:
     """``F.linear(x, W, b)`` whose backward uses B for dx (see the module docstring).
 
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
+    ``input_gradient(dy, input_shape)``, when given, supplies dx in place of dy B (None keeps dy B).
     """
-    return _apply(AlignedLinearFunction, x, W, b, B, angle_scale)
+    return _apply(AlignedLinearFunction, x, W, b, B, angle_scale, input_gradient)
 
 
 def aligned_conv2d(
@@ -150,11 +173,13 @@ def aligned_conv2d(
     padding=0,
     dilation=1,
     groups: int = 1,
+    input_gradient: InputGradient | None = None,
 ) -> Tensor:
     """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` whose backward uses B for dx.
 
     ``padding`` is an int or a pair (symmetric zero padding); a layer turns 'same'/'valid'
     and non-zero padding modes into explicit ``F.pad`` plus a numeric padding, as torch does.
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
+    ``input_gradient(dy, input_shape)``, when given, supplies dx in place of conv_transpose2d(dy, B).
     """
-    return _apply(AlignedConv2dFunction, x, W, b, B, angle_scale, stride, padding, dilation, groups)
+    return _apply(AlignedConv2dFunction, x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups)

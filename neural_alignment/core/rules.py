@@ -24,6 +24,7 @@ import torch
 
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
+from neural_alignment.core.feedback import Feedback
 from neural_alignment.core.primitives import Primitive
 from neural_alignment.core.schedules import make_schedule
 
@@ -72,7 +73,9 @@ class RuleSpec:
     ``weights``: primitive name -> weight. ``options``: defaults for the other keys of
     ``OPTION_KEYS`` (``flags``, ``noise_std``, ``noise_dist``, ``schedules``,
     ``align_forward_weight``). ``has_backward_weight`` False means the layer holds no B
-    (``bp``); ``trains_backward_weight`` False means B stays at its init (``fa``).
+    (``bp``); ``trains_backward_weight`` False means no optimizer trains B (``fa``).
+    ``feedback``: a ``core.feedback.Feedback`` for a backward path beyond ``dx = dy B`` (sign
+    symmetry sets B from W, direct feedback replaces dx); it needs ``has_backward_weight``.
     """
 
     name: str
@@ -81,6 +84,11 @@ class RuleSpec:
     has_backward_weight: bool = True
     trains_backward_weight: bool = True
     doc: str = ""
+    feedback: Feedback | None = None
+
+    def __post_init__(self) -> None:
+        if self.feedback is not None and not self.has_backward_weight:
+            raise ValueError(f"rule {self.name!r}: a feedback path needs has_backward_weight=True (the aligned op)")
 
 
 class Rule:
@@ -90,7 +98,7 @@ class Rule:
     ``schedules`` (one per weight, built by ``make_schedule`` from the given configs; constant 1
     unless set), ``flags`` (:class:`Flags`),
     ``noise_std``, ``noise_dist``, ``has_backward_weight``, ``trains_backward_weight``,
-    ``uses_angle``, ``align_forward_weight``.
+    ``uses_angle``, ``align_forward_weight``, ``feedback`` (the spec's, shared by every layer).
     """
 
     def __init__(
@@ -106,6 +114,7 @@ class Rule:
         trains_backward_weight: bool = True,
         align_forward_weight: bool = False,
         doc: str = "",
+        feedback: Feedback | None = None,
     ):
         self.name = name
         self.weights = {k: float(v) for k, v in weights.items()}
@@ -119,6 +128,7 @@ class Rule:
         self.trains_backward_weight = trains_backward_weight
         self.align_forward_weight = align_forward_weight
         self.doc = doc
+        self.feedback = feedback
 
     @property
     def uses_angle(self) -> bool:
@@ -218,4 +228,5 @@ def build_rule(spec: RuleSpec, primitives, **overrides) -> Rule:
         trains_backward_weight=spec.trains_backward_weight,
         align_forward_weight=bool(options.get("align_forward_weight", False)),
         doc=spec.doc,
+        feedback=spec.feedback,
     )

@@ -1,8 +1,9 @@
 """``nalign compare``: train one recipe once per rule and compare the runs.
 
 For each rule the recipe runs with ``rule.name=<rule>`` (its ``by_rule`` entry applies) into
-``<out>/<rule>/``. The table has per rule: test accuracy, mean and last-layer weight angle
-(degrees), mean norm ratio ||B||/||W||, and the median seconds per training step relative to
+``<out>/<rule>/``. The table has per rule: test accuracy, mean weight angle, mean gradient
+angle (``recipes/probes.py``: propagated vs true gradient at each layer's input, on a fixed
+held-out batch) and last-layer weight angle (degrees), mean norm ratio ||B||/||W||, and the median seconds per training step relative to
 the ``bp`` run (or to the first rule when ``bp`` is not compared). The step times are measured
 after training, on one batch, in interleaved rounds (every rule a few steps per round), so
 that a change in machine load hits every rule alike. Written to ``<out>``:
@@ -23,10 +24,11 @@ import numpy as np
 from torch.utils.data import default_collate
 
 from neural_alignment.analysis.figures import plot_comparison
+from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.recipes.build import build_data
-from neural_alignment.recipes.rundir import METRICS, default_run_dir
+from neural_alignment.recipes.rundir import default_run_dir
 from neural_alignment.recipes.trainer import Trainer
 from neural_alignment.registry import UnknownNameError, get_registry
 
@@ -36,6 +38,7 @@ COLUMNS = (
     ("rule", "rule", "{}"),
     ("test_acc", "test acc", "{:.4f}"),
     ("mean_weight_angle", "mean angle", "{:.1f}"),
+    ("mean_grad_angle", "mean grad angle", "{:.1f}"),
     ("last_weight_angle", "last-layer angle", "{:.1f}"),
     ("mean_norm_ratio", "norm ratio", "{:.2f}"),
     ("relative_step_time", "time/step vs {base}", "{:.2f}x"),
@@ -65,11 +68,6 @@ def interleaved_step_seconds(trainers: dict[str, Trainer], rounds: int = TIMING_
         for rule, trainer in trainers.items():
             seconds[rule] += trainer.time_steps(x, y, steps)
     return {rule: float(np.median(values)) for rule, values in seconds.items()}
-
-
-def read_history(run_dir: Path) -> list[dict]:
-    lines = (run_dir / METRICS).read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def markdown_table(rows: list[dict], base: str) -> str:

@@ -69,6 +69,7 @@ from neural_alignment.recipes.build import (
 from neural_alignment.recipes.divergence import TrainingDiverged, blown_up_layer
 from neural_alignment.recipes.evaluation import metric_name, topk_correct
 from neural_alignment.recipes.loader import to_yaml
+from neural_alignment.recipes.probes import EvaluationProbes
 from neural_alignment.recipes.rundir import CHECKPOINT, METRICS, drop_records_after
 from neural_alignment.registry import get_registry
 
@@ -125,13 +126,16 @@ class Trainer:
         if self.backend.rank:  # its own noise stream (rank 0 keeps the run's, which checkpoints hold)
             torch.manual_seed(hash((t.seed, self.backend.rank, self.step)) % 2**63)
         self.net = self.backend.wrap(self.model)  # the module the step's forward runs
-        self.loggers = []
+        self.loggers, self.probes = [], None
         if self.backend.is_main:
             if resume:
                 drop_records_after(self.run_dir / METRICS, self.step)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
             self.loggers = self._loggers()
+            # rank 0's gradient angles and weight snapshots: every process holds the same weights
+            self.probes = EvaluationProbes(self.model, self.splits.test, self.run_dir, t.seed, self.backend.device,
+                                           self.dtype, self.step)
 
     # -- building -------------------------------------------------------------------------
     def _components(self) -> tuple[ComponentOptimizer | None, ComponentOptimizer | None]:
@@ -266,8 +270,9 @@ class Trainer:
     # -- evaluation and logging -----------------------------------------------------------
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and top-k accuracies over the whole test set (computed once per step; every
-        process evaluates its share and the sums are added up)."""
+        """Test loss and top-k accuracies over the whole test set (every process evaluates its
+        share and the sums are added up), gradient angles and a weight snapshot (rank 0,
+        ``recipes/probes.py``); computed once per step."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
         self.model.eval()
@@ -284,7 +289,9 @@ class Trainer:
             sums[1:] += topk_correct(logits, y, self.ks)
         self.model.train()
         values = [total / len(self.splits.test) for total in self.backend.sum_across(sums)]
-        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])}})
+        probes = self.probes.record(self.model, self.step) if self.probes is not None else {}
+        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])},
+                                       **probes})
         return self._evaluated[1]
 
     def layer_summary(self) -> dict[str, float]:
@@ -390,7 +397,7 @@ class Trainer:
                 "steps": self.step, "epochs": self.step / self.steps_per_epoch,
                 "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
                 "train_seconds": sum(step_seconds),
-                **self.evaluate(), **{k: v for k, v in self.layer_summary().items() if "/" not in k},
+                **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k},
                 **self.backend.summary()}
 
 

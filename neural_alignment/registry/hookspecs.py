@@ -41,7 +41,9 @@ def register_rules(register):
     """Register learning rules.
 
     ``obj`` is a :class:`neural_alignment.core.rules.RuleSpec`: default primitive weights
-    and options; ``get_rule(name, **overrides)`` builds a rule from it.
+    and options; ``get_rule(name, **overrides)`` builds a rule from it. A rule with its own
+    backward path sets ``RuleSpec(feedback=...)`` (``core/feedback.py``: B set from W each
+    step, or a layer's input gradient other than dy B); no other hook is involved.
     """
 
 

@@ -1,6 +1,11 @@
-"""Sign symmetry for neural-alignment: B follows sign(W) (Liao, Leibo and Poggio, 2016).
+"""Sign symmetry for neural-alignment (Liao, Leibo and Poggio, 2016; Moskovitz et al., 2018).
 
-Registered through the public hooks only, as any plugin would.
+Registered through the public hooks only, as any plugin would:
+
+- rules ``usf``, ``brsf``, ``frsf``: B is set from sign(W) before every training forward,
+  with uniform, batchwise random or fixed random magnitudes (``feedback.py`` gives the formula);
+- primitive ``sign`` and rule ``sign_symmetry``: B *learns* towards sign(W) * mean|W| by
+  gradient descent on a regularizer, as the paper's rules learn B.
 """
 
 import torch
@@ -8,6 +13,10 @@ import torch
 from neural_alignment import hookimpl
 from neural_alignment.core.primitives import Primitive, sum_of_squares
 from neural_alignment.core.rules import RuleSpec
+
+from neural_alignment_sign_symmetry.feedback import SignConcordantFeedback
+
+__version__ = "0.2.0"
 
 
 class SignPrimitive(Primitive):
@@ -28,6 +37,17 @@ SIGN_SYMMETRY = RuleSpec(
     doc="Sign symmetry: R = sign, so B -> sign(W) * mean|W| (Liao et al. 2016).",
 )
 
+SIGN_CONCORDANT_RULES = (
+    RuleSpec("usf", trains_backward_weight=False, feedback=SignConcordantFeedback("uniform"),
+             doc="Uniform sign-concordant feedback: B = RMS(W) sign(W), set before every training forward."),
+    RuleSpec("brsf", trains_backward_weight=False, feedback=SignConcordantFeedback("batch_random"),
+             doc="Batchwise random magnitude sign-concordant feedback: B = |M| sign(W) at W's norm, "
+                 "M ~ U(0, 1) redrawn every batch."),
+    RuleSpec("frsf", trains_backward_weight=False, feedback=SignConcordantFeedback("fixed_random"),
+             doc="Fixed random magnitude sign-concordant feedback: B = |B0| sign(W) at W's norm, "
+                 "|B0| drawn once per layer."),
+)
+
 
 @hookimpl
 def register_primitives(register):
@@ -37,3 +57,5 @@ def register_primitives(register):
 @hookimpl
 def register_rules(register):
     register("sign_symmetry", SIGN_SYMMETRY, SIGN_SYMMETRY.doc)
+    for spec in SIGN_CONCORDANT_RULES:
+        register(spec.name, spec, spec.doc)

@@ -1,0 +1,226 @@
+"""``nalign report``: the figures of appendix C for one or several runs, in one offline HTML page.
+
+Figures (PNG files in the output folder, and embedded in ``index.html`` as base64 data, so the
+page references no other file):
+
+- ``curves.png``: test accuracy (solid) and training accuracy (dashed), test loss (solid) and
+  training loss (dashed) against the step, one colour per run;
+- ``alignment.png``: the mean over layers of the weight angle, the gradient angle and the norm
+  ratio ||B||_F / ||W||_F against the step, one colour per run (the runs compared);
+- ``layers-<run>.png`` (Fig. S4): per layer, weight angle, gradient angle and norm ratio
+  against the step, layers coloured by depth (dark: input side, yellow: output side);
+- ``weights-<run>.png`` (Fig. S3): for chosen layers (rows) at chosen steps (columns), each
+  sampled entry as the point (W_ij, B_ij), with the diagonal B = W dotted (runs with weight
+  snapshots only).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from neural_alignment.analysis.runs import Run, file_stem, load_runs
+from neural_alignment.core.errors import UserError
+
+LAYER_PANELS = (("angle", "weight angle (degrees)"), ("grad_angle", "gradient angle (degrees)"),
+                ("norm_ratio", "norm ratio ||B|| / ||W||"))
+MEAN_PANELS = (("mean_weight_angle", "mean weight angle (degrees)"),
+               ("mean_grad_angle", "mean gradient angle (degrees)"),
+               ("mean_norm_ratio", "mean norm ratio ||B|| / ||W||"))
+DPI = 110
+
+
+@dataclass(frozen=True)
+class Figured:
+    """One figure of the report: its file name, title and caption."""
+
+    name: str
+    title: str
+    caption: str
+
+
+def _figure(panels: int, height: float = 3.6) -> tuple[Figure, list]:
+    figure = Figure(figsize=(4.6 * panels, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, panels, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def _finish(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def curves_figure(runs: Sequence[Run]) -> Figure:
+    """Accuracy and loss against the step, test solid and training dashed, one colour per run."""
+    figure, (accuracy, loss) = _figure(2)
+    for index, run in enumerate(runs):
+        colour = f"C{index % 10}"
+        for ax, test_key, train_key in ((accuracy, "test_acc", "train_acc"), (loss, "test_loss", "loss")):
+            ax.plot(*run.series(test_key), color=colour, marker="o", markersize=3, label=f"{run.label} test")
+            ax.plot(*run.series(train_key), color=colour, linestyle="--", alpha=0.7, label=f"{run.label} train")
+    _finish(accuracy, "step", "accuracy")
+    _finish(loss, "step", "loss")
+    return figure
+
+
+def alignment_figure(runs: Sequence[Run]) -> Figure:
+    """The means over layers (``MEAN_PANELS``) against the step, one colour per run."""
+    figure, axes = _figure(len(MEAN_PANELS))
+    for ax, (key, label) in zip(axes, MEAN_PANELS):
+        for index, run in enumerate(runs):
+            steps, values = run.series(key)
+            if steps:
+                ax.plot(steps, values, color=f"C{index % 10}", marker="o", markersize=3, label=run.label)
+        _finish(ax, "step", label)
+    return figure
+
+
+def layers_figure(run: Run) -> Figure:
+    """Fig. S4: per-layer metrics (``LAYER_PANELS``) against the step, coloured by depth."""
+    figure, axes = _figure(len(LAYER_PANELS))
+    layers = run.layers("angle") or run.layers("grad_angle")
+    colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 1)))
+    for ax, (metric, label) in zip(axes, LAYER_PANELS):
+        for depth, layer in enumerate(layers):
+            steps, values = run.series(f"{metric}/{layer}")
+            if steps:
+                ax.plot(steps, values, color=colours[depth], marker="o", markersize=2, label=layer)
+        _finish(ax, "step", label)
+    figure.suptitle(f"{run.label}: per layer, coloured by depth (dark = input side)")
+    return figure
+
+
+def default_choice(available: Sequence, count: int = 3) -> list:
+    """First, middle and last of ``available`` (fewer when there are fewer), in order."""
+    if len(available) <= count:
+        return list(available)
+    picks = sorted({round(i * (len(available) - 1) / (count - 1)) for i in range(count)})
+    return [available[i] for i in picks]
+
+
+def weights_figure(run: Run, layers: Sequence[str], steps: Sequence[int]) -> Figure:
+    """Fig. S3: rows = ``layers``, columns = ``steps``; each sampled entry at (W_ij, B_ij); diagonal dotted."""
+    figure = Figure(figsize=(3.2 * len(steps), 3.0 * len(layers)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(layers), len(steps), squeeze=False)
+    snaps = {step: run.snapshot(step) for step in steps}
+    for row, layer in enumerate(layers):
+        for col, step in enumerate(steps):
+            ax = axes[row][col]
+            pairs = snaps[step][layer]
+            ax.scatter(pairs[:, 0], pairs[:, 1], s=2, alpha=0.5, color=f"C{row % 10}", rasterized=True)
+            limit = float(np.abs(pairs).max()) * 1.05 or 1.0
+            ax.plot([-limit, limit], [-limit, limit], linestyle=":", color="black", linewidth=1)
+            ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal",
+                   title=f"layer {layer}, step {step}", xlabel="W", ylabel="B")
+    figure.suptitle(f"{run.label}: forward vs backward weights (sampled entries; dotted: B = W)")
+    return figure
+
+
+def _save(figure: Figure, out: Path, name: str) -> Path:
+    path = out / name
+    figure.savefig(path, format="png", dpi=DPI)
+    return path
+
+
+def chosen(run: Run, requested: Sequence | None, available: Sequence, missing: str, valid: str) -> list:
+    """``requested`` if every item is in ``available`` (else a ``UserError`` naming the missing
+    ones and listing ``available``); the first, middle and last of ``available`` when none is requested."""
+    if not requested:
+        return default_choice(list(available))
+    absent = [str(item) for item in requested if item not in available]
+    if absent:
+        raise UserError(f"run {run.label}: {missing} {', '.join(absent)}; {valid}: {', '.join(map(str, available))}")
+    return list(requested)
+
+
+def scatter_choice(run: Run, layers: Sequence[str] | None,
+                   steps: Sequence[int] | None) -> tuple[list[str], list[int]] | None:
+    """(layers, steps) of ``run``'s W-versus-B scatter, or None when it has no snapshots."""
+    available = run.snapshot_steps()
+    if not available:
+        return None
+    return (chosen(run, layers, list(run.snapshot(available[0])), "no weight snapshots of layer(s)", "layers"),
+            chosen(run, steps, available, "no weight snapshot at step(s)", "snapshot steps"))
+
+
+def summary_table(runs: Sequence[Run]) -> str:
+    """An HTML table: per run its folder, rule, steps and final metrics (from summary.json)."""
+    columns = (("rule", "rule", "{}"), ("steps", "steps", "{}"), ("test_acc", "test acc", "{:.4f}"),
+               ("mean_weight_angle", "mean weight angle", "{:.1f}"),
+               ("mean_grad_angle", "mean gradient angle", "{:.1f}"),
+               ("mean_norm_ratio", "norm ratio", "{:.2f}"))
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
+    rows = []
+    for run in runs:
+        cells = "".join(
+            f"<td>{html.escape(fmt.format(run.summary[key]) if run.summary.get(key) is not None else '-')}</td>"
+            for key, _, fmt in columns)
+        rows.append(f"<tr><td>{html.escape(run.label)}</td>"
+                    f"<td><code>{html.escape(str(run.path))}</code></td>{cells}</tr>")
+    return f"<table><tr><th>run</th><th>folder</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def page(runs: Sequence[Run], figures: Sequence[Figured], out: Path, notes: Sequence[str]) -> str:
+    """The self-contained HTML: the table, notes, then every figure inline (data: URIs)."""
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>nalign report</title>',
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}"
+        "figure{margin:1.5em 0}figcaption{color:#444}</style></head><body>",
+        "<h1>nalign report</h1>", summary_table(runs),
+    ]
+    parts += [f"<p><em>{html.escape(note)}</em></p>" for note in notes]
+    for fig in figures:
+        data = base64.b64encode((out / fig.name).read_bytes()).decode("ascii")
+        parts.append(f"<figure><h2>{html.escape(fig.title)}</h2><img alt=\"{html.escape(fig.title)}\" "
+                     f"src=\"data:image/png;base64,{data}\"><figcaption>{html.escape(fig.caption)} "
+                     f"({html.escape(fig.name)})</figcaption></figure>")
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[str] | None = None,
+                 steps: Sequence[int] | None = None) -> list[Figured]:
+    """Write the figures and ``index.html`` for the runs of ``paths`` into ``out``; returns the figures.
+
+    ``layers``/``steps`` choose the rows/columns of the weight scatter (default: first, middle and
+    last layer and snapshot); a layer or step a run lacks is a ``UserError`` listing what it has.
+    """
+    runs = load_runs(paths)
+    scatter = {run.label: scatter_choice(run, layers, steps) for run in runs}  # bad choices fail before drawing
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures = [Figured("curves.png", "Accuracy and loss", "test (solid) and training (dashed) against the step"),
+               Figured("alignment.png", "Alignment, mean over layers",
+                       "weight angle, gradient angle and norm ratio ||B||/||W|| averaged over layers")]
+    _save(curves_figure(runs), out, "curves.png")
+    _save(alignment_figure(runs), out, "alignment.png")
+    notes = []
+    for run in runs:
+        stem = file_stem(run.label)
+        figures.append(Figured(f"layers-{stem}.png", f"{run.label}: per-layer metrics (Fig. S4)",
+                               "weight angle, gradient angle and norm ratio per layer, coloured by depth"))
+        _save(layers_figure(run), out, figures[-1].name)
+        if scatter[run.label] is None:
+            notes.append(f"{run.label}: no weight snapshots in {run.path}, so no W-versus-B scatter.")
+            continue
+        layer_choice, step_choice = scatter[run.label]
+        figures.append(Figured(f"weights-{stem}.png", f"{run.label}: forward vs backward weights (Fig. S3)",
+                               f"sampled (W, B) entry pairs of layers {', '.join(layer_choice)} at steps "
+                               f"{', '.join(map(str, step_choice))}; dotted: B = W"))
+        _save(weights_figure(run, layer_choice, step_choice), out, figures[-1].name)
+    (out / "index.html").write_text(page(runs, figures, out, notes), encoding="utf-8")
+    return figures

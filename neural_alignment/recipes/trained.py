@@ -1,0 +1,29 @@
+"""A trained model read back from its run folder (``recipe.yaml`` + ``checkpoint.pt``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neural_alignment.core import checkpoint
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.build import build_data, build_model
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.rundir import CHECKPOINT
+
+RECIPE = "recipe.yaml"
+
+
+def load_trained_model(run_dir: str | Path) -> nn.Module:
+    """The run's model (its recipe's architecture and rule, dtype ``train.dtype``) with the
+    checkpoint's weights, on the CPU, in eval mode. The dataset is built for its shapes."""
+    run_dir = Path(run_dir)
+    missing = [name for name in (RECIPE, CHECKPOINT) if not (run_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{run_dir} is not a trained run folder: no {' or '.join(missing)}")
+    recipe = load_recipe(str(run_dir / RECIPE))
+    model = build_model(recipe, build_data(recipe)).to(getattr(torch, recipe.train.dtype))
+    model.load_state_dict(checkpoint.load(run_dir / CHECKPOINT, map_location="cpu")["model"])
+    return model.eval()

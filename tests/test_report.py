@@ -1,0 +1,102 @@
+"""``nalign report`` from short real runs: every figure a valid PNG, the HTML self-contained."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import matplotlib.image
+import pytest
+
+from neural_alignment.cli import main
+
+FEW = ["data.train_limit=256", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[16,16]",
+       "train.steps=9", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def compare_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "cmp"
+    assert main(["compare", "digits-mlp", "--rules", "bp,sa", *FEW, "--out", str(out)]) == 0
+    return out
+
+
+def check_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG and len(data) > 1000, path
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image[..., :3].std() > 0.02, path
+
+
+def test_report_of_a_compare_folder(compare_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["report", str(compare_dir), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    names = ["curves.png", "alignment.png", "layers-bp.png", "weights-bp.png", "layers-sa.png", "weights-sa.png"]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
+    for name in names:
+        assert str(out / name) in printed
+        check_png(out / name)
+    page = (out / "index.html").read_text()
+    sources = re.findall(r'(?:src|href)\s*=\s*["\']?([^"\' >]+)', page, flags=re.I)
+    assert len(sources) == len(names) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r"url\(|@import|<link|<script", page, flags=re.I)
+    assert ">bp<" in page and ">sa<" in page
+
+
+def test_report_figures_show_what_the_runs_logged(compare_dir):
+    from neural_alignment.analysis.report import layers_figure, weights_figure
+    from neural_alignment.analysis.runs import load_runs
+
+    bp, sa = load_runs([compare_dir])
+    assert (bp.label, sa.label) == ("bp", "sa") and sa.layers() == ["1", "3", "5"]
+    panels = layers_figure(sa).axes[:3]
+    drawn = {line.get_label(): list(line.get_ydata()) for line in panels[1].lines}  # gradient angle
+    assert drawn["3"] == sa.series("grad_angle/3")[1] and len(drawn) == 3
+    assert sa.snapshot_steps() == [0, 3, 6, 9]
+    scatter = weights_figure(sa, ["1"], [0, 9]).axes
+    (points,) = scatter[1].collections
+    assert len(points.get_offsets()) == 16 * 64  # every entry of the 16 x 64 layer (under 2,000)
+    (bp_points,) = weights_figure(bp, ["5"], [9]).axes[0].collections
+    assert max(abs(x - y) for x, y in bp_points.get_offsets()) < 1e-6  # bp: B is W
+
+
+def test_several_runs_overlaid_and_layer_step_choice(compare_dir, tmp_path):
+    out = tmp_path / "two"
+    assert main(["report", str(compare_dir / "sa"), str(compare_dir / "bp"), "--out", str(out),
+                 "--layers", "1,5", "--steps", "3,9"]) == 0
+    assert (out / "weights-sa.png").exists() and (out / "index.html").exists()
+    from neural_alignment.analysis.report import alignment_figure
+    from neural_alignment.analysis.runs import load_runs
+
+    axes = alignment_figure(load_runs([compare_dir / "sa", compare_dir / "bp"])).axes
+    assert [line.get_label() for line in axes[1].lines] == ["sa", "bp"]
+
+
+def test_a_run_without_snapshots_gets_a_note(compare_dir, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    rows = [json.loads(line) for line in (compare_dir / "bp" / "metrics.jsonl").read_text().splitlines()]
+    (old / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main(["report", str(old), "--out", str(tmp_path / "r")]) == 0
+    assert "no weight snapshots" in (tmp_path / "r" / "index.html").read_text()
+    assert not (tmp_path / "r" / "weights-old.png").exists()
+
+
+@pytest.mark.parametrize("make, extra, message", [
+    (lambda p: p.mkdir(), [], "is not a run folder (no metrics.jsonl) nor a 'nalign compare' output folder"),
+    (lambda p: None, [], "does not exist"),
+    (lambda p: (p.mkdir(), (p / "metrics.jsonl").write_text("")), [], "holds no records"),
+    (None, ["--layers", "9"], "no weight snapshots of layer(s) 9; layers: 1, 3, 5"),
+    (None, ["--steps", "4"], "no weight snapshot at step(s) 4; snapshot steps: 0, 3, 6, 9"),
+])
+def test_bad_folders_and_choices_are_one_line_errors(compare_dir, tmp_path, capsys, make, extra, message):
+    target = tmp_path / "x"
+    if make is None:
+        target = compare_dir / "sa"
+    else:
+        make(target)
+    assert main(["report", str(target), *extra, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
