@@ -17,6 +17,7 @@ import torch
 
 from neural_alignment.cli import main
 from neural_alignment.core import checkpoint
+from neural_alignment.core.snapshots import snapshot_steps
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.recipes.trainer import train
@@ -98,7 +99,8 @@ def test_nalign_run_launches_ddp_and_a_checkpoint_resumes_in_one_process(tmp_pat
                     "train.steps=3", "backend.name=ddp", "backend.options.nproc_per_node=2", "--out", str(run_dir)],
                    check=True, env=environment(), timeout=600)
     written = sorted(p.name for p in run_dir.iterdir())
-    assert written == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "summary.json"]
+    assert written == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "summary.json", "weights"]
+    assert snapshot_steps(run_dir) == [0, 3]  # rank 0's snapshots: at the start and the final evaluation
     assert json.loads((run_dir / "summary.json").read_text())["steps"] == 3
     resumed = train(recipe("kp"), run_dir, resume=True)
     uninterrupted = train(recipe("kp"), tmp_path / "uninterrupted")
