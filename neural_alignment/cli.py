@@ -11,11 +11,12 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from typing import Sequence
 
 from neural_alignment import __version__
 from neural_alignment.core.errors import UserError
-from neural_alignment.registry import KINDS, Registry, get_registry
+from neural_alignment.registry import KINDS, PluginWarning, Registry, get_registry
 
 EXIT_USER_ERROR = 2
 
@@ -53,7 +54,7 @@ def cmd_list(args: argparse.Namespace, registry: Registry) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
-    """``nalign plugins [--json]``: each plugin, its distribution and version, what it registered."""
+    """``nalign plugins [--json]``: each plugin, its distribution and version, what it registered, how it failed."""
     infos = registry.plugins()
     if args.json:
         print(json.dumps([info.__dict__ for info in infos], indent=2))
@@ -62,6 +63,8 @@ def cmd_plugins(args: argparse.Namespace, registry: Registry) -> int:
         print(f"{info.name}  ({info.distribution} {info.version})")
         for kind, names in info.registered.items():
             print(f"    {kind}: {', '.join(names)}")
+        if info.error:
+            print(f"    failed: {info.error}")
     return 0
 
 
@@ -86,7 +89,9 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        registry = get_registry()
+        with warnings.catch_warnings():  # printed below as one line each
+            warnings.simplefilter("ignore", PluginWarning)
+            registry = get_registry()
         for failure in registry.failures:
             print(f"nalign: warning: {failure}", file=sys.stderr)
         parser = build_parser(registry)

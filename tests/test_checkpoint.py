@@ -47,3 +47,27 @@ def test_rng_state_round_trip_through_a_file(tmp_path):
     first = draws()
     checkpoint.set_rng_state(checkpoint.load(path)["rng"])
     assert draws() == first
+
+
+def test_the_replaced_checkpoint_is_kept_as_the_previous_one(tmp_path):
+    path = tmp_path / "ck.pt"
+    for step in (1, 2, 3):
+        checkpoint.save({"step": step}, path)
+    assert checkpoint.load(path) == {"step": 3}
+    assert checkpoint.load(checkpoint.previous_path(path)) == {"step": 2}
+    assert checkpoint.previous_path(path).name == "ck.prev.pt" and not checkpoint.temporary_files(path)
+
+
+def test_load_good_names_a_damaged_checkpoint_and_falls_back(tmp_path):
+    from neural_alignment.core.errors import UserError
+
+    path = tmp_path / "ck.pt"
+    checkpoint.save({"step": 1}, path)
+    checkpoint.save({"step": 2}, path)
+    assert checkpoint.load_good(path) == ({"step": 2}, None)
+    path.write_bytes(path.read_bytes()[:10])
+    state, notice = checkpoint.load_good(path)
+    assert state == {"step": 1} and f"checkpoint {path} is damaged" in notice and "ck.prev.pt (step 1)" in notice
+    checkpoint.previous_path(path).write_bytes(b"\x00" * 8)
+    with pytest.raises(UserError, match="ck.pt is damaged .* no good previous one"):
+        checkpoint.load_good(path)

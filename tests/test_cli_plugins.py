@@ -178,3 +178,51 @@ def test_user_mistakes_exit_2_with_one_line(args, message):
 def test_version():
     result = nalign("--version")
     assert result.returncode == 0 and result.stdout.startswith("nalign ")
+
+
+@pytest.fixture(scope="module")
+def misspelt_site(tmp_path_factory) -> Path:
+    return pip_install_to(tmp_path_factory.mktemp("misspelt"), ROOT / "tests" / "plugins" / "misspelt-plugin",
+                          ROOT / "tests" / "plugins" / "broken-plugin")
+
+
+def test_a_rule_weighing_an_unknown_primitive_is_caught_when_the_registry_is_built(misspelt_site):
+    result = nalign("list", "rules", "--json", site=misspelt_site, NALIGN_BLOCK_PLUGINS="broken")
+    rules = rule_names(result)
+    assert "good_rule" in rules and "typo_rule" not in rules  # the rest of the plugin still loads
+    warnings = {line for line in result.stderr.splitlines() if "typo_rule" in line}
+    assert warnings == {
+        "nalign: warning: plugin 'misspelt' (nalign-misspelt-plugin) failed: rule 'typo_rule' weighs unknown "
+        "primitive 'decy'. Did you mean 'decay'? Known primitives: amp, angle, decay, good_primitive, null, self, "
+        "sparse; the rule is left out"
+    }
+
+
+def test_a_primitive_with_misspelt_needs_or_another_name_is_left_out_with_a_warning(misspelt_site):
+    result = nalign("list", "primitives", "--json", site=misspelt_site, NALIGN_BLOCK_PLUGINS="broken")
+    primitives = rule_names(result)
+    assert "good_primitive" in primitives and not {"typo_needs", "wrong_name"} & set(primitives)
+    assert "primitive 'typo_needs' needs unknown category 'weigths'. Did you mean 'weights'?" in result.stderr
+    assert "primitive registered as 'wrong_name' has Primitive.name 'good_primitive'" in result.stderr
+
+
+def test_plugins_json_lists_failures_with_their_error(misspelt_site):
+    result = nalign("plugins", "--json", site=misspelt_site)
+    assert result.returncode == 0, result.stderr
+    info = {p["name"]: p for p in json.loads(result.stdout)}
+    assert info["broken"]["error"] == "ImportError: No module named 'a_dependency_that_is_not_installed'"
+    assert info["broken"]["distribution"] == "nalign-broken-plugin" and info["broken"]["registered"] == {}
+    assert "typo_rule" in info["misspelt"]["error"] and info["misspelt"]["registered"]["rules"] == ["good_rule"]
+    assert info["neural_alignment.plugins.rules"]["error"] is None
+
+
+def test_a_failing_plugin_warns_once_from_python(misspelt_site):
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("NALIGN_")}
+    environ.update(PYTHONPATH=str(misspelt_site), NALIGN_BLOCK_PLUGINS="misspelt")
+    code = ("from neural_alignment.registry import get_registry\n"
+            "get_registry(); get_registry()\n"
+            "from neural_alignment.api import get_rule\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "PluginWarning" in line]
+    assert len(lines) == 1 and "plugin 'broken' (nalign-broken-plugin) failed: ImportError" in lines[0]

@@ -46,3 +46,19 @@ def test_a_bad_recipe_for_a_later_rule_fails_before_training(tmp_path, capsys, m
     assert main([*args, "--out", str(tmp_path / "c")]) == 2
     assert "'optim.alignment.momentun' in by_rule.kp" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_the_rules_share_one_dataset_in_memory(tmp_path, monkeypatch):
+    from neural_alignment.recipes import compare
+    from neural_alignment.recipes.trainer import Trainer
+
+    held = []
+
+    class Recording(Trainer):
+        def run(self):
+            held.append(self.splits)
+            return super().run()
+
+    monkeypatch.setattr(compare, "Trainer", Recording)
+    main(["compare", "digits-mlp", "--rules", "bp,fa", *FEW, "--out", str(tmp_path / "c")])
+    assert len(held) == 2 and held[0] is held[1]

@@ -38,3 +38,23 @@ def test_a_failing_run_is_recorded_and_the_rest_go_on(tmp_path):
     assert bad["status"] == "failed" and "nosuchrule" in bad["error"] and bad["seconds"] >= 0
     assert good["status"] == "finished"
     assert done == ["bad", "good"]
+
+
+def test_a_failed_attempt_without_a_checkpoint_is_replaced_by_a_fresh_run(tmp_path):
+    run_dir = tmp_path / "c"
+    run_dir.mkdir()
+    (run_dir / "recipe.yaml").write_text("name: left over\n")
+    (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
+    summary = run_one(RunSpec("digits-mlp", (*TINY, "train.steps=2"), run_dir))
+    assert summary["status"] == "finished" and summary["steps"] == 2
+    assert "name: digits-mlp" in (run_dir / "recipe.yaml").read_text()
+
+
+def test_an_interrupted_run_is_not_resumed_with_another_recipe(tmp_path):
+    run_dir = tmp_path / "d"
+    run_one(RunSpec("digits-mlp", (*TINY, "train.steps=2"), run_dir))
+    (run_dir / "summary.json").write_text(json.dumps({"status": "stopped", "step": 2}))
+    before = (run_dir / "metrics.jsonl").read_text()
+    summary = run_one(RunSpec("digits-mlp", (*TINY, "train.steps=4", "rule.name=kp"), run_dir))
+    assert summary["status"] == "failed" and "rule.name ('bp' -> 'kp')" in summary["error"]
+    assert (run_dir / "metrics.jsonl").read_text() == before

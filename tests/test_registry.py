@@ -152,3 +152,57 @@ def test_registries_are_independent():
     assert "only_here" in with_plugin.catalog("datasets")
     assert "only_here" not in without.catalog("datasets")
     assert PROJECT_NAME == "neural_alignment"
+
+
+class _PrimitivePlugin:
+    """Registers ``obj`` as primitive ``name`` (whatever it is: the registry checks it)."""
+
+    def __init__(self, name, obj):
+        self.name, self.obj = name, obj
+
+    @hookimpl
+    def register_primitives(self, register):
+        register(self.name, self.obj)
+
+
+def _primitive(name, needs):
+    from neural_alignment.core.primitives import Primitive
+
+    return type("P", (Primitive,), {"name": name, "needs": needs, "__call__": lambda self, ctx: 0})()
+
+
+@pytest.mark.parametrize("name, obj, said", [
+    ("a b", "weights", "'a b' is not a valid name: letters, digits, '_' and '-'"),
+    ("kp,fa", "weights", "'kp,fa' is not a valid name"),
+    ("mine", "other", "primitive registered as 'mine' has Primitive.name 'other'"),
+    ("mine", "weights-as-text", "has needs='weights': it must be a set of"),
+    ("mine", "misspelt", "needs unknown category 'projection'. Did you mean 'projections'?"),
+])
+def test_an_invalid_third_party_primitive_is_left_out_with_a_warning(name, obj, said):
+    from neural_alignment.registry import PluginWarning
+
+    primitive = {"weights": _primitive(name, frozenset({"weights"})), "other": _primitive("other", frozenset()),
+                 "weights-as-text": _primitive(name, "weights"),
+                 "misspelt": _primitive(name, {"projection"})}[obj]
+    with pytest.warns(PluginWarning) as caught:
+        registry = Registry(autoload=False, extra_plugins=[_PrimitivePlugin(name, primitive), _DatasetPlugin("ok")])
+    (failure,) = registry.failures
+    assert failure.name == "_PrimitivePlugin" and said in failure.error
+    assert len(caught) == 1 and str(failure) in str(caught[0].message)
+    assert name not in registry.catalog("primitives") and "ok" in registry.catalog("datasets")
+
+
+def test_a_builtin_rule_weighing_an_unknown_primitive_stops_the_registry(monkeypatch):
+    import sys
+    import types
+
+    from neural_alignment import plugins
+    from neural_alignment.core.rules import RuleSpec
+
+    module = types.ModuleType("nalign_test_builtin_typo")
+    module.register_rules = hookimpl(lambda register: register("typo", RuleSpec("typo", weights={"sefl": 1.0})))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", [*plugins.BUILTIN_PLUGINS, module.__name__])
+    with pytest.raises(RegistryError, match="built-in plugin 'nalign_test_builtin_typo': rule 'typo' weighs "
+                                           "unknown primitive 'sefl'. Did you mean 'self'?"):
+        Registry(autoload=False)

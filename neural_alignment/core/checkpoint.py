@@ -1,8 +1,10 @@
-"""Atomic checkpoints that load with ``torch.load(weights_only=True)``.
+"""Atomic checkpoints that load with ``torch.load(weights_only=True)``, and the one before.
 
 :func:`save` writes to a temporary file in the target's folder and renames it over the
 target (``os.replace`` is atomic on POSIX), so a run killed mid-write keeps its previous
-checkpoint. Random-number-generator states are stored as tensors and plain Python types:
+checkpoint; the checkpoint it replaces stays beside it as :func:`previous_path`
+(``checkpoint.pt`` -> ``checkpoint.prev.pt``). :func:`load_good` reads the newest checkpoint
+that loads and says which file was damaged. Random-number-generator states are stored as tensors and plain Python types:
 :func:`rng_state` / :func:`set_rng_state` cover torch (CPU and CUDA), numpy and ``random``.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,9 +20,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from neural_alignment.core.errors import UserError
 
-def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+
+def previous_path(path: str | os.PathLike) -> Path:
+    """Where :func:`save` keeps the checkpoint it replaced: ``checkpoint.pt`` -> ``checkpoint.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def temporary_files(path: str | os.PathLike) -> list[Path]:
+    """The temporary files a :func:`save` of ``path`` killed mid-write left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{path.name}.*.tmp")) + sorted(path.parent.glob(f".{previous_path(path).name}.*.tmp"))
+
+
+def save(state: dict[str, Any], path: str | os.PathLike, keep_previous: bool = True) -> Path:
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename).
+
+    With ``keep_previous`` the checkpoint being replaced becomes :func:`previous_path` once the
+    new one is written (hard link then rename, so ``path`` itself is never missing).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -28,6 +49,8 @@ def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous and path.is_file():
+            _replace_by_link(path, previous_path(path))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,9 +58,60 @@ def save(state: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def _replace_by_link(source: Path, target: Path) -> None:
+    """Make ``target`` a copy of ``source`` atomically (a hard link where the file system has them)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        os.unlink(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save` (``weights_only=True``: tensors and plain types only)."""
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _try_load(path: Path, map_location: Any) -> tuple[dict[str, Any] | None, str]:
+    """(the state, "") when ``path`` loads as a checkpoint with a step, else (None, why not)."""
+    if not path.is_file():
+        return None, "missing"
+    try:
+        state = load(path, map_location)
+    except Exception as exc:  # truncated, empty or random bytes fail in many ways inside torch
+        reason = str(exc).strip().splitlines()
+        return None, f"{type(exc).__name__}: {reason[0][:120]}" if reason else type(exc).__name__
+    if not isinstance(state, dict) or "step" not in state:
+        return None, "not a checkpoint (no step)"
+    return state, ""
+
+
+def load_good(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[str, Any], str | None]:
+    """The newest good checkpoint of ``path`` and a notice when it is the previous one.
+
+    Returns ``(state, None)`` when ``path`` loads, ``(previous state, notice naming the damaged
+    file)`` when only :func:`previous_path` does; raises ``UserError`` naming both otherwise.
+    """
+    path = Path(path)
+    state, why = _try_load(path, map_location)
+    if state is not None:
+        return state, None
+    previous = previous_path(path)
+    state, why_previous = _try_load(previous, map_location)
+    if state is not None:
+        return state, (f"checkpoint {path} is damaged ({why}); resuming from the previous one, "
+                       f"{previous} (step {state['step']}); the damaged file is kept as {path.name}.damaged")
+    if why == "missing" and why_previous == "missing":
+        raise UserError(f"cannot resume: {path} does not exist (was the run folder given?)")
+    raise UserError(f"checkpoint {path} is damaged ({why}) and there is no good previous one "
+                    f"({previous}: {why_previous}); start the run again in a new folder or with --overwrite")
 
 
 def rng_state() -> dict[str, Any]:

@@ -39,6 +39,13 @@ def build_data(recipe: DictConfig) -> DataSplits:
     return splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
 
 
+def data_key(recipe: DictConfig) -> str:
+    """What :func:`build_data` reads of ``recipe``: recipes with equal keys can share one built dataset."""
+    data = recipe.data
+    read = [data.dataset, data.root, data.options, data.train_limit, data.test_limit, recipe.train.seed]
+    return OmegaConf.to_yaml(OmegaConf.create({"data": read}))
+
+
 def rule_options(rule: DictConfig) -> dict[str, Any]:
     """The rule overrides a recipe sets (empty mappings and nulls keep the rule's defaults)."""
     options = OmegaConf.to_container(rule)

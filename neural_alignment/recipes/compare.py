@@ -6,7 +6,8 @@ angle (``recipes/probes.py``: propagated vs true gradient at each layer's input,
 held-out batch) and last-layer weight angle (degrees), mean norm ratio ||B||/||W||, and the median seconds per training step relative to
 the ``bp`` run (or to the first rule when ``bp`` is not compared). The step times are measured
 after training, on one batch, in interleaved rounds (every rule a few steps per round), so
-that a change in machine load hits every rule alike. Written to ``<out>``:
+that a change in machine load hits every rule alike; the rules share one dataset in memory
+(each keeps only its model and optimizers for the timing). Written to ``<out>``:
 ``comparison.json``, ``comparison.md`` (the table) and ``comparison.png`` (accuracy and
 angle curves). When the recipe's dataset cannot be loaded (e.g. Fashion-MNIST absent) the
 comparison falls back to ``digits`` with a one-line notice.
@@ -27,7 +28,7 @@ from neural_alignment.analysis.figures import plot_comparison
 from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.build import build_data
+from neural_alignment.recipes.build import build_data, data_key
 from neural_alignment.recipes.rundir import default_run_dir
 from neural_alignment.recipes.trainer import Trainer
 from neural_alignment.registry import UnknownNameError, get_registry
@@ -93,11 +94,14 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
     # every rule's recipe (its by_rule entry and the overrides) is checked before any training
     recipes = {rule: load_recipe(name, [*overrides, *extra, f"rule.name={rule}"]) for rule in rules}
     out = Path(out) if out else default_run_dir(f"compare-{name}")
-    rows, histories, trainers = [], {}, {}
+    rows, histories, trainers, datasets = [], {}, {}, {}
     for index, rule in enumerate(rules, 1):
         print(f"[{index}/{len(rules)}] training {name} with rule {rule}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        trainers[rule] = Trainer(recipes[rule], out / rule)
+        key = data_key(recipes[rule])  # one dataset in memory for every rule that reads the same one
+        if key not in datasets:
+            datasets[key] = build_data(recipes[rule])
+        trainers[rule] = Trainer(recipes[rule], out / rule, splits=datasets[key])
         result = trainers[rule].run()
         rows.append({"rule": rule, **result.summary, "wall_seconds": time.perf_counter() - started})
         histories[rule] = read_history(result.run_dir)

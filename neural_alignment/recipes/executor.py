@@ -4,8 +4,9 @@ A :class:`RunSpec` names a recipe, its overrides and the run folder. :func:`run_
 into that folder and returns its summary, and is idempotent on the folder:
 
 - ``summary.json`` says ``finished``: the run is reused, nothing is trained again;
-- a ``checkpoint.pt`` is there (an interrupted run): training resumes from it;
-- otherwise a fresh run.
+- a checkpoint is there (an interrupted run): training resumes from it (the spec may only
+  change what a resume may, ``recipes.rundir.SAFE_ON_RESUME``, e.g. a longer run);
+- otherwise a fresh run, replacing what a failed attempt left in the folder (the folder is the spec's).
 
 A run that raises (a user error, a divergence, a bug) returns a summary with
 ``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
@@ -26,7 +27,7 @@ from typing import Callable, Sequence
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.divergence import TrainingDiverged
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.rundir import CHECKPOINT, SUMMARY
+from neural_alignment.recipes.rundir import SUMMARY, has_checkpoint
 
 FINISHED = "finished"
 
@@ -64,7 +65,8 @@ def run_one(spec: RunSpec) -> dict:
         return {**reused, "reused": True}
     try:
         recipe = load_recipe(spec.name, list(spec.overrides))
-        result = train(recipe, spec.run_dir, resume=(Path(spec.run_dir) / CHECKPOINT).is_file())
+        resume = has_checkpoint(spec.run_dir)
+        result = train(recipe, spec.run_dir, resume=resume, overwrite=not resume)
         summary = dict(result.summary)
     except TrainingDiverged as exc:
         summary = {"status": "diverged", "error": str(exc)}

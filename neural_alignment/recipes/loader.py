@@ -6,14 +6,17 @@ also works. Merge order, lowest first: the ``base`` chain (recursively), the rec
 ``by_rule[<rule.name>]``, the command-line overrides (mappings merge key by key, except that a
 schedule of another ``kind`` replaces the one below it). Every step is validated against
 ``recipes.schema.Recipe``: an unknown key or a wrong type is a ``RecipeError`` naming the
-full key path and the valid keys or the expected type. Schedules (``optim.*.schedule``,
-``rule.schedules.*``) are built once to check their kinds and keys.
+full key path and the valid keys or the expected type. Then every value is checked
+(:func:`check_values`): each schema field's declared range or names, the settings that go
+together, and schedules (``optim.*.schedule``, ``rule.schedules.*``), built once to check their
+kinds and keys. A ``base:`` given as a path is read relative to the folder of the file naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from pathlib import Path
 from typing import Iterable
 
@@ -77,12 +80,18 @@ def find_recipe(name: str) -> Path:
 
 
 def _read(path: Path) -> DictConfig:
+    """The mapping a recipe file holds; an empty file, a scalar or a list is a ``RecipeError``."""
     try:
-        cfg = OmegaConf.load(path)
+        # the top level's kind first: OmegaConf reads '' as {} and 'x' as {x: null}
+        top = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        cfg = OmegaConf.load(path)  # its YAML reads 1e-3 as a number
     except Exception as exc:  # YAML syntax errors come in many types
         raise RecipeError(f"cannot parse recipe file {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(cfg, DictConfig):
-        raise RecipeError(f"recipe file {path} must hold a mapping of sections, not a {type(cfg).__name__}")
+    if top is None:
+        raise RecipeError(f"recipe file {path} is empty; it must hold a mapping of sections (train:, data:, ...)")
+    if not isinstance(top, dict) or not isinstance(cfg, DictConfig):
+        raise RecipeError(f"recipe file {path} must hold a mapping of sections (train:, data:, ...), "
+                          f"not a {type(top).__name__}")
     return cfg
 
 
@@ -99,12 +108,37 @@ def _error(exc: OmegaConfBaseException, where: str) -> RecipeError:
     return RecipeError(f"bad value for recipe key {key!r} in {where}: {reason}")
 
 
+@functools.lru_cache(maxsize=1)
+def _schema() -> DictConfig:
+    """The schema's defaults as a config, built once (``OmegaConf.merge`` copies it, never changes it)."""
+    return OmegaConf.structured(Recipe)
+
+
 def validate(cfg, where: str) -> DictConfig:
     """``cfg`` merged onto the schema's defaults; raises ``RecipeError`` naming a bad key."""
+    schema = _schema()
     try:
-        return OmegaConf.merge(OmegaConf.structured(Recipe), cfg)
+        return OmegaConf.merge(schema, cfg)
     except OmegaConfBaseException as exc:
         raise _error(exc, where) from None
+    except TypeError:  # OmegaConf merges a list into a mapping (or back) with a bare TypeError
+        key = _shape_mismatch(schema, cfg)
+        raise RecipeError(f"bad value for recipe key {key!r} in {where}: a list where a mapping belongs, "
+                          "or a mapping where a list belongs") from None
+
+
+def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
+    """The first key where ``cfg`` holds a list and ``schema`` a mapping, or the other way round."""
+    for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else ():
+        below = schema._get_node(key) if key in schema else None
+        if isinstance(value, ListConfig) and isinstance(below, DictConfig) or (
+                isinstance(value, DictConfig) and isinstance(below, ListConfig)):
+            return f"{prefix}{key}"
+        if isinstance(value, DictConfig) and isinstance(below, DictConfig):
+            found = _shape_mismatch(below, value, f"{prefix}{key}.")
+            if found:
+                return found
+    return prefix.rstrip(".")
 
 
 def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
@@ -150,6 +184,8 @@ def _chain(name: str, seen: tuple[str, ...]) -> DictConfig:
     if base:
         if not isinstance(base, str):
             raise RecipeError(f"'base' in recipe file {path} must be a recipe name, not {base!r}")
+        if Path(base).suffix in SUFFIXES:  # a path: from the folder of the file that names it
+            base = str(path.parent / base)
         try:
             raw = merge(_chain(base, seen + (name,)), raw)
         except RecipeError as exc:
@@ -165,7 +201,7 @@ def _dotlist(overrides: Iterable[str]) -> DictConfig:
             raise RecipeError(f"override {item!r} must look like key=value, e.g. train.steps=100")
     try:
         return OmegaConf.from_dotlist(items)
-    except OmegaConfBaseException as exc:
+    except (OmegaConfBaseException, yaml.YAMLError) as exc:
         raise RecipeError(f"cannot parse overrides {items}: {str(exc).splitlines()[0]}") from None
 
 
@@ -178,9 +214,53 @@ def load_recipe(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     first = validate(merge(raw, cli), where)
     by_rule = first.by_rule.get(first.rule.name)
     if by_rule is None:
-        return _check_schedules(first, where)
+        return check_values(first, where)
     layers = [raw, validate_fragment(by_rule, f"by_rule.{first.rule.name} of recipe {name!r}"), cli]
-    return _check_schedules(validate(merge(*layers), where), where)
+    return check_values(validate(merge(*layers), where), where)
+
+
+def load_resolved_recipe(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:
+    """A recipe that was resolved already (a run folder's ``recipe.yaml``) with ``key=value`` overrides.
+
+    Its ``base`` chain and ``by_rule`` entry were applied when it was written; they are not applied again.
+    """
+    path, overrides = Path(path), list(overrides)
+    if not path.is_file():
+        raise RecipeError(f"recipe file {path} does not exist")
+    where = f"recipe file {path}" + (f" with overrides {overrides}" if overrides else "")
+    return check_values(validate(merge(_read(path), _dotlist(overrides)), where), where)
+
+
+def _checked_fields(schema: object, cfg: DictConfig, prefix: str = ""):
+    """(key path, value, check) of every field of the ``schema`` dataclass instance that declares one."""
+    for schema_field in dataclasses.fields(schema):
+        default = getattr(schema, schema_field.name)
+        key = f"{prefix}{schema_field.name}"
+        if dataclasses.is_dataclass(default):
+            yield from _checked_fields(default, cfg[schema_field.name], f"{key}.")
+        elif "valid" in schema_field.metadata:
+            yield key, cfg[schema_field.name], schema_field.metadata["valid"]
+
+
+def check_values(recipe: DictConfig, where: str) -> DictConfig:
+    """``recipe`` once every value is valid; else a ``RecipeError`` naming the key, the value and what is valid.
+
+    Checks each schema field's declared :class:`~neural_alignment.recipes.schema.Check` (a list:
+    each item; null where the schema allows it), the length (``train.steps`` or ``train.epochs``),
+    that ``train.accumulate`` divides ``data.batch_size``, and every schedule.
+    """
+    for key, value, check in _checked_fields(Recipe(), recipe):
+        for item in value if isinstance(value, ListConfig) else [value]:
+            problem = None if item is None else check.problem(item)
+            if problem:
+                raise RecipeError(f"bad value for recipe key {key!r} in {where}: {problem}")
+    t = recipe.train
+    if t.steps is None and t.epochs is None:
+        raise RecipeError(f"set train.steps or train.epochs in {where} (both are null)")
+    if recipe.data.batch_size % t.accumulate:
+        raise RecipeError(f"bad value for recipe key 'train.accumulate' in {where}: {t.accumulate} does not divide "
+                          f"data.batch_size={recipe.data.batch_size}")
+    return _check_schedules(recipe, where)
 
 
 def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:

@@ -1,18 +1,55 @@
-"""The run folder: what a run writes where, and how its record is cut back on resume.
+"""The run folder: one run's files, held by that run alone.
 
-A run folder holds ``recipe.yaml``, ``metrics.jsonl`` (the always-on ``jsonl`` logger),
-``summary.json`` and ``checkpoint.pt`` (written atomically by ``core.checkpoint``).
+A run folder holds ``recipe.yaml`` (the resolved recipe; its ``resumed`` list records what
+each resume changed and at which step), ``metrics.jsonl`` (the always-on ``jsonl`` logger),
+``summary.json`` (written by that logger when the run ends), ``checkpoint.pt`` and the one
+before it, ``checkpoint.prev.pt`` (both atomic, ``core.checkpoint``).
+
+The rules, so that a user never loses or mixes up a run (:class:`RunFolder`):
+
+- A run holds an OS lock (``fcntl.flock``) on its folder for as long as it lives; the kernel
+  drops it when the process dies, so ``kill -9`` leaves no stale lock. A second run on the same
+  folder is a ``UserError``.
+- A fresh run refuses a folder that holds anything, unless told to overwrite it.
+- A resumed run keeps the folder's recipe; of its keys only ``SAFE_ON_RESUME`` may change
+  (:func:`resume_changes`), and ``recipe.yaml`` records each change with the step it took effect.
+- Nothing in the folder is written before the run's settings are validated:
+  :meth:`RunFolder.begin` is the first write. It removes temporary files a killed checkpoint
+  write left, cuts ``metrics.jsonl`` back to the checkpoint's step atomically (write aside,
+  then rename) and writes ``recipe.yaml``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import shutil
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
+from neural_alignment.core import checkpoint
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.loader import load_resolved_recipe
+
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = checkpoint.previous_path(CHECKPOINT).name
 METRICS = "metrics.jsonl"  # written by the always-on jsonl logger
 SUMMARY = "summary.json"  # written by the always-on jsonl logger when the run ends
+RECIPE = "recipe.yaml"
+HISTORY_KEY = "resumed"  # the recipe key that records what each resume changed
+
+SAFE_ON_RESUME = (
+    "train.steps", "train.epochs",  # the run's length (never before the checkpoint's step)
+    "train.metrics_every", "train.eval_every", "train.checkpoint_every", "train.check_finite_every",
+    "train.progress", "log.loggers", "log.options",
+    "backend",  # where the steps run: a checkpoint of N processes or of XLA resumes on M or on the CPU
+)
+"""Recipe keys a resumed run may change: none of them changes what a step computes."""
 
 
 def default_run_dir(name: str) -> Path:
@@ -20,8 +57,25 @@ def default_run_dir(name: str) -> Path:
     return Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a checkpoint to resume from (the latest or the previous one)."""
+    return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` beside ``path`` and rename it over ``path``: a kill leaves the old or the new file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def drop_records_after(path: Path, step: int) -> None:
-    """Keep the JSONL records of ``path`` up to ``step`` (and drop a line a kill cut short)."""
+    """Keep the JSONL records of ``path`` up to ``step`` (and drop a line a kill cut short), atomically."""
     if not path.is_file():
         return
     kept = []
@@ -29,6 +83,140 @@ def drop_records_after(path: Path, step: int) -> None:
         try:
             if json.loads(line).get("step", 0) <= step:
                 kept.append(line)
-        except ValueError:
+        except (ValueError, AttributeError):
             continue
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    write_text_atomically(path, "".join(f"{line}\n" for line in kept))
+
+
+def _flat(container, prefix: str = "") -> dict:
+    """``{"a.b.c": leaf}`` for every leaf of nested mappings (a list is a leaf)."""
+    items = {}
+    for key, value in container.items():
+        if isinstance(value, dict) and value:
+            items.update(_flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
+
+
+def _safe(key: str) -> bool:
+    return any(key == safe or key.startswith(f"{safe}.") for safe in SAFE_ON_RESUME)
+
+
+def resume_changes(stored: DictConfig, recipe: DictConfig, run_dir: str | os.PathLike) -> dict[str, dict]:
+    """The keys ``recipe`` changes from the run folder's ``stored`` recipe, ``{key: {"from": old, "to": new}}``.
+
+    A changed key outside ``SAFE_ON_RESUME`` is a ``UserError`` naming it (the history key is not compared).
+    """
+    old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (stored, recipe))
+    missing = object()
+    changed = {key: {"from": old.get(key), "to": new.get(key)} for key in sorted(old.keys() | new.keys())
+               if key.split(".")[0] != HISTORY_KEY and old.get(key, missing) != new.get(key, missing)}
+    unsafe = [f"{key} ({change['from']!r} -> {change['to']!r})" for key, change in changed.items() if not _safe(key)]
+    if unsafe:
+        raise UserError(f"cannot resume {run_dir} with {', '.join(unsafe)}: a resumed run keeps its recipe except "
+                        f"{', '.join(SAFE_ON_RESUME)}; start a new run folder to change it")
+    return changed
+
+
+def with_history(recipe: DictConfig, stored: DictConfig, step: int, changed: dict[str, dict]) -> DictConfig:
+    """``recipe`` carrying the folder's history of resumes, plus ``changed`` at ``step`` when it is not empty."""
+    history = OmegaConf.to_container(stored[HISTORY_KEY])
+    if changed:
+        history.append({"step": step, "changed": changed})
+    recipe = recipe.copy()
+    recipe[HISTORY_KEY] = history
+    return recipe
+
+
+class RunFolder:
+    """A run folder claimed by this run: locked, checked, and written only from :meth:`begin` on."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._created = False
+        self._damaged = False  # the latest checkpoint did not load
+        self._unlock = None
+
+    def claim(self, resume: bool, overwrite: bool = False) -> None:
+        """Lock the folder for this run, or raise a ``UserError`` saying why it is not this run's to write.
+
+        A fresh run creates the folder (an empty one is all it may find there, unless ``overwrite``);
+        a resumed one needs a checkpoint in it. Nothing else is written.
+        """
+        if resume:
+            if not has_checkpoint(self.path):
+                raise UserError(f"cannot resume: {self.path / CHECKPOINT} does not exist (was the run folder given?)")
+        else:
+            self._create()
+        self._lock()
+        if not os.access(self.path, os.W_OK):
+            self.release()
+            raise UserError(f"run folder {self.path} is not writable; choose a folder you can write")
+        held = sorted(p.name for p in self.path.iterdir())
+        if not resume and held and not overwrite:
+            self.release()
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise UserError(f"run folder {self.path} is not empty ({shown}); continue that run with "
+                            f"--resume {self.path}, choose a new folder, or replace it with --overwrite")
+
+    def _create(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"run folder {self.path} is an existing file, not a folder; choose a folder")
+        try:
+            self._created = not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
+
+    def _lock(self) -> None:
+        """An exclusive ``flock`` on the folder itself, held until :meth:`release` or the process ends."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise UserError(f"cannot open run folder {self.path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UserError(f"run folder {self.path} is in use by another run (it holds the folder's lock); "
+                            "wait for it to end or choose another folder") from None
+        self._unlock = weakref.finalize(self, os.close, fd)  # closing the descriptor drops the lock
+
+    def release(self) -> None:
+        """Drop the lock; a folder this claim created and nothing was written to is removed again."""
+        if self._unlock is not None:
+            self._unlock()
+        if self._created and self.path.is_dir() and not any(self.path.iterdir()):
+            self.path.rmdir()
+        self._created = False
+
+    def stored_recipe(self) -> DictConfig:
+        """The folder's ``recipe.yaml``, validated (what a resumed run continues)."""
+        return load_resolved_recipe(self.path / RECIPE)
+
+    def load_checkpoint(self, map_location) -> tuple[dict, str | None]:
+        """The newest good checkpoint and, when that is the previous one, a notice naming the damaged file
+        (which :meth:`begin` moves aside to ``checkpoint.pt.damaged``, so no later save keeps it as the previous one)."""
+        state, notice = checkpoint.load_good(self.path / CHECKPOINT, map_location)
+        self._damaged = notice is not None and (self.path / CHECKPOINT).is_file()
+        return state, notice
+
+    def begin(self, recipe_yaml: str, resume_step: int | None = None, overwrite: bool = False) -> None:
+        """The run's first writes, once its settings are valid.
+
+        ``overwrite`` empties the folder first; a resumed run (``resume_step`` given) drops the
+        temporary files of a killed checkpoint write and the records after ``resume_step``.
+        ``recipe.yaml`` is then written atomically.
+        """
+        self._created = False  # from here on the folder is the run's record
+        if overwrite and resume_step is None:
+            for path in self.path.iterdir():
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        for tmp in checkpoint.temporary_files(self.path / CHECKPOINT):
+            tmp.unlink(missing_ok=True)
+        if self._damaged:
+            os.replace(self.path / CHECKPOINT, self.path / f"{CHECKPOINT}.damaged")
+        if resume_step is not None:
+            drop_records_after(self.path / METRICS, resume_step)
+        write_text_atomically(self.path / RECIPE, recipe_yaml)

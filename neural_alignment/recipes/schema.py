@@ -1,7 +1,10 @@
 """The recipe schema: OmegaConf structured dataclasses, one per section.
 
 A recipe YAML file is merged onto ``Recipe``; a key the schema does not know or a value of
-the wrong type is an error naming the full key path (see ``recipes.loader``).
+the wrong type is an error naming the full key path (see ``recipes.loader``). A field's
+``metadata["valid"]`` is a :class:`Check` of its values (for a list: of each item), applied by
+``recipes.loader.check_values`` when the recipe is loaded; ``valid(...)`` declares it:
+``batch_size: int = field(default=128, metadata=valid(at_least(1)))``.
 Learning-rate schedules (``optim.*.schedule``) and rule coefficient schedules
 (``rule.schedules``) are configs for ``core.schedules.make_schedule``: a mapping
 ``{kind: ..., ...}`` or a list of them (a list multiplies).
@@ -9,15 +12,118 @@ Learning-rate schedules (``optim.*.schedule``) and rule coefficient schedules
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
+
+from neural_alignment.core.optim import OPTIMIZERS
+from neural_alignment.core.rules import NOISE_DISTRIBUTIONS
+
+
+class Check:
+    """What values a schema field takes: :meth:`problem` says why a value is not one of them."""
+
+    def problem(self, value: Any) -> str | None:
+        """``None`` for a valid value, else one line naming the value and what would be valid."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Range(Check):
+    """Finite numbers with ``low <= value`` (``<`` when ``low_open``) and ``value < high`` (``<=`` when ``high_closed``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_closed: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        ok = number and (self.low is None or (value > self.low if self.low_open else value >= self.low)) and (
+            self.high is None or (value <= self.high if self.high_closed else value < self.high))
+        return None if ok else f"{value!r} is out of range; valid: {self}"
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"{'(' if self.low_open else '['}{self.low}, {self.high}{']' if self.high_closed else ')'}"
+
+
+@dataclass(frozen=True)
+class OneOf(Check):
+    """One of a fixed set of names."""
+
+    names: Sequence[str]
+
+    def problem(self, value: Any) -> str | None:
+        return None if value in self.names else f"{value!r} is not one of {', '.join(self.names)}"
+
+
+@dataclass(frozen=True)
+class Registered(Check):
+    """A name registered in the plugin registry's catalog ``kind`` (rules, datasets...)."""
+
+    kind: str
+
+    def problem(self, value: Any) -> str | None:
+        from neural_alignment.registry import get_registry
+
+        catalog = get_registry().catalog(self.kind)
+        return None if isinstance(value, str) and value in catalog else catalog.unknown_message(value)
+
+
+@dataclass(frozen=True)
+class FloatDtype(Check):
+    """The name of a torch floating dtype (float32, float64, bfloat16, half...)."""
+
+    def problem(self, value: Any) -> str | None:
+        import torch
+
+        dtype = getattr(torch, str(value), None)
+        ok = isinstance(dtype, torch.dtype) and dtype.is_floating_point
+        return None if ok else f"{value!r} is not a torch floating dtype (float32, float64, bfloat16...)"
+
+
+@dataclass(frozen=True)
+class Text(Check):
+    """A string (OmegaConf lets a list into a ``List[str]`` item)."""
+
+    def problem(self, value: Any) -> str | None:
+        return None if isinstance(value, str) else f"{value!r} is not a name (a string)"
+
+
+@dataclass(frozen=True)
+class OptionsByName(Check):
+    """A mapping from a name (a logger...) to the mapping of that one's keyword options."""
+
+    def problem(self, value: Any) -> str | None:
+        for name, options in value.items():
+            if options is not None and not hasattr(options, "items"):
+                return f"the options of {name!r} must be a mapping (key: value, ...), not {options!r}"
+        return None
+
+
+def at_least(low: float) -> Range:
+    return Range(low)
+
+
+def above(low: float) -> Range:
+    return Range(low, low_open=True)
+
+
+def valid(check: Check) -> dict:
+    """A field's ``metadata``: its values must pass ``check``."""
+    return {"valid": check}
+
+
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
 class ModelConfig:
     """``arch``: a registered architecture; ``options``: keyword arguments of its builder."""
 
-    arch: str = "mlp"
+    arch: str = field(default="mlp", metadata=valid(Registered("architectures")))
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -28,27 +134,27 @@ class RuleConfig:
     ``exclude``: layer names (as in ``model.named_modules()``) kept on backprop.
     """
 
-    name: str = "bp"
+    name: str = field(default="bp", metadata=valid(Registered("rules")))
     weights: Dict[str, float] = field(default_factory=dict)
     flags: Dict[str, bool] = field(default_factory=dict)
-    noise_std: Optional[float] = None
-    noise_dist: Optional[str] = None
+    noise_std: Optional[float] = field(default=None, metadata=valid(at_least(0)))
+    noise_dist: Optional[str] = field(default=None, metadata=valid(OneOf(NOISE_DISTRIBUTIONS)))
     schedules: Dict[str, Any] = field(default_factory=dict)
     align_forward_weight: Optional[bool] = None
-    exclude: List[str] = field(default_factory=list)
+    exclude: List[str] = field(default_factory=list, metadata=valid(Text()))
 
 
 @dataclass
 class DataConfig:
     """``dataset``: a registered dataset; ``train_limit``/``test_limit`` keep N seeded random examples."""
 
-    dataset: str = "digits"
+    dataset: str = field(default="digits", metadata=valid(Registered("datasets")))
     root: Optional[str] = None
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    train_limit: Optional[int] = None
-    test_limit: Optional[int] = None
-    num_workers: int = 0
+    batch_size: int = field(default=128, metadata=valid(at_least(1)))
+    eval_batch_size: int = field(default=1000, metadata=valid(at_least(1)))
+    train_limit: Optional[int] = field(default=None, metadata=valid(at_least(1)))
+    test_limit: Optional[int] = field(default=None, metadata=valid(at_least(1)))
+    num_workers: int = field(default=0, metadata=valid(at_least(0)))
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -59,7 +165,7 @@ class NoiseConfig:
     ``only_backward_weights``: noise only on backward weights (Kolen-Pollack's noisy updates).
     """
 
-    std: float = 0.0
+    std: float = field(default=0.0, metadata=valid(at_least(0)))
     only_backward_weights: bool = False
 
 
@@ -72,10 +178,10 @@ class OptimizerConfig:
     lr(step) = lr * (batch_size / 256 if rescale_lr) * schedule(epoch), epoch = step / steps_per_epoch.
     """
 
-    name: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    name: str = field(default="sgd", metadata=valid(OneOf(tuple(OPTIMIZERS))))
+    lr: float = field(default=0.1, metadata=valid(at_least(0)))
+    momentum: float = field(default=0.0, metadata=valid(Range(0, 1)))
+    weight_decay: float = field(default=0.0, metadata=valid(at_least(0)))
     schedule: Any = None
     rescale_lr: bool = False
     noise: NoiseConfig = field(default_factory=NoiseConfig)
@@ -104,23 +210,23 @@ class TrainConfig:
     ``dtype``: the model's and inputs' torch dtype (float64 for exact tests).
     """
 
-    epochs: Optional[float] = 1.0
-    steps: Optional[int] = None
-    loss_rate: float = 1.0
-    alignment_rate: float = 1.0
-    model_l2: float = 0.0
-    delay_epochs: float = 0.0
+    epochs: Optional[float] = field(default=1.0, metadata=valid(above(0)))
+    steps: Optional[int] = field(default=None, metadata=valid(at_least(1)))
+    loss_rate: float = field(default=1.0, metadata=valid(above(0)))
+    alignment_rate: float = field(default=1.0, metadata=valid(at_least(0)))
+    model_l2: float = field(default=0.0, metadata=valid(at_least(0)))
+    delay_epochs: float = field(default=0.0, metadata=valid(at_least(0)))
     alternating: bool = False
-    accumulate: int = 1
-    clip_grad_norm: Optional[float] = None
-    seed: int = 0
+    accumulate: int = field(default=1, metadata=valid(at_least(1)))
+    clip_grad_norm: Optional[float] = field(default=None, metadata=valid(above(0)))
+    seed: int = field(default=0, metadata=valid(Range(0, MAX_SEED, high_closed=True)))
     deterministic: bool = False
-    eval_every: int = 0
-    metrics_every: int = 50
-    checkpoint_every: int = 0
-    check_finite_every: Optional[int] = None
-    topk: List[int] = field(default_factory=lambda: [1, 5])
-    dtype: str = "float32"
+    eval_every: int = field(default=0, metadata=valid(at_least(0)))
+    metrics_every: int = field(default=50, metadata=valid(at_least(0)))
+    checkpoint_every: int = field(default=0, metadata=valid(at_least(0)))
+    check_finite_every: Optional[int] = field(default=None, metadata=valid(at_least(0)))
+    topk: List[int] = field(default_factory=lambda: [1, 5], metadata=valid(at_least(1)))
+    dtype: str = field(default="float32", metadata=valid(FloatDtype()))
     progress: bool = True
 
 
@@ -128,7 +234,7 @@ class TrainConfig:
 class BackendConfig:
     """``name``: a registered backend (cpu, cuda...); ``options``: its constructor arguments."""
 
-    name: str = "cpu"
+    name: str = field(default="cpu", metadata=valid(Registered("backends")))
     options: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,8 +242,8 @@ class BackendConfig:
 class LogConfig:
     """``loggers``: registered logger names (jsonl is always added); ``options``: per logger name."""
 
-    loggers: List[str] = field(default_factory=lambda: ["jsonl", "console"])
-    options: Dict[str, Any] = field(default_factory=dict)
+    loggers: List[str] = field(default_factory=lambda: ["jsonl", "console"], metadata=valid(Registered("loggers")))
+    options: Dict[str, Any] = field(default_factory=dict, metadata=valid(OptionsByName()))
 
 
 @dataclass
@@ -145,7 +251,7 @@ class SearchConfig:
     """Hyperparameter search (carried for ``nalign search``): space, number of trials, metric."""
 
     space: Dict[str, Any] = field(default_factory=dict)
-    max_evals: int = 0
+    max_evals: int = field(default=0, metadata=valid(at_least(0)))
     metric: str = "test_acc"
 
 
@@ -154,6 +260,8 @@ class Recipe:
     """A whole recipe. ``by_rule``: per rule name, recipe keys applied when ``rule.name`` is it.
 
     Precedence, lowest first: ``base`` chain, the file, ``by_rule[rule.name]``, command-line overrides.
+    ``resumed``: a run folder's record of each resume that changed a setting,
+    ``[{step, changed: {key: {from, to}}}]`` (``recipes.rundir``); training does not read it.
     """
 
     name: str = "unnamed"
@@ -168,3 +276,4 @@ class Recipe:
     log: LogConfig = field(default_factory=LogConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     by_rule: Dict[str, Any] = field(default_factory=dict)
+    resumed: List[Any] = field(default_factory=list)

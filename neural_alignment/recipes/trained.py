@@ -10,10 +10,8 @@ from torch import nn
 from neural_alignment.core import checkpoint
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.build import build_data, build_model
-from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.rundir import CHECKPOINT
-
-RECIPE = "recipe.yaml"
+from neural_alignment.recipes.loader import load_resolved_recipe
+from neural_alignment.recipes.rundir import CHECKPOINT, RECIPE
 
 
 def load_trained_model(run_dir: str | Path) -> nn.Module:
@@ -23,7 +21,7 @@ def load_trained_model(run_dir: str | Path) -> nn.Module:
     missing = [name for name in (RECIPE, CHECKPOINT) if not (run_dir / name).is_file()]
     if missing:
         raise UserError(f"{run_dir} is not a trained run folder: no {' or '.join(missing)}")
-    recipe = load_recipe(str(run_dir / RECIPE))
+    recipe = load_resolved_recipe(run_dir / RECIPE)  # as the run had it: no base chain or by_rule applied again
     model = build_model(recipe, build_data(recipe)).to(getattr(torch, recipe.train.dtype))
     model.load_state_dict(checkpoint.load(run_dir / CHECKPOINT, map_location="cpu")["model"])
     return model.eval()

@@ -25,20 +25,23 @@ The backend (``core.backend``) carries everything that differs between one devic
 which slice of each global batch this process trains on, the wrapped module the forward runs,
 the gradient averaging before clipping and the step, the end of a step, the sums read back at
 logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
-writes the run folder; every process evaluates its share of the test set. Processes other
-than rank 0 draw their random numbers (input noise) from their own stream, seeded from
+claims and writes the run folder; every process evaluates its share of the test set. Processes
+other than rank 0 draw their random numbers (input noise) from their own stream, seeded from
 (seed, rank, start step).
 
-The run folder holds ``recipe.yaml``, ``metrics.jsonl`` (the ``jsonl`` logger is always on),
-``summary.json`` and ``checkpoint.pt`` (atomic; every ``checkpoint_every`` steps and at the end).
-Resuming drops the records of ``metrics.jsonl`` past the checkpoint's step (they are logged
-again), so the record reads as one uninterrupted run.
+The run folder (``recipes.rundir``: locked by the run,
+refused when it holds another run) holds ``recipe.yaml``, ``metrics.jsonl`` (the ``jsonl`` logger
+is always on), ``summary.json`` and ``checkpoint.pt`` with the one before it (atomic; every
+``checkpoint_every`` steps and at the end). Resuming continues the folder's recipe, drops the
+records of ``metrics.jsonl`` past the checkpoint's step (they are logged again), so the record
+reads as one uninterrupted run.
 
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,7 @@ from torch.utils.data import DataLoader
 
 from neural_alignment.api import alignment_loss, layer_metrics, set_epoch
 from neural_alignment.core import checkpoint
+from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.logger import layer_metric_key
 from neural_alignment.core.optim import ComponentOptimizer
@@ -70,7 +74,7 @@ from neural_alignment.recipes.divergence import TrainingDiverged, blown_up_layer
 from neural_alignment.recipes.evaluation import metric_name, topk_correct
 from neural_alignment.recipes.loader import to_yaml
 from neural_alignment.recipes.probes import EvaluationProbes
-from neural_alignment.recipes.rundir import CHECKPOINT, METRICS, drop_records_after
+from neural_alignment.recipes.rundir import CHECKPOINT, RunFolder, resume_changes, with_history
 from neural_alignment.registry import get_registry
 
 
@@ -88,54 +92,76 @@ class Trainer:
     """Builds everything a recipe names and trains it; see the module docstring for the step."""
 
     def __init__(self, recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 on_step: Callable[["Trainer", int], None] | None = None):
+                 on_step: Callable[["Trainer", int], None] | None = None, overwrite: bool = False,
+                 splits: DataSplits | None = None):
+        """Claim ``run_dir`` (``recipes.rundir``: locked, empty unless ``overwrite``; with ``resume``
+        its checkpoint and recipe, of which ``recipe`` may change only the safe keys), build
+        everything (``splits``: a dataset already built for this recipe, shared), then write the folder."""
         self.recipe, self.run_dir, self.on_step = recipe, Path(run_dir), on_step
-        t = recipe.train
-        if t.loss_rate <= 0:
-            raise UserError(f"train.loss_rate must be > 0, got {t.loss_rate}")
+        self.backend = build_backend(recipe)  # first: rank 0 alone claims and writes the folder
+        self.folder = RunFolder(run_dir)
+        if self.backend.is_main:
+            self.folder.claim(resume, overwrite)
+        try:
+            self._build(splits)
+            if resume:
+                self._resume()
+            if self.backend.rank:  # its own noise stream (rank 0 keeps the run's, which checkpoints hold)
+                torch.manual_seed(hash((self.recipe.train.seed, self.backend.rank, self.step)) % 2**63)
+            self.net = self.backend.wrap(self.model)  # the module the step's forward runs
+            self.loggers, self.probes = [], None
+            if self.backend.is_main:
+                self.folder.begin(to_yaml(self.recipe), self.step if resume else None, overwrite)
+                config = OmegaConf.to_container(self.recipe, resolve=True)
+                self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
+                                for make, options in self._logger_factories]
+                # rank 0's gradient angles and weight snapshots: every process holds the same weights
+                self.probes = EvaluationProbes(self.model, self.splits.test, self.run_dir, self.recipe.train.seed,
+                                               self.backend.device, self.dtype, self.step)
+        except BaseException:
+            self.folder.release()
+            raise
+
+    def _build(self, splits: DataSplits | None) -> None:
+        """Seeds, backend, data, model, optimizers and the loggers' factories: everything that can fail on a setting."""
+        recipe, t = self.recipe, self.recipe.train
         seed_everything(t.seed, t.deterministic)
-        self.backend = build_backend(recipe)
         world = self.backend.world_size
-        if t.accumulate < 1 or recipe.data.batch_size % (t.accumulate * world):
-            raise UserError(f"train.accumulate={t.accumulate} must be >= 1, and accumulate * {world} processes must "
-                            f"divide data.batch_size={recipe.data.batch_size}")
-        self.splits = build_data(recipe)
+        if recipe.data.batch_size % (t.accumulate * world):
+            raise UserError(f"train.accumulate={t.accumulate} times {world} processes must divide "
+                            f"data.batch_size={recipe.data.batch_size}")
+        self.splits = splits if splits is not None else build_data(recipe)
         self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples")
-        if t.steps is None and t.epochs is None:
-            raise UserError("set train.steps or train.epochs (both are null)")
-        self.total_steps = t.steps if t.steps is not None else round(t.epochs * self.steps_per_epoch)
-        self.dtype = getattr(torch, t.dtype, None)
-        if not isinstance(self.dtype, torch.dtype) or not self.dtype.is_floating_point:
-            raise UserError(f"train.dtype={t.dtype!r} is not a torch floating dtype (float32, float64, bfloat16...)")
+        self.total_steps = t.steps if t.steps is not None else max(1, round(t.epochs * self.steps_per_epoch))
+        self.dtype = getattr(torch, t.dtype)
         self.model = self.backend.prepare(build_model(recipe, self.splits), self.dtype)
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint in the folder
         self._evaluated: tuple[int, dict] = (-1, {})
         self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
         self.seen = 0  # examples since the last log (a host count: no device read)
         self.nonfinite = torch.zeros((), device=self.backend.device)  # > 0 once a loss was NaN/inf
         self.check_every = (t.check_finite_every if t.check_finite_every is not None
                             else self.backend.check_finite_every(t.metrics_every))
-        if resume:
-            if not (self.run_dir / CHECKPOINT).is_file():
-                raise UserError(f"cannot resume: {self.run_dir / CHECKPOINT} does not exist (was the run folder given?)")
-            self._load(checkpoint.load(self.run_dir / CHECKPOINT))
-        if self.backend.rank:  # its own noise stream (rank 0 keeps the run's, which checkpoints hold)
-            torch.manual_seed(hash((t.seed, self.backend.rank, self.step)) % 2**63)
-        self.net = self.backend.wrap(self.model)  # the module the step's forward runs
-        self.loggers, self.probes = [], None
-        if self.backend.is_main:
-            if resume:
-                drop_records_after(self.run_dir / METRICS, self.step)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(to_yaml(recipe))
-            self.loggers = self._loggers()
-            # rank 0's gradient angles and weight snapshots: every process holds the same weights
-            self.probes = EvaluationProbes(self.model, self.splits.test, self.run_dir, t.seed, self.backend.device,
-                                           self.dtype, self.step)
+        self._logger_factories = self._loggers()
+
+    def _resume(self) -> None:
+        """Continue the folder's run: its recipe (``self.recipe`` may change only the safe keys, recorded
+        with the step) and its newest good checkpoint (a notice names a damaged one)."""
+        stored = self.folder.stored_recipe()
+        changed = resume_changes(stored, self.recipe, self.run_dir)
+        state, notice = self.folder.load_checkpoint("cpu")  # written from the CPU by any backend
+        if notice:
+            print(f"nalign: notice: {notice}", file=sys.stderr, flush=True)
+        self._load(state)
+        if self.total_steps < self.step:
+            raise UserError(f"cannot resume {self.run_dir} with {self.total_steps} steps: its checkpoint is at step "
+                            f"{self.step}; set train.steps (or train.epochs) to at least that")
+        self.recipe = with_history(self.recipe, stored, self.step, changed)
 
     # -- building -------------------------------------------------------------------------
     def _components(self) -> tuple[ComponentOptimizer | None, ComponentOptimizer | None]:
@@ -148,14 +174,13 @@ class Trainer:
         alignment = make_component(o.alignment, backward, self.steps_per_epoch, batch, 0.0, backward)
         return task, alignment
 
-    def _loggers(self) -> list:
+    def _loggers(self) -> list[tuple[Callable, dict]]:
+        """(factory, options) of each logger (``jsonl`` always first); built once the folder is written."""
         log = self.recipe.log
         names = list(dict.fromkeys(["jsonl", *log.loggers]))
         options = OmegaConf.to_container(log.options)
-        config = OmegaConf.to_container(self.recipe, resolve=True)
         registry = get_registry()
-        return [registry.get("loggers", name)(self.run_dir, self.run_dir.name, config, **options.get(name, {}))
-                for name in names]
+        return [(registry.get("loggers", name), options.get(name) or {}) for name in names]
 
     @property
     def components(self) -> dict[str, ComponentOptimizer | None]:
@@ -165,6 +190,7 @@ class Trainer:
     def save(self) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0, CPU tensors): model, optimizers, lr state, RNG
         states, the running stats summed over the processes, step. Every process calls it."""
+        self.saved_step = self.step
         running = torch.tensor(self.backend.sum_across(self.running))
         self.backend.save({
             "step": self.step,
@@ -184,7 +210,7 @@ class Trainer:
             if component is not None:
                 component.load_state_dict(state["optimizers"][key])
         checkpoint.set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         if "running" in state and self.backend.is_main:  # global sums: counted once, by rank 0
             self.running.copy_(state["running"]["sums"])
             self.seen = int(state["running"]["seen"])
@@ -376,7 +402,8 @@ class Trainer:
                 clock = time.perf_counter()
             if self.step > start_step:
                 self.check_finite(self.step - 1, weights=True)
-            self.save()
+            if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
+                self.save()
             summary = self.summary(step_seconds, "finished")
             return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
         except TrainingDiverged as exc:
@@ -389,6 +416,7 @@ class Trainer:
             bar.close()
             for logger in self.loggers:  # the always-on jsonl logger writes summary.json
                 logger.close(summary)
+            self.folder.release()
 
     def summary(self, step_seconds: list[float], status: str) -> dict:
         """Final record: test metrics, layer metrics, median seconds per step (robust to load spikes)."""
@@ -402,6 +430,7 @@ class Trainer:
 
 
 def train(recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
-          on_step: Callable[[Trainer, int], None] | None = None) -> RunResult:
-    """Train ``recipe`` into ``run_dir`` (continuing its checkpoint when ``resume``)."""
-    return Trainer(recipe, run_dir, resume, on_step).run()
+          on_step: Callable[[Trainer, int], None] | None = None, overwrite: bool = False) -> RunResult:
+    """Train ``recipe`` into ``run_dir`` (continuing its checkpoint when ``resume``; replacing what
+    the folder holds when ``overwrite``, else refusing a non-empty folder)."""
+    return Trainer(recipe, run_dir, resume, on_step, overwrite).run()

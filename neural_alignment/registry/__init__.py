@@ -11,6 +11,7 @@ from neural_alignment.registry.hookspecs import PROJECT_NAME
 from neural_alignment.registry.manager import (
     KINDS,
     PluginFailure,
+    PluginWarning,
     Registry,
     build_plugin_manager,
     get_registry,
@@ -25,6 +26,7 @@ __all__ = [
     "DuplicateNameError",
     "Entry",
     "PluginFailure",
+    "PluginWarning",
     "Registry",
     "RegistryError",
     "UnknownNameError",

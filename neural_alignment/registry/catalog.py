@@ -69,6 +69,10 @@ class Catalog:
             )
         self._entries[name] = Entry(name, obj, plugin, description or first_docstring_line(obj))
 
+    def discard(self, name: str) -> None:
+        """Leave ``name`` out (an entry found invalid once every plugin registered)."""
+        self._entries.pop(name, None)
+
     def entry(self, name: str) -> Entry:
         try:
             return self._entries[name]

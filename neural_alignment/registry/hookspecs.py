@@ -31,8 +31,9 @@ def register_ops(register):
 def register_primitives(register):
     """Register layer-wise regularizer primitives.
 
-    ``obj`` is a :class:`neural_alignment.core.primitives.Primitive` instance: a ``name``,
-    what it ``needs`` (of ``core.primitives.NEEDS``) and ``__call__(ctx) -> scalar tensor``.
+    ``obj`` is a :class:`neural_alignment.core.primitives.Primitive` instance: a ``name``
+    (the registered name), what it ``needs`` (a set of the categories in
+    ``core.primitives.NEEDS``) and ``__call__(ctx) -> scalar tensor``.
     """
 
 
@@ -40,10 +41,11 @@ def register_primitives(register):
 def register_rules(register):
     """Register learning rules.
 
-    ``obj`` is a :class:`neural_alignment.core.rules.RuleSpec`: default primitive weights
-    and options; ``get_rule(name, **overrides)`` builds a rule from it. A rule with its own
-    backward path sets ``RuleSpec(feedback=...)`` (``core/feedback.py``: B set from W each
-    step, or a layer's input gradient other than dy B); no other hook is involved.
+    ``obj`` is a :class:`neural_alignment.core.rules.RuleSpec`: its ``name`` (the registered
+    name), default primitive weights (each primitive registered by some plugin) and options;
+    ``get_rule(name, **overrides)`` builds a rule from it. A rule with its own backward path
+    sets ``RuleSpec(feedback=...)`` (``core/feedback.py``: B set from W each step, or a layer's
+    input gradient other than dy B); no other hook is involved.
     """
 
 

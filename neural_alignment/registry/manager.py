@@ -4,7 +4,11 @@ Order of loading: the built-in plugins (``neural_alignment.plugins.BUILTIN_PLUGI
 in-process ``extra_plugins``, then every entry point of the ``neural_alignment`` group, then a
 check for misspelt hook names. A plugin that fails (on import, on registration with a hook
 argument its spec lacks, in a hook, or with a misspelt hook) is recorded in
-``Registry.failures`` and the others still load.
+``Registry.failures`` and the others still load. Each entry is checked as it is registered and
+each rule's primitives once all are in (``registry.checks``): a built-in plugin's mistake is a
+``RegistryError``, a third-party plugin's a failure naming it, with that entry left out.
+Building a registry warns once per failure (:class:`PluginWarning`, so Python users see them);
+``nalign`` prints them as one-line warnings instead and lists them in ``nalign plugins --json``.
 
 Environment:
   NALIGN_DISABLE_PLUGIN_AUTOLOAD=1   skip entry points (built-ins still load)
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Iterable
@@ -24,10 +29,15 @@ import pluggy
 from neural_alignment.core.errors import did_you_mean
 from neural_alignment.registry import hookspecs
 from neural_alignment.registry.catalog import Catalog, Entry, RegistryError
+from neural_alignment.registry.checks import entry_problem, rule_problems
 
 KINDS = ("ops", "primitives", "rules", "architectures", "datasets", "backends", "loggers", "recipes")
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
 BUILTIN_DISTRIBUTION = "neural-alignment"
+
+
+class PluginWarning(UserWarning):
+    """A plugin that failed to load or registered something invalid (the other plugins still load)."""
 
 
 @dataclass(frozen=True)
@@ -44,10 +54,13 @@ class PluginFailure:
 
 @dataclass
 class PluginInfo:
+    """A plugin, what it registered and, when it failed (in part), the error."""
+
     name: str
     distribution: str
     version: str
     registered: dict[str, list[str]] = field(default_factory=dict)
+    error: str | None = None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -138,6 +151,19 @@ class Registry:
         self._registered: dict[str, dict[str, list[str]]] = {}
         for kind in KINDS:
             self._collect(kind)
+        for plugin, rule, problem in list(rule_problems(self.catalogs["rules"], self.catalogs["primitives"])):
+            self._reject(plugin, f"{problem}; the rule is left out")
+            self.catalogs["rules"].discard(rule)
+            self._registered[plugin]["rules"].remove(rule)
+        for failure in self.failures:
+            warnings.warn(str(failure), PluginWarning, stacklevel=2)
+
+    def _reject(self, plugin: str, problem: str) -> None:
+        """A built-in plugin's invalid entry is an error; a third-party plugin's is recorded as its failure."""
+        distribution = self._distributions.get(plugin, "unknown")
+        if distribution == BUILTIN_DISTRIBUTION:
+            raise RegistryError(f"built-in plugin {plugin!r}: {problem}")
+        self.failures.append(PluginFailure(plugin, distribution, problem))
 
     def _collect(self, kind: str) -> None:
         hook = getattr(self.pm.hook, f"register_{kind}")
@@ -146,6 +172,10 @@ class Registry:
             plugin = impl.plugin_name
 
             def register(name: str, obj: Any, description: str | None = None, _plugin=plugin) -> None:
+                problem = entry_problem(kind, name, obj)
+                if problem:
+                    self._reject(_plugin, f"{problem}; it is left out")
+                    return
                 catalog.add(name, obj, _plugin, description)
                 self._registered.setdefault(_plugin, {}).setdefault(kind, []).append(name)
 
@@ -172,12 +202,21 @@ class Registry:
         return self.catalog(kind).entry(name)
 
     def plugins(self) -> list[PluginInfo]:
+        """Every loaded plugin, then every plugin that failed to load; ``error`` joins a plugin's failures."""
+        errors: dict[str, list[str]] = {}
+        for failure in self.failures:
+            errors.setdefault(failure.name, []).append(failure.error)
         infos = []
         for name, plugin in self.pm.list_name_plugin():
             if plugin is None:  # blocked
                 continue
             dist = self._distributions.get(name, "unknown")
-            infos.append(PluginInfo(name, dist, _version_of(dist), self._registered.get(name, {})))
+            error = "; ".join(errors.pop(name, [])) or None
+            infos.append(PluginInfo(name, dist, _version_of(dist), self._registered.get(name, {}), error))
+        for failure in self.failures:
+            if failure.name in errors:  # never loaded
+                infos.append(PluginInfo(failure.name, failure.distribution, _version_of(failure.distribution),
+                                        {}, "; ".join(errors.pop(failure.name))))
         return infos
 
     def add_commands(self, subparsers) -> None:
