@@ -10,7 +10,8 @@ from neural_alignment.cli import main
 from neural_alignment.recipes.loader import RecipeError, load_recipe, recipe_files, to_yaml
 from neural_alignment.registry import Registry, manager
 
-BUILTIN = ["digits-mlp", "fmnist-mlp", "fmnist-convnet", "imagenet-resnet18", "imagenet-resnet18-ia", "imagenet-resnet18-wm"]
+BUILTIN = ["digits-mlp", "fmnist-mlp", "fmnist-convnet", "imagenet-resnet18", "imagenet-resnet18-ia-tpe",
+           "imagenet-resnet18-wm-tpe", "search-fmnist-wm"]
 
 
 @pytest.fixture
@@ -131,13 +132,13 @@ def test_table5_recipes_build_their_rules():
     from neural_alignment.api import get_rule
     from neural_alignment.recipes.build import rule_options
 
-    ia = load_recipe("imagenet-resnet18-ia")
+    ia = load_recipe("imagenet-resnet18-ia-tpe")
     rule = get_rule(ia.rule.name, **rule_options(ia.rule))
     assert rule.weights == {"amp": pytest.approx(129.1123 * 7.9990, rel=1e-7), "decay": 7.9990, "null": 3.1610e-6}
     assert rule.noise_std == 0.8176 and rule.flags.bo_fwl2n and not rule.flags.bi_bwmc
     assert ia.train.alternating and ia.train.delay_epochs == 1 and ia.optim.alignment.lr == 0.0098
-    wm = load_recipe("imagenet-resnet18-wm")
-    assert wm.data.batch_size == 2048 and wm.optim.alignment.name == "gd" and wm.optim.task.schedule is None
+    wm = load_recipe("imagenet-resnet18-wm-tpe")
+    assert wm.data.batch_size == 2048 and wm.optim.alignment.name == "gd" and wm.optim.task.lr == 1.0
 
 
 def test_show_without_name_lists_recipes(capsys):

@@ -15,4 +15,5 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "neural_alignment.plugins.recipes",
     "neural_alignment.plugins.commands",
     "neural_alignment.plugins.analysis_commands",
+    "neural_alignment.plugins.search",
 )

@@ -32,11 +32,13 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_data(recipe: DictConfig) -> DataSplits:
-    """The recipe's dataset (registered name), cut to ``train_limit``/``test_limit``."""
+    """The recipe's dataset (registered name), cut to ``train_limit``/``test_limit``, then
+    ``val_split`` of the (cut) training set held out as the validation set (seeded, stratified)."""
     data = recipe.data
     builder = get_registry().get("datasets", data.dataset)
     splits = builder(root=data.root, **OmegaConf.to_container(data.options))
-    return splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
+    splits = splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
+    return splits.with_validation(data.val_split, seed=recipe.train.seed)
 
 
 def data_key(recipe: DictConfig) -> str:

@@ -12,5 +12,6 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: list[int]) -> 
     return torch.stack([hits[:, :k].any(dim=1).sum() for k in ks])
 
 
-def metric_name(k: int) -> str:
-    return "test_acc" if k == 1 else f"test_top{k}"
+def metric_name(k: int, split: str = "test") -> str:
+    """``<split>_acc`` for top-1, ``<split>_top<k>`` otherwise (``split``: test or val)."""
+    return f"{split}_acc" if k == 1 else f"{split}_top{k}"

@@ -37,17 +37,22 @@ class RecipeError(UserError):
     """A recipe that cannot be found, parsed or validated."""
 
 
-def recipe_entries(pattern: str | None = None) -> list[Entry]:
-    """Every registered recipe as a catalog entry (name, YAML file, plugin of its folder, its
-    ``description``), natural order, optionally filtered by a glob; first registered folder wins."""
-    found: dict[str, Entry] = {}
+def _recipe_paths() -> dict[str, tuple[Path, str]]:
+    """Every registered recipe: name -> (YAML file, plugin of its folder), natural order; first folder wins."""
+    found: dict[str, tuple[Path, str]] = {}
     for folder_entry in get_registry().catalog("recipes").entries():
         folder = Path(folder_entry.obj)
         for path in sorted(folder.iterdir()) if folder.is_dir() else ():
             if path.suffix in SUFFIXES and path.stem not in found:
-                found[path.stem] = Entry(path.stem, path, folder_entry.plugin, _description(path))
-    names = sorted((n for n in found if pattern is None or fnmatch.fnmatchcase(n, pattern)), key=natural_key)
-    return [found[name] for name in names]
+                found[path.stem] = (path, folder_entry.plugin)
+    return {name: found[name] for name in sorted(found, key=natural_key)}
+
+
+def recipe_entries(pattern: str | None = None) -> list[Entry]:
+    """Every registered recipe as a catalog entry (name, YAML file, plugin of its folder, its
+    ``description``), natural order, optionally filtered by a glob; first registered folder wins."""
+    return [Entry(name, path, plugin, _description(path)) for name, (path, plugin) in _recipe_paths().items()
+            if pattern is None or fnmatch.fnmatchcase(name, pattern)]
 
 
 def _description(path: Path) -> str:
@@ -61,8 +66,8 @@ def _description(path: Path) -> str:
 
 
 def recipe_files() -> dict[str, Path]:
-    """Every registered recipe: name -> YAML file (first registered folder wins)."""
-    return {entry.name: entry.obj for entry in recipe_entries()}
+    """Every registered recipe: name -> YAML file (first registered folder wins; no file is parsed)."""
+    return {name: path for name, (path, _) in _recipe_paths().items()}
 
 
 def find_recipe(name: str) -> Path:

@@ -146,7 +146,12 @@ class RuleConfig:
 
 @dataclass
 class DataConfig:
-    """``dataset``: a registered dataset; ``train_limit``/``test_limit`` keep N seeded random examples."""
+    """``dataset``: a registered dataset; ``train_limit``/``test_limit`` keep N seeded random examples.
+
+    ``val_split``: a fraction in (0, 1) or a count >= 1 of the (limited) training set held out
+    as the validation set, seeded by ``train.seed`` and stratified by class; the trainer then
+    reports ``val_loss``/``val_acc`` beside ``test_*``. Searches choose on it.
+    """
 
     dataset: str = field(default="digits", metadata=valid(Registered("datasets")))
     root: Optional[str] = None
@@ -154,6 +159,7 @@ class DataConfig:
     eval_batch_size: int = field(default=1000, metadata=valid(at_least(1)))
     train_limit: Optional[int] = field(default=None, metadata=valid(at_least(1)))
     test_limit: Optional[int] = field(default=None, metadata=valid(at_least(1)))
+    val_split: Optional[float] = field(default=None, metadata=valid(above(0)))
     num_workers: int = field(default=0, metadata=valid(at_least(0)))
     options: Dict[str, Any] = field(default_factory=dict)
 
@@ -248,11 +254,18 @@ class LogConfig:
 
 @dataclass
 class SearchConfig:
-    """Hyperparameter search (carried for ``nalign search``): space, number of trials, metric."""
+    """``nalign search``: hyperopt's TPE over ``space`` (see ``recipes.search_space``), ``max_evals`` trials.
+
+    ``metric``: the trial summary's value to optimise, ``goal``: max or min it. A search never
+    reads the test set: ``test_*`` metrics are refused, ``val_*`` ones need ``data.val_split``.
+    ``startup_trials``: random trials before TPE models the scores (hyperopt's n_startup_jobs).
+    """
 
     space: Dict[str, Any] = field(default_factory=dict)
     max_evals: int = field(default=0, metadata=valid(at_least(0)))
-    metric: str = "test_acc"
+    metric: str = "val_acc"
+    goal: str = field(default="max", metadata=valid(OneOf(("max", "min"))))
+    startup_trials: int = field(default=10, metadata=valid(at_least(1)))
 
 
 @dataclass

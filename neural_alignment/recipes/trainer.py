@@ -294,15 +294,25 @@ class Trainer:
             )
 
     # -- evaluation and logging -----------------------------------------------------------
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Test loss and top-k accuracies over the whole test set (every process evaluates its
-        share and the sums are added up), gradient angles and a weight snapshot (rank 0,
-        ``recipes/probes.py``); computed once per step."""
+        """Test loss and top-k accuracies over the whole test set, the same over the validation set
+        when ``data.val_split`` holds one out (``val_*``), each process evaluating its share;
+        gradient angles and a weight snapshot (rank 0, ``recipes/probes.py``); computed once per step."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
+        metrics = self.evaluate_split(self.splits.test, "test")
+        if self.splits.val is not None:
+            metrics.update(self.evaluate_split(self.splits.val, "val"))
+        if self.probes is not None:
+            metrics.update(self.probes.record(self.model, self.step))
+        self._evaluated = (self.step, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def evaluate_split(self, dataset, split: str) -> dict[str, float]:
+        """``<split>_loss`` and top-k accuracies over the whole of ``dataset``."""
         self.model.eval()
-        share = process_share(self.splits.test, self.backend.rank, self.backend.world_size)
+        share = process_share(dataset, self.backend.rank, self.backend.world_size)
         # its own generator: a loader draws its worker seed from the global RNG, which training uses
         loader = DataLoader(share, batch_size=self.recipe.data.eval_batch_size,
                             num_workers=self.recipe.data.num_workers, generator=torch.Generator())
@@ -314,11 +324,8 @@ class Trainer:
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1:] += topk_correct(logits, y, self.ks)
         self.model.train()
-        values = [total / len(self.splits.test) for total in self.backend.sum_across(sums)]
-        probes = self.probes.record(self.model, self.step) if self.probes is not None else {}
-        self._evaluated = (self.step, {"test_loss": values[0], **{metric_name(k): v for k, v in zip(self.ks, values[1:])},
-                                       **probes})
-        return self._evaluated[1]
+        values = [total / len(dataset) for total in self.backend.sum_across(sums)]
+        return {f"{split}_loss": values[0], **{metric_name(k, split): v for k, v in zip(self.ks, values[1:])}}
 
     def layer_summary(self) -> dict[str, float]:
         """Per-layer weight angles and norm ratios, their means, and the last layer's."""

@@ -1,0 +1,315 @@
+"""``nalign search``: hyperopt's TPE over a recipe's ``search.space``, each trial an ordinary run.
+
+A search folder DIR holds:
+
+- ``search.json``: the plan (recipe, overrides, number of trials, backend, seed), for ``--resume``;
+- ``trials/<trial>/``: one run folder per trial, trained by ``recipes.executor.run_one`` (so
+  ``nalign run --resume`` works on it), with ``trial.json`` (the values it was given);
+- ``trials.jsonl``: a line per finished trial: ``trial``, ``values`` (the sampled values, a
+  conditional choice by its branch index), ``overrides`` (the recipe keys set), ``score``
+  (``search.metric``; null when the trial failed), ``status``, ``error``, ``seconds``, the
+  validation and alignment metrics, ``run_dir``;
+- ``best.yaml`` (the base recipe with the best trial's values, runnable with ``nalign run``) and
+  ``summary.md`` (the trials table, best first), written at the end.
+
+The objective is ``search.metric`` of the trial's summary, maximised when ``search.goal`` is
+``max``. TPE minimises ``loss`` = -score (max) or score (min); a failed or diverged trial gets
+``WORST_LOSS``, so TPE learns to avoid the regions that fail, and the search goes on. A search
+never reads the test set: ``search.metric`` may not be a ``test_*`` metric, and no ``test_*``
+value is copied into ``trials.jsonl``.
+
+Backends: ``local`` (:func:`search_local`, ``hyperopt.fmin`` one trial at a time, the hyperopt
+``Trials`` pickled in DIR after each; TPE's suggestion for trial t is seeded by (seed, t), so a
+resumed search re-suggests an interrupted trial identically and resumes its run folder) and
+``ray`` (``recipes.search_ray``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import shutil
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.executor import FINISHED, RunSpec, run_one
+from neural_alignment.recipes.loader import find_recipe, load_recipe, to_yaml
+from neural_alignment.recipes.search_space import Sample, hyperopt_space, resolve
+
+PLAN = "search.json"
+TRIALS = "trials.jsonl"
+HYPEROPT_TRIALS = "trials.pkl"
+TRIAL_FOLDERS = "trials"
+TRIAL_VALUES = "trial.json"
+BEST = "best.yaml"
+TABLE = "summary.md"
+WORST_LOSS = 1e12
+"""The loss TPE is told for a failed or diverged trial (worse than any real score)."""
+RECORDED_METRICS = ("val_loss", "val_acc", "val_top5", "mean_weight_angle", "last_weight_angle",
+                    "mean_norm_ratio", "steps")
+"""Summary values copied into ``trials.jsonl`` beside the score (never a ``test_*`` one)."""
+
+
+@dataclass
+class SearchPlan:
+    """What a search runs: recipe ``recipe`` (a name or an absolute YAML path) with ``overrides``,
+    ``max_evals`` trials, on ``backend`` with ``parallelism`` trials at a time, TPE seeded by ``seed``."""
+
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    max_evals: int = 0
+    backend: str = "local"
+    parallelism: int = 1
+    seed: int = 0
+
+    def load(self):
+        return load_recipe(self.recipe, self.overrides)
+
+    def save(self, out: Path) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / PLAN).write_text(json.dumps(asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def read(cls, out: Path) -> SearchPlan:
+        try:
+            return cls(**json.loads((Path(out) / PLAN).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise UserError(f"cannot resume: {Path(out) / PLAN} is missing or unreadable ({exc}); "
+                            "give the folder a search wrote") from None
+
+
+@dataclass(frozen=True)
+class Objective:
+    """``search.metric``, ``search.goal`` and the space, read from the recipe and checked."""
+
+    space: dict
+    metric: str
+    goal: str
+    startup_trials: int
+    name: str
+    wandb: bool
+
+    @classmethod
+    def of(cls, recipe) -> Objective:
+        search = recipe.search
+        space = OmegaConf.to_container(search.space, resolve=True)
+        if not space:
+            raise UserError(f"recipe {recipe.name!r} has no search.space to search; see the search-* recipes")
+        check_metric(search.metric, recipe.data.val_split)  # the schema checks goal and startup_trials
+        hyperopt_space(space)  # checks every entry
+        return cls(space, search.metric, search.goal, search.startup_trials, recipe.name,
+                   "wandb" in recipe.log.loggers)
+
+    def loss(self, record: dict) -> float:
+        """What TPE minimises for ``record``: -score (goal max), score (min), WORST_LOSS if it failed."""
+        score = record.get("score")
+        if score is None or not math.isfinite(score):
+            return WORST_LOSS
+        return -score if self.goal == "max" else score
+
+    def better(self, a: dict, b: dict | None) -> bool:
+        """Whether record ``a`` beats ``b`` (``None``: no best yet)."""
+        return a.get("score") is not None and (b is None or self.loss(a) < self.loss(b))
+
+
+def check_metric(metric: str, val_split) -> None:
+    """A search chooses on validation data: a ``test_*`` metric is refused, a ``val_*`` one needs ``data.val_split``."""
+    if metric.startswith("test_"):
+        raise UserError(f"search.metric={metric!r} reads the test set; a search chooses on the validation "
+                        "split: use val_acc or val_loss (with data.val_split)")
+    if metric.startswith("val_") and val_split is None:
+        raise UserError(f"search.metric={metric!r} needs a validation set: set data.val_split (e.g. 0.1)")
+
+
+def override(key: str, value: Any) -> str:
+    """``key=value`` as the recipe loader parses it (JSON is YAML flow syntax)."""
+    return f"{key}={json.dumps(value)}"
+
+
+def run_trial(plan: SearchPlan, objective: Objective, sample: Sample, run_dir: Path, trial) -> dict:
+    """Train one trial into ``run_dir`` and return its ``trials.jsonl`` record (never raises for a failed run).
+
+    A ``run_dir`` left by another suggestion (its ``trial.json`` differs) is cleared first;
+    one left by this suggestion is reused or resumed by ``run_one``.
+    """
+    given = {"values": sample.values, "overrides": sample.overrides}
+    marker = run_dir / TRIAL_VALUES
+    if run_dir.exists() and (not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != given):
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(given), encoding="utf-8")
+    overrides = [*plan.overrides, *(override(k, v) for k, v in sample.overrides.items())]
+    if objective.wandb:
+        overrides.append(override("log.options.wandb.group", run_dir.parent.parent.name))
+    summary = run_one(RunSpec(plan.recipe, tuple(overrides), run_dir))
+    record = {"trial": trial, **given, "score": None, "status": summary.get("status"),
+              "error": summary.get("error"), "seconds": summary.get("seconds"),
+              "run_dir": f"{TRIAL_FOLDERS}/{run_dir.name}"}
+    record.update({k: summary[k] for k in RECORDED_METRICS if k in summary})
+    if record["status"] == FINISHED:
+        if objective.metric not in summary:
+            record.update(status="failed", error=f"search.metric {objective.metric!r} is not in the run's summary "
+                          f"(it has {', '.join(k for k in summary if not k.startswith('test_'))})")
+        else:
+            record["score"] = summary[objective.metric]
+    return record
+
+
+class TrialLog:
+    """``trials.jsonl``: the records by trial, rewritten whole (atomically) at each new one, and the
+    progress line per finished trial (its values, its score, the best so far)."""
+
+    def __init__(self, out: Path, objective: Objective, total: int, echo: Callable[[str], None] = print):
+        self.path, self.objective, self.total, self.echo = out / TRIALS, objective, total, echo
+        self.records: dict[str, dict] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the records ``trials.jsonl`` holds (another process may have added some)."""
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    record = json.loads(line)
+                    self.records[str(record["trial"])] = record
+
+    def __contains__(self, trial) -> bool:
+        return str(trial) in self.records
+
+    def best(self) -> dict | None:
+        best = None
+        for record in self.records.values():
+            if self.objective.better(record, best):
+                best = record
+        return best
+
+    def add(self, record: dict) -> None:
+        self.records[str(record["trial"])] = record
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records.values()), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self.echo(self.progress_line(record))
+
+    def progress_line(self, record: dict) -> str:
+        values = "  ".join(f"{k}={format_value(v)}" for k, v in record["values"].items())
+        outcome = (f"{self.objective.metric} {record['score']:.4f}" if record["score"] is not None
+                   else f"{record['status']}: {record.get('error')}")
+        best = self.best()
+        best_text = f"best {best['score']:.4f} (trial {best['trial']})" if best else "best: none yet"
+        return (f"[search] trial {record['trial']} ({len(self.records)}/{self.total}, {record.get('seconds') or 0:.0f} s)"
+                f"  {values}  -> {outcome};  {best_text}")
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def seeded_tpe(seed: int, startup_trials: int, new_ids, domain, trials, _seed):
+    """hyperopt's TPE, its draw for trial ``t`` seeded by (``seed``, t) rather than by fmin's running RNG."""
+    from hyperopt import tpe
+
+    return tpe.suggest(new_ids, domain, trials, seed=seed * 1_000_003 + int(new_ids[0]),
+                       n_startup_jobs=startup_trials)
+
+
+def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog) -> None:
+    """``hyperopt.fmin`` one trial at a time, ``trials.pkl`` written atomically after each."""
+    import numpy as np
+    from hyperopt import STATUS_OK, Trials, fmin
+    from hyperopt.pyll import rec_eval
+
+    pickled = out / HYPEROPT_TRIALS
+    trials = pickle.loads(pickled.read_bytes()) if pickled.is_file() else Trials()
+    space = hyperopt_space(objective.space)
+
+    def evaluate(expr, memo, ctrl):
+        tid = int(ctrl.current_trial["tid"])
+        sample = resolve(objective.space, rec_eval(expr, memo=memo))
+        record = run_trial(plan, objective, sample, out / TRIAL_FOLDERS / f"trial-{tid:04d}", tid)
+        log.add(record)
+        return {"loss": objective.loss(record), "status": STATUS_OK}
+
+    evaluate.fmin_pass_expr_memo_ctrl = True
+    algo = partial(seeded_tpe, plan.seed, objective.startup_trials)
+    while len(trials.trials) < plan.max_evals:
+        fmin(evaluate, space, algo=algo, max_evals=len(trials.trials) + 1, trials=trials,
+             rstate=np.random.default_rng(plan.seed), show_progressbar=False)
+        tmp = pickled.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(trials))
+        os.replace(tmp, pickled)
+
+
+def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print) -> dict | None:
+    """Run (or continue) the search ``plan`` in ``out``; write best.yaml and summary.md; return the best record."""
+    if plan.max_evals < 1:
+        raise UserError(f"the number of trials must be >= 1, got {plan.max_evals} (--max-evals or search.max_evals)")
+    if plan.backend not in ("local", "ray"):
+        raise UserError(f"--backend must be local or ray, got {plan.backend!r}")
+    if plan.parallelism < 1:
+        raise UserError(f"--parallelism must be >= 1, got {plan.parallelism}")
+    objective = Objective.of(plan.load())
+    plan.save(out)
+    log = TrialLog(out, objective, plan.max_evals, echo)
+    if plan.backend == "local":
+        search_local(plan, objective, out, log)
+    else:
+        from neural_alignment.recipes.search_ray import search_ray
+
+        search_ray(plan, objective, out, log)
+    return finish(plan, objective, out, log, echo)
+
+
+def finish(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog, echo: Callable[[str], None]) -> dict | None:
+    """Write ``summary.md`` (the trials table) and ``best.yaml``; echo both's whereabouts."""
+    table = trials_table(list(log.records.values()), objective)
+    (out / TABLE).write_text(table + "\n", encoding="utf-8")
+    echo(table)
+    best = log.best()
+    if best is None:
+        echo(f"[search] no trial finished with a score; nothing written to {out / BEST}")
+        return None
+    (out / BEST).write_text(best_recipe_yaml(plan, objective, best), encoding="utf-8")
+    echo(f"[search] best: trial {best['trial']}, {objective.metric} {best['score']:.4f}; recipe {out / BEST}")
+    return best
+
+
+def best_recipe_yaml(plan: SearchPlan, objective: Objective, best: dict) -> str:
+    """The base recipe with the best trial's values, resolved and standing alone (no base, no by_rule)."""
+    recipe = load_recipe(plan.recipe, [*plan.overrides, *(override(k, v) for k, v in best["overrides"].items())])
+    recipe.name = f"{objective.name}-best"
+    recipe.base = None
+    recipe.by_rule = {}
+    recipe.description = f"The best trial ({best['trial']}) of a TPE search of {objective.name}"
+    header = f"# {objective.metric} {best['score']:.4f} (trial {best['trial']}); values: {json.dumps(best['values'])}\n"
+    return header + to_yaml(recipe)
+
+
+def trials_table(records: list[dict], objective: Objective) -> str:
+    """A Markdown table of ``records``, best first (failed last): trial, status, score, seconds, values."""
+    keys = list(dict.fromkeys(k for r in records for k in r["values"]))
+    ordered = sorted(records, key=objective.loss)
+    head = ["trial", "status", objective.metric, "mean angle", "s", *keys]
+    rows = [[str(r["trial"]), r["status"], "" if r["score"] is None else f"{r['score']:.4f}",
+             format_value(r["mean_weight_angle"]) if "mean_weight_angle" in r else "",
+             f"{r.get('seconds') or 0:.0f}", *(format_value(r["values"].get(k, "")) for k in keys)]
+            for r in ordered]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def plan_for(name: str, overrides: list[str], max_evals: int | None, backend: str, parallelism: int,
+             seed: int = 0) -> SearchPlan:
+    """A new search's plan: the recipe made an absolute path if it is a file; ``max_evals``
+    defaults to the recipe's ``search.max_evals``."""
+    path = Path(name)
+    recipe = str(find_recipe(name).resolve()) if path.suffix in (".yaml", ".yml") else name
+    plan = SearchPlan(recipe, list(overrides), 0, backend, parallelism, seed)
+    plan.max_evals = max_evals if max_evals is not None else plan.load().search.max_evals
+    return plan

@@ -1,0 +1,77 @@
+"""The ``nalign search`` and ``search-report`` subcommands (added by ``plugins.search``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.commands import add_recipe_arguments
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``nalign search NAME [KEY=VALUE ...] --out DIR [--max-evals N] [--backend local|ray] [--parallelism K]``,
+    or ``nalign search --resume DIR [--max-evals N]``: TPE over the recipe's ``search.space``."""
+    from neural_alignment.recipes.rundir import default_run_dir
+    from neural_alignment.recipes.search import PLAN, SearchPlan, plan_for, run_search
+
+    if args.resume:
+        if args.recipe or args.overrides:
+            raise UserError("give NAME [KEY=VALUE ...] for a new search or --resume DIR, not both")
+        out = Path(args.resume)
+        plan = SearchPlan.read(out)
+        if args.max_evals is not None:
+            plan.max_evals = args.max_evals
+    else:
+        if not args.recipe:
+            raise UserError("nalign search needs a recipe NAME (e.g. search-fmnist-wm) or --resume DIR")
+        plan = plan_for(args.recipe, args.overrides, args.max_evals, args.backend, args.parallelism, args.seed)
+        out = Path(args.out) if args.out else default_run_dir(f"search-{plan.load().name}")
+        if (out / PLAN).is_file():
+            raise UserError(f"{out} already holds a search; continue it with: nalign search --resume {out}")
+    run_search(plan, out)
+    print(f"search folder: {out}")
+    return 0
+
+
+def cmd_search_report(args: argparse.Namespace) -> int:
+    """``nalign search-report DIR``: the metaparameter importance table, importance.png and scores.png."""
+    from neural_alignment.analysis.importance import importance, importance_figure, importance_table, save, scores_figure
+    from neural_alignment.recipes.search import TRIALS, Objective, SearchPlan
+    from neural_alignment.recipes.search_space import categorical_keys
+
+    out = Path(args.dir)
+    objective = Objective.of(SearchPlan.read(out).load())
+    path = out / TRIALS
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: no trial of this search has finished yet")
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    ranked = importance(records, categorical_keys(objective.space))
+    finished = sum(r.get("score") is not None for r in records)
+    print(f"{len(records)} trials, {finished} with a score ({objective.metric}, goal {objective.goal})")
+    table = importance_table(ranked, objective.metric)
+    print(table)
+    (out / "importance.md").write_text(table + "\n", encoding="utf-8")
+    print(f"figures: {save(importance_figure(ranked, objective.metric), out / 'importance.png')}, "
+          f"{save(scores_figure(records, objective.metric, objective.goal), out / 'scores.png')}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``search`` and ``search-report`` to the ``nalign`` subparsers."""
+    search = subparsers.add_parser("search", help="TPE search over a recipe's search.space (hyperopt, local or Ray)")
+    add_recipe_arguments(search, optional=True)
+    folder = search.add_mutually_exclusive_group()
+    folder.add_argument("--out", metavar="DIR", help="search folder (default runs/search-<recipe>-<timestamp>)")
+    folder.add_argument("--resume", metavar="DIR", help="continue the search in DIR without repeating a finished trial")
+    search.add_argument("--max-evals", type=int, metavar="N", help="number of trials (default: the recipe's search.max_evals)")
+    search.add_argument("--backend", choices=("local", "ray"), default="local",
+                        help="local: hyperopt.fmin here; ray: Ray Tune on RAY_ADDRESS's cluster or a local one")
+    search.add_argument("--parallelism", type=int, default=1, metavar="K", help="trials at once (ray)")
+    search.add_argument("--seed", type=int, default=0, help="seed of TPE's draws")
+    search.set_defaults(func=cmd_search)
+
+    report = subparsers.add_parser("search-report", help="rank a search's categorical choices by their effect on the score")
+    report.add_argument("dir", metavar="DIR", help="a search folder")
+    report.set_defaults(func=cmd_search_report)

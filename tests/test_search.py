@@ -1,0 +1,219 @@
+"""nalign search / search-report on tiny digits runs: a local search killed mid-way resumes without
+repeating a trial, the same search on a real 2-CPU Ray cluster, failed trials, the importance
+report, and proof that no search reads a test metric."""
+
+import json
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from neural_alignment.cli import main
+from neural_alignment.recipes.search import SearchPlan, plan_for, run_search
+from neural_alignment.recipes.trainer import Trainer
+
+TINY = """\
+name: tiny-search
+base: digits-mlp
+rule: {{name: wm}}
+data: {{train_limit: 200, test_limit: 60, val_split: 0.25, batch_size: 32}}
+model: {{options: {{hidden: [8]}}}}
+train: {{steps: {steps}, epochs: null, progress: false, metrics_every: 2}}
+log: {{loggers: [jsonl]}}
+search:
+  max_evals: 6
+  startup_trials: 3
+  space:
+    rule.noise_std: {{dist: uniform, low: 0.0, high: 1.0}}
+    rule.weights.decay: {{dist: loguniform, low: 1.0e-4, high: 1.0e-2}}
+    rule.weights.amp: {{dist: uniform, low: 0.1, high: 2.0, times: rule.weights.decay}}
+    rule.flags.bo_relu: {{dist: choice, options: [false, true]}}
+{extra}"""
+
+
+def tiny(tmp_path, steps=4, extra=""):
+    path = tmp_path / "tiny-search.yaml"
+    path.write_text(TINY.format(steps=steps, extra=extra))
+    return str(path)
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+
+
+def finished_stamps(out):
+    """Per finished trial folder, its summary's modification time and text."""
+    stamps = {}
+    for record in records(out):
+        summary = out / record["run_dir"] / "summary.json"
+        stamps[record["trial"]] = (summary.stat().st_mtime_ns, summary.read_text())
+    return stamps
+
+
+def interrupt_after(command, out, count, signum, patience=300):
+    """Run ``command`` (a search into ``out``) in a real process; send it ``signum`` once ``count``
+    trials are recorded; wait for it to end (killed after 120 s more if the signal did not end it)."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline and process.poll() is None:
+            if (out / "trials.jsonl").is_file() and len(records(out)) >= count:
+                break
+            time.sleep(0.05)
+        os.kill(process.pid, signum)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_local_search_killed_after_3_resumes_to_6_without_repeating(tmp_path):
+    out = tmp_path / "search"
+    command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=8), "--out", str(out),
+               "--max-evals", "6"]
+    interrupt_after(command, out, 3, signal.SIGKILL)
+    before = records(out)
+    assert 3 <= len(before) < 6, "the search was not killed in the middle"
+    stamps = finished_stamps(out)
+
+    assert main(["search", "--resume", str(out)]) == 0
+    after = records(out)
+    assert sorted(r["trial"] for r in after) == list(range(6))
+    assert len({json.dumps(r["values"], sort_keys=True) for r in after}) == 6  # six different points
+    for record in before:  # the trials finished before the kill are kept as they were, not trained again
+        assert next(r for r in after if r["trial"] == record["trial"]) == record
+    assert {t: v for t, v in finished_stamps(out).items() if t in stamps} == stamps
+    assert len(pickle.loads((out / "trials.pkl").read_bytes()).trials) == 6
+    assert all(r["status"] == "finished" and 0 <= r["score"] <= 1 for r in after)
+    best = max(after, key=lambda r: r["score"])
+    assert (out / "best.yaml").read_text().startswith(f"# val_acc {best['score']:.4f} (trial {best['trial']})")
+    assert main(["run", str(out / "best.yaml"), "--out", str(tmp_path / "best-run")]) == 0  # best.yaml runs
+
+
+def test_search_with_the_ray_backend_on_a_local_2_cpu_cluster(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "ray-search"
+    assert main(["search", tiny(tmp_path), "--out", str(out), "--max-evals", "4", "--backend", "ray",
+                 "--parallelism", "2"]) == 0
+    got = records(out)
+    assert len(got) == 4 and len({r["trial"] for r in got}) == 4
+    for record in got:  # each trial is an ordinary run folder
+        summary = json.loads((out / record["run_dir"] / "summary.json").read_text())
+        assert record["status"] == summary["status"] == "finished" and record["score"] == summary["val_acc"]
+        assert record["run_dir"] == f"trials/trial-{record['trial']}"
+    assert (out / "best.yaml").is_file() and (out / "ray").is_dir()
+    assert capsys.readouterr().out.count("[search] trial ") == 4  # a progress line per trial
+
+
+@pytest.mark.slow
+def test_an_interrupted_ray_search_resumes_through_rays_experiment_restore(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    out = tmp_path / "ray-search"
+    command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=30), "--out", str(out),
+               "--backend", "ray", "--parallelism", "2"]
+    interrupt_after(command, out, 2, signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
+    before = records(out)
+    assert 2 <= len(before) < 6
+    assert main(["search", "--resume", str(out)]) == 0
+    after = records(out)
+    assert len(after) == 6 and len({r["trial"] for r in after}) == 6
+    for record in before:  # finished trials are not run again
+        assert next(r for r in after if r["trial"] == record["trial"]) == record
+
+
+FAILING = """\
+    train.accumulate: {dist: choice, options: [1, 3]}
+    optim.task.lr: {dist: choice, options: [0.05, 1.0e+30]}
+"""
+
+
+@pytest.fixture(scope="module")
+def failing_search(tmp_path_factory):
+    """A search in which some trials raise (accumulate 3 does not divide the batch) or diverge (lr 1e30)."""
+    tmp_path = tmp_path_factory.mktemp("failing")
+    out = tmp_path / "search"
+    plan = plan_for(tiny(tmp_path, extra=FAILING), [], 8, "local", 1)
+    run_search(plan, out, echo=lambda line: None)
+    return out
+
+
+def test_a_failing_trial_is_recorded_and_the_search_ends_normally(failing_search):
+    got = records(failing_search)
+    assert len(got) == 8
+    statuses = {r["status"] for r in got}
+    assert {"failed", "diverged", "finished"} <= statuses
+    for record in got:
+        if record["status"] == "failed":
+            assert record["values"]["train.accumulate"] == 3 and "accumulate" in record["error"]
+        if record["status"] != "finished":
+            assert record["score"] is None and record["error"]
+    assert (failing_search / "best.yaml").is_file() and (failing_search / "summary.md").is_file()
+
+
+def test_search_report_ranks_the_choices(failing_search, capsys):
+    assert main(["search-report", str(failing_search)]) == 0
+    printed = capsys.readouterr().out
+    assert (failing_search / "importance.png").stat().st_size > 0 and (failing_search / "scores.png").stat().st_size > 0
+    # by hand: the mean score per value of rule.flags.bo_relu over the trials with a score
+    scored = [r for r in records(failing_search) if r["score"] is not None]
+    for value in (False, True):
+        scores = [r["score"] for r in scored if r["values"]["rule.flags.bo_relu"] == value]
+        if scores:
+            assert f"| {value} | {len(scores)} | {sum(scores) / len(scores):.4f} |" in printed
+    assert "rule.flags.bo_relu" in printed and "rule.noise_std" not in printed  # only categorical choices
+
+
+def test_no_search_reads_a_test_metric(tmp_path, monkeypatch, capsys):
+    # a test metric is refused outright
+    assert main(["search", tiny(tmp_path), "--out", str(tmp_path / "x"), "search.metric=test_acc"]) == 2
+    assert "reads the test set" in capsys.readouterr().err
+    # and the test set's numbers do not reach the search: poison them, the search is unchanged
+    real = Trainer.evaluate_split
+
+    def poisoned(self, dataset, split):
+        values = real(self, dataset, split)
+        return {k: 1000.0 + v for k, v in values.items()} if split == "test" else values
+
+    monkeypatch.setattr(Trainer, "evaluate_split", poisoned)
+    out = tmp_path / "search"
+    plan = plan_for(tiny(tmp_path), [], 3, "local", 1)
+    best = run_search(plan, out, echo=lambda line: None)
+    got = records(out)
+    assert all(r["score"] == r["val_acc"] <= 1 for r in got) and best["score"] == max(r["val_acc"] for r in got)
+    written = (out / "trials.jsonl").read_text() + (out / "best.yaml").read_text() + (out / "summary.md").read_text()
+    assert not re.search(r"test_(acc|loss|top)", written) and "1000." not in written
+    # the run folders did see the poisoned test numbers: the search ignored them
+    assert all(json.loads((out / r["run_dir"] / "summary.json").read_text())["test_acc"] >= 1000 for r in got)
+
+
+def test_resume_needs_a_search_folder(tmp_path, capsys):
+    assert main(["search", "--resume", str(tmp_path)]) == 2
+    assert "search.json" in capsys.readouterr().err
+
+
+def test_a_new_search_does_not_overwrite_one(tmp_path, capsys):
+    out = tmp_path / "s"
+    SearchPlan("digits-mlp").save(out)
+    assert main(["search", tiny(tmp_path), "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_trials_are_wandb_runs_grouped_under_the_search(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    out = tmp_path / "grouped"
+    plan = plan_for(tiny(tmp_path, steps=2), ["log.loggers=[jsonl,wandb]"], 1, "local", 1)
+    run_search(plan, out, echo=lambda line: None)
+    trial = out / records(out)[0]["run_dir"]
+    assert yaml.safe_load((trial / "recipe.yaml").read_text())["log"]["options"]["wandb"]["group"] == "grouped"
+    assert list((trial / "wandb").glob("offline-run-*"))  # a real (offline) W&B run in the trial's folder
