@@ -188,6 +188,18 @@ def test_convnet_has_batchnorm_and_fits_its_input(archs):
     assert small(torch.randn(2, 3, 8, 8)).shape == (2, 4)
 
 
+def test_convnet_blocks_per_stage_deepens_without_shrinking_the_image(archs):
+    deep = archs.get("convnet")(10, (1, 28, 28), channels=[4, 8], blocks_per_stage=3)
+    convs = [(name, m) for name, m in deep.named_modules() if isinstance(m, nn.Conv2d)]
+    assert [name for name, _ in convs] == [f"features.block{k}.conv{j}" for k in (1, 2) for j in (1, 2, 3)]
+    assert [(m.in_channels, m.out_channels) for _, m in convs] == [(1, 4), (4, 4), (4, 4), (4, 8), (8, 8), (8, 8)]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in deep.modules()) == 6
+    assert sum(isinstance(m, nn.MaxPool2d) for m in deep.modules()) == 2
+    assert deep.classifier[-1].in_features == 8 * 7 * 7 and deep(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    shallow = archs.get("convnet")(10, (1, 28, 28), channels=[4, 8])  # one per stage: the names it always had
+    assert "features.block1.conv.weight" in shallow.state_dict()
+
+
 @pytest.mark.parametrize(
     "name, args, options, words",
     [
@@ -197,6 +209,7 @@ def test_convnet_has_batchnorm_and_fits_its_input(archs):
         ("resnet18", (10, (784,)), {}, ["resnet18", "(784,)"]),
         ("convnet", (10, (1, 8, 8)), {"channels": [4, 4, 4, 4]}, ["too small"]),
         ("mlp", (10, (1, 8, 8)), {"hidden": [0]}, ["'hidden'", "positive"]),
+        ("convnet", (10, (1, 8, 8)), {"blocks_per_stage": 0}, ["'blocks_per_stage'", "positive integer"]),
         ("mlp", (10, (1, 8, 8)), {"activation": "swish"}, ["'swish'", "relu"]),
     ],
 )

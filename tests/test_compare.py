@@ -48,16 +48,16 @@ def test_a_bad_recipe_for_a_later_rule_fails_before_training(tmp_path, capsys, m
     assert not (tmp_path / "c").exists()
 
 
-def test_the_rules_share_one_dataset_in_memory(tmp_path, monkeypatch):
+def test_the_trainers_held_for_the_timing_share_one_dataset_in_memory(tmp_path, monkeypatch):
     from neural_alignment.recipes import compare
     from neural_alignment.recipes.trainer import Trainer
 
     held = []
 
-    class Recording(Trainer):
-        def run(self):
+    class Recording(Trainer):  # compare holds these at once (the runs themselves train one at a time)
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
             held.append(self.splits)
-            return super().run()
 
     monkeypatch.setattr(compare, "Trainer", Recording)
     main(["compare", "digits-mlp", "--rules", "bp,fa", *FEW, "--out", str(tmp_path / "c")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.image
+import pytest
 
 from neural_alignment.analysis.figures import comparison_figure, plot_comparison
 
@@ -38,3 +39,20 @@ def test_comparison_figure_draws_one_line_per_rule_skipping_missing_keys():
 
 def test_empty_histories_still_make_a_figure(tmp_path):
     assert plot_comparison({}, tmp_path / "empty.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_grid_figure_draws_each_rule_against_the_value_with_its_error_bars():
+    from neural_alignment.analysis.figures import grid_figure
+
+    rows = [{"rule": "bp", "value": "1", "test_acc": 0.8, "test_acc_sem": 0.01, "mean_weight_angle": 0.0},
+            {"rule": "bp", "value": "4", "test_acc": 0.7, "test_acc_sem": 0.02, "mean_weight_angle": 0.0},
+            {"rule": "fa", "value": "4", "test_acc": 0.6, "test_acc_sem": None, "mean_weight_angle": 90.0}]
+    accuracy, angle = grid_figure(rows, "depth").axes
+    bp, fa = accuracy.containers  # one errorbar container per rule
+    assert [bp.get_label(), fa.get_label()] == ["bp", "fa"]
+    assert list(bp.lines[0].get_xdata()) == [0, 1] and list(bp.lines[0].get_ydata()) == [0.8, 0.7]
+    assert list(fa.lines[0].get_xdata()) == [1] and list(fa.lines[0].get_ydata()) == [0.6]  # at its value's position
+    bars = [seg[:, 1] for seg in bp.lines[2][0].get_segments()]  # bp's error bars: mean ± sem
+    assert [list(b) for b in bars] == [pytest.approx([0.79, 0.81]), pytest.approx([0.68, 0.72])]
+    assert [t.get_text() for t in accuracy.get_xticklabels()] == ["1", "4"] and accuracy.get_xlabel() == "depth"
+

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -57,10 +58,12 @@ def test_gradient_angle_is_zero_when_b_equals_w():
     assert gradient_angle_metrics(model, batch)["grad_angle/1"] > 179.9
 
 
-def test_logged_gradient_angle_equals_a_hand_computation_on_the_two_layer_net(tmp_path):
-    result = run(tmp_path, "fa")
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_logged_gradient_angle_equals_a_hand_computation_on_the_two_layer_net(tmp_path, split):
+    extra = ["data.val_split=64"] if split == "val" else []  # with a validation split, never the test set
+    result = run(tmp_path, "fa", *extra)
     model = result.model
-    x, y = fixed_batch(load_split(), GRADIENT_BATCH, seed=0)
+    x, y = fixed_batch(load_split(split, extra), GRADIENT_BATCH, seed=0)
     x = x.flatten(1)
     W1, b1, B1 = model[1].weight, model[1].bias, model[1].backward_weight
     W2, b2, B2 = model[3].weight, model[3].bias, model[3].backward_weight
@@ -77,10 +80,10 @@ def test_logged_gradient_angle_equals_a_hand_computation_on_the_two_layer_net(tm
     assert logged(result.run_dir, "last_grad_angle")[6] == last[0]
 
 
-def load_split():
+def load_split(split="test", extra=()):
     from neural_alignment.recipes.build import build_data
 
-    return build_data(load_recipe("digits-mlp", TINY)).test
+    return getattr(build_data(load_recipe("digits-mlp", [*TINY, *extra])), split)
 
 
 def test_snapshots_hold_a_fixed_sample_of_w_b_pairs(tmp_path):

@@ -138,6 +138,19 @@ def test_noise_only_on_backward_weights_is_wired(tmp_path):
     assert [id(p) for p in trainer.alignment.noisy] == [id(p) for p in backward_weights(trainer.model)]
 
 
+def test_absolute_noise_is_the_update_noise_at_the_base_lr_and_follows_the_schedule(tmp_path):
+    # lr(step) = 0.002 * 32/256 * schedule; schedule 1 until epoch 1, then linearly to 0.5 at epoch 2
+    schedule = "{kind: linear, start: 1, end: 2, from_value: 1.0, to_value: 0.5}"
+    trainer = Trainer(recipe("rule.name=sa", "optim.alignment.name=adam", "optim.alignment.lr=0.002",
+                             "optim.alignment.rescale_lr=true", f"optim.alignment.schedule={schedule}",
+                             "optim.alignment.noise.std=0.01", "optim.alignment.noise.absolute=true"), tmp_path / "run")
+    alignment, per_epoch = trainer.alignment, trainer.steps_per_epoch
+    assert alignment.noise_std * alignment.lr(0) == pytest.approx(0.01)  # not 0.01 * 0.00025
+    assert alignment.noise_std * alignment.lr(2 * per_epoch) == pytest.approx(0.005)
+    relative = Trainer(recipe("rule.name=sa", "optim.alignment.lr=0.002", "optim.alignment.noise.std=0.01"), tmp_path / "r")
+    assert relative.alignment.noise_std * relative.alignment.lr(0) == pytest.approx(0.01 * 0.002)
+
+
 class Killed(Exception):
     pass
 

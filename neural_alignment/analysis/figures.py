@@ -2,7 +2,9 @@
 
 ``plot_comparison`` draws what ``nalign compare`` reports: for each rule, test accuracy
 against the training step (left) and the mean weight angle between W and B against the
-step (right). Uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
+step (right). ``plot_grid`` draws a comparison grid (``nalign compare --vary``): each metric of
+``PANELS`` against the varied value, one line per rule, error bars the standard error across
+seeds. Uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
 """
 
 from __future__ import annotations
@@ -43,9 +45,44 @@ def comparison_figure(histories: Mapping[str, Sequence[Mapping[str, float]]]) ->
     return figure
 
 
-def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
-    """Write the comparison figure of ``histories`` (name -> rows) as a PNG at ``path``; returns the path."""
+def save_png(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
+    """Write ``figure`` as a PNG at ``path`` (its folder made if needed); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    comparison_figure(histories).savefig(path, format="png", dpi=120)
+    figure.savefig(path, format="png", dpi=dpi)
     return path
+
+
+def plot_comparison(histories: Mapping[str, Sequence[Mapping[str, float]]], path: str | Path) -> Path:
+    """Write the comparison figure of ``histories`` (name -> rows) as a PNG at ``path``; returns the path."""
+    return save_png(comparison_figure(histories), path)
+
+
+def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[str, str]] = PANELS) -> Figure:
+    """One panel per metric: ``<metric>`` against the varied value (equally spaced, labelled by the
+    value's text), one line per rule, error bars ``<metric>_sem`` (none where it is ``None``)."""
+    values = list(dict.fromkeys(row["value"] for row in rows))
+    rules = list(dict.fromkeys(row["rule"] for row in rows))
+    figure = Figure(figsize=(5 * len(panels), 4), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, panels):
+        for index, rule in enumerate(rules):
+            points = [(values.index(r["value"]), r[key], r.get(f"{key}_sem") or 0.0)
+                      for r in rows if r["rule"] == rule and r.get(key) is not None]
+            if points:
+                xs, ys, errors = zip(*points)
+                ax.errorbar(xs, ys, yerr=errors, color=f"C{index % 10}", marker="o", markersize=3, capsize=3, label=rule)
+        ax.set_xticks(range(len(values)), [str(v) for v in values])
+        ax.set_xlabel(vary_key)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    return figure
+
+
+def plot_grid(rows: Sequence[Mapping], vary_key: str, path: str | Path) -> Path:
+    """Write :func:`grid_figure` of the aggregated ``rows`` as a PNG at ``path``; returns the path."""
+    return save_png(grid_figure(rows, vary_key), path)
+

@@ -94,4 +94,6 @@ def make_component(cfg: DictConfig, params: list, steps_per_epoch: int, batch_si
     optimizer = make_optimizer(cfg.name, params, cfg.lr, cfg.momentum, cfg.weight_decay)
     lr = make_lr_schedule(cfg.lr, OmegaConf.to_container(cfg, resolve=True)["schedule"], steps_per_epoch,
                           batch_size, cfg.rescale_lr, shift)
-    return ComponentOptimizer(optimizer, lr, cfg.noise.std, noisy)
+    # absolute noise: std per unit of lr(step) is std / base lr, so the first update's noise is std itself
+    noise_std = cfg.noise.std / (lr.base_lr * lr.scale) if cfg.noise.absolute and cfg.noise.std else cfg.noise.std
+    return ComponentOptimizer(optimizer, lr, noise_std, noisy)

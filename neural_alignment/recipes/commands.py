@@ -91,11 +91,12 @@ def resume_recipe(run_dir: str, name: str | None, overrides: list[str]):
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """``nalign compare NAME --rules bp,fa,... [KEY=VALUE ...] [--out DIR]``: one run per rule, a table."""
+    """``nalign compare NAME --rules bp,fa,... [--seeds K] [--vary KEY=V1,V2,...] [--backend local|ray]
+    [KEY=VALUE ...] [--out DIR]``: one run per rule x value x seed, a table (mean ± s.e.m.) and a figure."""
     from neural_alignment.recipes.compare import compare
 
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    compare(args.recipe, rules, args.overrides, args.out)
+    compare(args.recipe, rules, args.overrides, args.out, seeds=args.seeds, vary=args.vary, backend=args.backend)
     return 0
 
 
@@ -114,8 +115,15 @@ def register(subparsers) -> None:
     run.add_argument("--overwrite", action="store_true", help="replace what the --out folder holds")
     run.set_defaults(func=cmd_run)
 
-    comp = subparsers.add_parser("compare", help="train a recipe once per rule and compare them")
+    comp = subparsers.add_parser("compare", help="train a recipe once per rule (x seed x varied value) and compare")
     add_recipe_arguments(comp)
     comp.add_argument("--rules", default="bp,fa,wm,ia,sa,aa,kp", help="comma-separated rule names")
-    comp.add_argument("--out", metavar="DIR", help="output folder (default runs/compare-<recipe>-<timestamp>)")
+    comp.add_argument("--seeds", type=int, default=1, metavar="K",
+                      help="train every cell with K seeds (train.seed, +1, ...); the table gives mean ± s.e.m.")
+    comp.add_argument("--vary", metavar="KEY=V1,V2,...",
+                      help="train every rule at each value of a recipe key (lists in brackets: model.options.channels=[8],[8,8])")
+    comp.add_argument("--backend", choices=("local", "ray"), default="local",
+                      help="run the grid one run after another (local) or as parallel tasks on Ray (RAY_ADDRESS, else a local cluster)")
+    comp.add_argument("--out", metavar="DIR",
+                      help="output folder (default runs/compare-<recipe>-<timestamp>); finished runs in it are reused")
     comp.set_defaults(func=cmd_compare)

@@ -1,35 +1,49 @@
-"""``nalign compare``: train one recipe once per rule and compare the runs.
+"""``nalign compare``: train one recipe once per rule (and per seed and varied value) and compare.
 
-For each rule the recipe runs with ``rule.name=<rule>`` (its ``by_rule`` entry applies) into
-``<out>/<rule>/``. The table has per rule: test accuracy, mean weight angle, mean gradient
-angle (``recipes/probes.py``: propagated vs true gradient at each layer's input, on a fixed
-held-out batch) and last-layer weight angle (degrees), mean norm ratio ||B||/||W||, and the median seconds per training step relative to
-the ``bp`` run (or to the first rule when ``bp`` is not compared). The step times are measured
-after training, on one batch, in interleaved rounds (every rule a few steps per round), so
-that a change in machine load hits every rule alike; the rules share one dataset in memory
-(each keeps only its model and optimizers for the timing). Written to ``<out>``:
-``comparison.json``, ``comparison.md`` (the table) and ``comparison.png`` (accuracy and
-angle curves). When the recipe's dataset cannot be loaded (e.g. Fashion-MNIST absent) the
-comparison falls back to ``digits`` with a one-line notice.
+Every run of the grid (``recipes.grid``: rule x ``--vary`` value x ``--seeds``) goes through the
+executor (``recipes.executor``): one after another, or as parallel tasks on a Ray cluster
+(``backend="ray"``). A run already finished in its folder is reused and an interrupted one
+resumes, so an interrupted comparison continues where it stopped. Every rule's recipe is
+loaded before any training, so a bad override fails first. When the recipe's dataset cannot be
+loaded (e.g. Fashion-MNIST absent) the comparison falls back to ``digits`` with a one-line notice.
+
+One run per rule (no ``--vary``, one seed): the table has per rule test accuracy, mean weight
+angle, mean gradient angle (``recipes/probes.py``: propagated vs true gradient at each layer's
+input, on a fixed held-out batch) and last-layer weight angle (degrees), mean norm ratio
+||B||/||W||, and the median seconds per
+training step relative to the ``bp`` run (or to the first rule). The step times are measured
+after training (each run rebuilt from its checkpoint), on one batch, in interleaved rounds
+(every rule a few steps per round), so a change in machine load hits every rule alike; the
+trainers held for the timing share one dataset in memory (each keeps only its model and
+optimizers). The figure shows accuracy and angle over training.
+
+A grid (``--vary`` or ``--seeds`` above 1): the table has per rule and value the mean ± standard
+error across seeds of those metrics (``recipes.aggregate``), and the figure each against the
+varied value, one line per rule, with error bars (without ``--vary``: the curves of the first seed).
+
+Written to ``<out>``: ``comparison.json`` (the rows, and every run's summary), ``comparison.md``
+(the table) and ``comparison.png``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from torch.utils.data import default_collate
 
-from neural_alignment.analysis.figures import plot_comparison
+from neural_alignment.analysis.figures import plot_comparison, plot_grid
 from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.aggregate import aggregate, grid_table, markdown
 from neural_alignment.recipes.build import build_data, data_key
-from neural_alignment.recipes.rundir import default_run_dir
+from neural_alignment.recipes.executor import FINISHED, RunSpec, run_specs
+from neural_alignment.recipes.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.rundir import METRICS, default_run_dir
 from neural_alignment.recipes.trainer import Trainer
 from neural_alignment.registry import UnknownNameError, get_registry
 
@@ -72,51 +86,102 @@ def interleaved_step_seconds(trainers: dict[str, Trainer], rounds: int = TIMING_
 
 
 def markdown_table(rows: list[dict], base: str) -> str:
-    """The comparison as a Markdown table (also what is printed)."""
+    """The one-run-per-rule comparison as a Markdown table (also what is printed)."""
     headers = [title.format(base=base) for _, title, _ in COLUMNS]
     body = [[fmt.format(row[key]) if row.get(key) is not None else "-" for key, _, fmt in COLUMNS] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
-    return "\n".join(lines)
+    return markdown(headers, body)
 
 
-def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out: str | Path | None = None) -> dict:
-    """Train ``name`` once per rule; print and write the comparison; returns what ``comparison.json`` holds."""
+def plan(name: str, rules: Sequence[str], overrides: Sequence[str], seeds: int, vary: Vary | None,
+         out: Path) -> tuple[list[GridPoint], list[RunSpec]]:
+    """The grid's points and run specs; every run's recipe is loaded (and so checked) here, before any training."""
     if not rules:
         raise UserError("compare needs at least one rule, e.g. --rules bp,fa,kp")
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
     for rule in rules:
         get_registry().get("rules", rule)  # an unknown rule fails before any training
+    seed0 = load_recipe(name, overrides).train.seed
+    points = grid_points(rules, [seed0 + k for k in range(seeds)], vary)
+    specs = grid_specs(name, overrides, points, vary, out, seeded=seeds > 1)
+    for spec in specs:
+        load_recipe(spec.name, spec.overrides)
+    return points, specs
+
+
+def run_grid(specs: Sequence[RunSpec], backend: str) -> list[dict]:
+    """Train (or reuse, or resume) every spec; prints one progress line per run as it ends."""
+    total, done = len(specs), []
+
+    def progress(spec: RunSpec, summary: dict) -> None:
+        done.append(spec)
+        how = "reused" if summary.get("reused") else f"{summary['status']} in {summary.get('seconds', 0):.1f}s"
+        error = f": {summary['error']}" if summary.get("error") else ""
+        print(f"[{len(done)}/{total}] {spec.run_dir}: {how}{error}", file=sys.stderr, flush=True)
+
+    return run_specs(specs, backend, on_done=progress)
+
+
+def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[RunSpec]) -> tuple[str, list[dict], dict]:
+    """The one-run-per-rule table (with interleaved step times), its rows, and the histories to draw."""
+    rows, trainers, histories, datasets = [], {}, {}, {}
+    for (point, summary), spec in zip(results, specs):
+        rows.append({"rule": point.rule, **summary})
+        if (spec.run_dir / METRICS).is_file():  # a run that failed before training has no record
+            histories[point.rule] = read_history(spec.run_dir)
+        if summary.get("status") == FINISHED:  # rebuilt from its checkpoint, for the step times
+            recipe = load_recipe(spec.name, spec.overrides)
+            key = data_key(recipe)  # one dataset in memory for every rule that reads the same one
+            if key not in datasets:
+                datasets[key] = build_data(recipe)
+            trainers[point.rule] = Trainer(recipe, spec.run_dir, resume=True, splits=datasets[key])
+    rules = [row["rule"] for row in rows]
+    base = "bp" if "bp" in trainers else next(iter(trainers), rules[0])
+    if trainers:
+        print(f"timing {TIMING_ROUNDS} interleaved rounds of {TIMING_STEPS} steps per rule", file=sys.stderr, flush=True)
+        timed = interleaved_step_seconds(trainers)
+        for row in rows:
+            if row["rule"] in timed:
+                row["timed_seconds_per_step"] = timed[row["rule"]]
+                row["relative_step_time"] = timed[row["rule"]] / timed[base]
+    return markdown_table(rows, base), rows, histories
+
+
+def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out: str | Path | None = None,
+            seeds: int = 1, vary: str | Vary | None = None, backend: str = "local") -> dict:
+    """Train ``name`` for every rule x ``vary`` value x seed; print and write the comparison
+    (see the module docstring); returns what ``comparison.json`` holds."""
+    vary = parse_vary(vary) if isinstance(vary, str) else vary
     extra, notice = dataset_overrides(name, overrides)
     if notice:
         print(f"nalign: notice: {notice}", file=sys.stderr)
-    # every rule's recipe (its by_rule entry and the overrides) is checked before any training
-    recipes = {rule: load_recipe(name, [*overrides, *extra, f"rule.name={rule}"]) for rule in rules}
     out = Path(out) if out else default_run_dir(f"compare-{name}")
-    rows, histories, trainers, datasets = [], {}, {}, {}
-    for index, rule in enumerate(rules, 1):
-        print(f"[{index}/{len(rules)}] training {name} with rule {rule}", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        key = data_key(recipes[rule])  # one dataset in memory for every rule that reads the same one
-        if key not in datasets:
-            datasets[key] = build_data(recipes[rule])
-        trainers[rule] = Trainer(recipes[rule], out / rule, splits=datasets[key])
-        result = trainers[rule].run()
-        rows.append({"rule": rule, **result.summary, "wall_seconds": time.perf_counter() - started})
-        histories[rule] = read_history(result.run_dir)
-    print(f"timing {TIMING_ROUNDS} interleaved rounds of {TIMING_STEPS} steps per rule", file=sys.stderr, flush=True)
-    timed = interleaved_step_seconds(trainers)
-    base = "bp" if "bp" in rules else rules[0]
-    for row in rows:
-        row["timed_seconds_per_step"] = timed[row["rule"]]
-        row["relative_step_time"] = timed[row["rule"]] / timed[base]
-    table = markdown_table(rows, base)
+    points, specs = plan(name, rules, [*overrides, *extra], seeds, vary, out)
+    results = list(zip(points, run_grid(specs, backend)))
+    failed = [(spec, summary) for spec, (_, summary) in zip(specs, results) if summary.get("status") != FINISHED]
+    report = {"recipe": name, "dataset": next((s["dataset"] for _, s in results if s.get("dataset")), None),
+              "rules": list(rules), "seeds": sorted({p.seed for p in points}), "notice": notice,
+              "overrides": list(overrides), "vary": {"key": vary.key, "values": list(vary.values)} if vary else None,
+              "runs": [{"rule": p.rule, "value": p.value, "seed": p.seed, "run_dir": str(spec.run_dir), **summary}
+                       for (p, summary), spec in zip(results, specs)]}
+    out.mkdir(parents=True, exist_ok=True)
+    if seeds == 1 and vary is None:
+        table, report["rows"], histories = single_run_report(results, specs)
+        plot_comparison(histories, out / "comparison.png")
+    else:
+        report["rows"] = aggregate(results)
+        table = grid_table(report["rows"], vary.key if vary else None)
+        if vary:
+            plot_grid(report["rows"], vary.key, out / "comparison.png")
+        else:
+            first = min(p.seed for p in points)
+            plot_comparison({p.rule: read_history(spec.run_dir) for p, spec in zip(points, specs)
+                             if p.seed == first and (spec.run_dir / METRICS).is_file()}, out / "comparison.png")
     print(table)
-    report = {"recipe": name, "dataset": rows[0]["dataset"], "rules": list(rules), "notice": notice,
-              "overrides": list(overrides), "rows": rows}
+    for spec, summary in failed:
+        print(f"nalign: warning: {spec.run_dir} {summary['status']}: {summary.get('error', '')}", file=sys.stderr)
     (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "comparison.md").write_text(f"# nalign compare {name} ({report['dataset']})\n\n{table}\n")
-    plot_comparison(histories, out / "comparison.png")
+    title = f"nalign compare {name} ({report['dataset']})" + (f", {seeds} seeds" if seeds > 1 else "")
+    (out / "comparison.md").write_text(f"# {title}\n\n{table}\n")
     print(f"comparison written to {out}/comparison.{{md,json,png}}")
     return report

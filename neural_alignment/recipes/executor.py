@@ -10,8 +10,9 @@ into that folder and returns its summary, and is idempotent on the folder:
 
 A run that raises (a user error, a divergence, a bug) returns a summary with
 ``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
-:func:`run_all` runs a list of specs one after another (``local``); other executors (a Ray
-cluster) plug in beside it with the same contract.
+:func:`run_all` runs a list of specs one after another (``local``); :func:`run_all_on_ray` runs
+them as parallel Ray tasks (one CPU each) on the cluster of ``recipes.ray_cluster``, with the same
+contract; :func:`run_specs` picks one by backend name.
 """
 
 from __future__ import annotations
@@ -88,3 +89,37 @@ def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] |
             on_done(spec, summary)
         summaries.append(summary)
     return summaries
+
+
+def run_all_on_ray(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None,
+                   num_cpus: int | None = None) -> list[dict]:
+    """Run ``specs`` as Ray tasks (``run_one`` each, one CPU per task) on the cluster of
+    :func:`~neural_alignment.recipes.ray_cluster.ray_cluster` (``num_cpus``: a local cluster's size);
+    ``on_done`` in the order runs finish; the summaries are returned in the order of ``specs``."""
+    from neural_alignment.recipes.ray_cluster import ray_cluster
+
+    with ray_cluster(num_cpus) as ray:
+        remote = ray.remote(num_cpus=1, max_retries=0)(run_one)
+        pending = {remote.remote(spec): index for index, spec in enumerate(specs)}
+        summaries: list[dict | None] = [None] * len(specs)
+        while pending:
+            (done,), _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(done)
+            try:
+                summaries[index] = ray.get(done)
+            except Exception as exc:  # noqa: BLE001 - the worker itself died (killed, out of memory)
+                summaries[index] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            if on_done is not None:
+                on_done(specs[index], summaries[index])
+    return summaries
+
+
+EXECUTORS: dict[str, Callable[..., list[dict]]] = {"local": run_all, "ray": run_all_on_ray}
+
+
+def run_specs(specs: Sequence[RunSpec], backend: str = "local",
+              on_done: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:
+    """Run ``specs`` with the executor named ``backend`` (``local`` or ``ray``)."""
+    if backend not in EXECUTORS:
+        raise UserError(f"unknown executor backend {backend!r}; valid: {', '.join(EXECUTORS)}")
+    return EXECUTORS[backend](specs, on_done)

@@ -3,7 +3,9 @@
 - **Gradient angles**: per aligned layer, the angle between the gradient its input receives
   under the rule and the true backprop gradient (``core.metrics.gradient_angle``: same
   weights, B := W), with the cross-entropy loss on a fixed held-out batch: ``GRADIENT_BATCH``
-  test examples drawn once by a generator seeded with the run's seed. The model is in training
+  examples of the validation split (the test split when there is none, so that a search
+  choosing on a gradient angle never reads the test set) drawn once by a generator seeded
+  with the run's seed. The model is in training
   mode, as training sees it; the function restores every state it touches. Logged as
   ``grad_angle/<layer>``, ``mean_grad_angle`` (mean over layers) and ``last_grad_angle``
   (the output layer).

@@ -169,10 +169,15 @@ class NoiseConfig:
     """Gaussian noise added to each update, std = ``std`` * current lr.
 
     ``only_backward_weights``: noise only on backward weights (Kolen-Pollack's noisy updates).
+    ``absolute``: ``std`` is the noise std at the optimizer's base lr (in weight units), still
+    following the schedule: std * lr(step) / (lr * rescale); so optimizers of different
+    learning rates receive noise of the same size (the paper's Fig. S1 shifts its curves by
+    the squared lr ratio for this).
     """
 
     std: float = field(default=0.0, metadata=valid(at_least(0)))
     only_backward_weights: bool = False
+    absolute: bool = False
 
 
 @dataclass

@@ -116,7 +116,8 @@ class Trainer:
                 self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
                                 for make, options in self._logger_factories]
                 # rank 0's gradient angles and weight snapshots: every process holds the same weights
-                self.probes = EvaluationProbes(self.model, self.splits.test, self.run_dir, self.recipe.train.seed,
+                held_out = self.splits.val if self.splits.val is not None else self.splits.test  # a search may read it
+                self.probes = EvaluationProbes(self.model, held_out, self.run_dir, self.recipe.train.seed,
                                                self.backend.device, self.dtype, self.step)
         except BaseException:
             self.folder.release()

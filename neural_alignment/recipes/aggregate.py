@@ -1,0 +1,85 @@
+"""Aggregating a comparison grid across seeds: mean and standard error per (rule, value).
+
+For each metric m over the n finished runs of one (rule, value) cell::
+
+    mean = sum_i m_i / n,    sem = sqrt(sum_i (m_i - mean)^2 / (n - 1)) / sqrt(n)   (None when n < 2)
+
+Runs that failed or diverged are counted (``failed``) and left out of the mean; a cell with no
+finished run has ``None`` for every metric. The Markdown table prints ``mean ± sem`` (just the
+mean for a single run).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+from neural_alignment.recipes.executor import FINISHED
+from neural_alignment.recipes.grid import GridPoint
+
+METRICS: tuple[tuple[str, str, str], ...] = (
+    ("test_acc", "test acc", "{:.4f}"),
+    ("mean_weight_angle", "mean angle", "{:.1f}"),
+    ("mean_grad_angle", "mean grad angle", "{:.1f}"),
+    ("last_weight_angle", "last-layer angle", "{:.1f}"),
+    ("mean_norm_ratio", "norm ratio", "{:.2f}"),
+)
+
+
+def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """(mean, standard error of the mean) of ``values``; sem is ``None`` for fewer than two values."""
+    n = len(values)
+    if n == 0:
+        return None, None
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    return mean, math.sqrt(variance / n)
+
+
+def aggregate(results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)
+              ) -> list[dict]:
+    """One row per (rule, value), in first-seen order: ``n``, ``failed``, ``seeds`` and per metric
+    ``<metric>`` (the mean) and ``<metric>_sem``."""
+    cells: dict[tuple[str, str | None], list[tuple[int, dict]]] = {}
+    for point, summary in results:
+        cells.setdefault((point.rule, point.value), []).append((point.seed, summary))
+    rows = []
+    for (rule, value), runs in cells.items():
+        done = [s for _, s in runs if s.get("status") == FINISHED]
+        row = {"rule": rule, "value": value, "n": len(done), "failed": len(runs) - len(done),
+               "seeds": [seed for seed, _ in runs]}
+        for metric in metrics:
+            mean, sem = mean_sem([s[metric] for s in done if s.get(metric) is not None])
+            row[metric], row[f"{metric}_sem"] = mean, sem
+        rows.append(row)
+    return rows
+
+
+def cell(row: dict, key: str, fmt: str) -> str:
+    """``mean ± sem`` of ``key`` in ``row`` (``-`` when missing)."""
+    if row.get(key) is None:
+        return "-"
+    sem = row.get(f"{key}_sem")
+    return fmt.format(row[key]) + ("" if sem is None else " ± " + fmt.format(sem))
+
+
+def markdown(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A Markdown table with padded columns."""
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def grid_table(rows: Sequence[dict], vary_key: str | None) -> str:
+    """The aggregated grid as Markdown: rule, the varied value, runs (n, failed), then mean ± sem per metric."""
+    headers = ["rule", *([vary_key] if vary_key else []), "runs", *(title for _, title, _ in METRICS)]
+    body = []
+    for row in rows:
+        runs = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
+        body.append([row["rule"], *([row["value"]] if vary_key else []), runs,
+                     *(cell(row, key, fmt) for key, _, fmt in METRICS)])
+    return markdown(headers, body)

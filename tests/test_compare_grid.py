@@ -1,0 +1,143 @@
+"""``nalign compare --seeds K --vary key=...``: the grid, its aggregation, resuming it, running it on Ray."""
+
+import json
+import statistics
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+import neural_alignment.recipes.trainer as trainer_module
+from neural_alignment.cli import main
+from neural_alignment.core.errors import UserError
+from neural_alignment.recipes.aggregate import aggregate, mean_sem
+from neural_alignment.recipes.compare import compare
+from neural_alignment.recipes.grid import GridPoint, parse_vary, split_top_level
+
+FEW = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "train.epochs=null",
+       "train.steps=6", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+VARY = "model.options.hidden=[8],[16]"
+RULES = ("bp", "sa")
+CELLS = [(rule, value) for rule in RULES for value in ("[8]", "[16]")]
+
+
+def run_dir(out: Path, rule: str, value: str, seed: int) -> Path:
+    return out / rule / f"model.options.hidden={value}" / f"seed{seed}"
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Every training started (run folder, resumed?); ``interrupt_at`` = n stops the n-th one at step 4."""
+    calls, real = [], trainer_module.train
+    state = {"interrupt_at": None}
+
+    def counting(recipe, run_dir, resume=False, on_step=None, **options):
+        calls.append((Path(run_dir), resume))
+        if len(calls) == state["interrupt_at"]:
+            def on_step(trainer, step):
+                if step == 4:
+                    raise KeyboardInterrupt  # as Ctrl-C would, mid-run, after the step-4 checkpoint
+        return real(recipe, run_dir, resume, on_step, **options)
+
+    monkeypatch.setattr(trainer_module, "train", counting)
+    return calls, state
+
+
+def test_a_2x2x2_grid_writes_mean_and_sem_per_rule_and_value(tmp_path, capsys, trainings):
+    out = tmp_path / "grid"
+    code = main(["compare", "digits-mlp", "--rules", ",".join(RULES), "--seeds", "2", "--vary", VARY, *FEW,
+                 "--out", str(out)])
+    assert code == 0 and len(trainings[0]) == 8
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["seeds"] == [0, 1] and report["vary"] == {"key": "model.options.hidden", "values": ["[8]", "[16]"]}
+    assert [(row["rule"], row["value"]) for row in report["rows"]] == CELLS
+    for row in report["rows"]:
+        summaries = [json.loads((run_dir(out, row["rule"], row["value"], s) / "summary.json").read_text()) for s in (0, 1)]
+        accuracies = [s["test_acc"] for s in summaries]
+        assert row["n"] == 2 and row["failed"] == 0
+        assert row["test_acc"] == pytest.approx(statistics.mean(accuracies))
+        assert row["test_acc_sem"] == pytest.approx(statistics.stdev(accuracies) / 2 ** 0.5)
+        for seed in (0, 1):  # each run trained its own seed and value
+            recipe = yaml.safe_load((run_dir(out, row["rule"], row["value"], seed) / "recipe.yaml").read_text())
+            assert recipe["train"]["seed"] == seed and recipe["rule"]["name"] == row["rule"]
+            assert recipe["model"]["options"]["hidden"] == json.loads(row["value"])
+    table = (out / "comparison.md").read_text().split("\n\n", 1)[1].strip()
+    assert "| model.options.hidden |" in table and "±" in table and table in capsys.readouterr().out
+    image = matplotlib.image.imread(out / "comparison.png")
+    assert image.shape == (480, 1200, 4) and image[..., :3].std() > 0.05
+
+
+def test_an_interrupted_grid_continues_without_retraining_finished_runs(tmp_path, trainings):
+    calls, state = trainings
+    out = tmp_path / "grid"
+    args = dict(name="digits-mlp", rules=RULES, overrides=[*FEW, "train.checkpoint_every=2"], out=out, seeds=2, vary=VARY)
+    state["interrupt_at"] = 4
+    with pytest.raises(KeyboardInterrupt):
+        compare(**args)
+    assert len(calls) == 4
+    finished = [path for path, _ in calls[:3]]
+    stamps = {path: (path / "checkpoint.pt").stat().st_mtime_ns for path in finished}
+    interrupted = calls[3][0]
+    assert json.loads((interrupted / "summary.json").read_text())["status"] == "stopped"
+
+    state["interrupt_at"] = None
+    report = compare(**args)
+    again = calls[4:]
+    assert len(again) == 5 and not {path for path, _ in again} & set(finished)  # 8 runs - 3 finished
+    assert again[0] == (interrupted, True)  # the interrupted run resumed from its checkpoint
+    assert all(not resumed for _, resumed in again[1:])
+    assert {path: (path / "checkpoint.pt").stat().st_mtime_ns for path in finished} == stamps
+    assert all(row["n"] == 2 for row in report["rows"])
+    steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6]  # one uninterrupted record
+
+
+def test_the_grid_runs_on_a_local_ray_cluster(tmp_path):
+    out = tmp_path / "ray"
+    report = compare("digits-mlp", ["bp", "fa"], FEW, out, seeds=2, backend="ray")
+    assert [(row["rule"], row["n"]) for row in report["rows"]] == [("bp", 2), ("fa", 2)]
+    assert all(run["status"] == "finished" for run in report["runs"])
+    for rule in ("bp", "fa"):
+        for seed in (0, 1):
+            assert json.loads((out / rule / f"seed{seed}" / "summary.json").read_text())["steps"] == 6
+
+
+def test_a_failed_run_is_counted_not_averaged():
+    ok = {"status": "finished", "test_acc": 0.5}
+    rows = aggregate([(GridPoint("kp", None, 0), ok), (GridPoint("kp", None, 1), {"status": "diverged", "error": "x"}),
+                      (GridPoint("kp", None, 2), {**ok, "test_acc": 0.7})])
+    assert rows[0]["n"] == 2 and rows[0]["failed"] == 1 and rows[0]["test_acc"] == pytest.approx(0.6)
+    assert rows[0]["test_acc_sem"] == pytest.approx(0.1)  # stdev(0.5, 0.7) = 0.1414 / sqrt(2)
+
+
+def test_mean_sem_against_the_textbook_formula():
+    values = [0.81, 0.84, 0.79, 0.9]
+    mean, sem = mean_sem(values)
+    assert mean == pytest.approx(statistics.mean(values))
+    assert sem == pytest.approx(statistics.stdev(values) / len(values) ** 0.5)
+    assert mean_sem([0.3]) == (0.3, None) and mean_sem([]) == (None, None)
+
+
+def test_vary_values_split_outside_brackets():
+    assert split_top_level("[8,8],[16],{a: 1, b: 2},0.1") == ["[8,8]", "[16]", "{a: 1, b: 2}", "0.1"]
+    vary = parse_vary("model.options.channels=[16,32], [16,16,32,32]")
+    assert vary.key == "model.options.channels" and vary.values == ("[16,32]", "[16,16,32,32]")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("optim.task.lr", "key=v1,v2"), ("=0.1,0.2", "key=v1,v2"), ("optim.task.lr=0.1,,0.2", "key=v1,v2"),
+    ("train.seed=1,2", "--seeds"), ("optim.task.lr=0.1,0.1", "repeats"),
+])
+def test_a_bad_vary_is_a_user_error(text, words):
+    with pytest.raises(UserError, match=words):
+        parse_vary(text)
+
+
+def test_bad_grid_input_fails_before_training(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main(["compare", "digits-mlp", "--rules", "bp", "--seeds", "0", *FEW, "--out", str(out)]) == 2
+    assert "--seeds must be at least 1" in capsys.readouterr().err
+    assert main(["compare", "digits-mlp", "--rules", "bp", "--vary", "optim.task.lrr=0.1,0.2", *FEW, "--out", str(out)]) == 2
+    assert "optim.task.lrr" in capsys.readouterr().err
+    assert not out.exists()
