@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv, installs, trains every rule on Fashion-MNIST and prints the comparison
-#   make test   creates .venv if needed, installs with the test extras, runs the whole suite
+#   make test   creates .venv if needed, installs with the test extras, runs the whole suite: the main
+#               suite in .venv, then the tests marked xla in the xla environment (.ci/xla-env builds it,
+#               or reuses it from ~/.cache/neural-alignment) on torch-xla's CPU device
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +10,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 RULES ?= bp,fa,wm,ia,sa,aa,kp
 
-.PHONY: demo test data install clean
+.PHONY: demo test test-main test-xla xla-env data install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +29,17 @@ data:
 demo: $(STAMP) data
 	$(VENV)/bin/nalign compare fmnist-convnet --rules $(RULES) --out runs/demo
 
-test: $(STAMP) data
+test: test-main test-xla
+
+test-main: $(STAMP) data
 	$(PY) -m pytest -v
 
+# Fails (never skips) when the xla environment cannot be built; pytest exits 5 if no test is marked xla.
+test-xla: $(STAMP)
+	@python=$$(.ci/xla-env) && echo "xla tests in $$python" && PJRT_DEVICE=CPU $$python -m pytest -v -m xla
+
+xla-env:
+	.ci/xla-env
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) .venv-xla runs build *.egg-info

@@ -6,7 +6,9 @@ in order; "per example over its features" = over every non-batch axis):
 1. ``x``: the layer's input, detached; replaced by noise of std ``rule.noise_std`` when it is
    > 0 (``normal``: N(0, std^2); ``uniform``: U(-sqrt(3) std, sqrt(3) std)), shaped like x.
 2. BI FWMC: x - mean_features(x); BI FWL2N: (x - mean_features(x)) / ||x - mean_features(x)||_2.
-3. ``x_b`` = x, minus its batch mean when BI BWMC (backward path only).
+3. ``x_b`` = x, minus its batch mean when BI BWMC (backward path only). Batch means (BI BWMC,
+   FO BWMC) are over this process's batch, or over the global batch when the layer has a
+   ``batch_mean`` (``ddp``'s ``sync_alignment_means`` sets one).
 4. projections ``fp = project(x, W, b if FO bias)``, ``bp = project(x_b, B, b if BO bias)``:
    x W^T + b for a dense layer, conv2d(x, W) + b for a conv. The bias of both paths is the
    layer's own bias, detached (as the original code did): a separate backward bias would be
@@ -48,9 +50,9 @@ def feature_l2_normalise(t: Tensor) -> Tensor:
     return F.normalize(feature_centre(t).flatten(1), dim=1, eps=1e-12).view_as(t)
 
 
-def batch_centre(t: Tensor) -> Tensor:
-    """t - mean over the batch axis."""
-    return t - t.mean(dim=0, keepdim=True)
+def batch_mean(t: Tensor) -> Tensor:
+    """The mean over the batch axis (kept as a size-1 axis)."""
+    return t.mean(dim=0, keepdim=True)
 
 
 def input_noise(like: Tensor, std: float, dist: str) -> Tensor:
@@ -74,6 +76,11 @@ class AlignmentContext:
         self.rule = rule
         self.flags = rule.flags
 
+    def batch_centre(self, t: Tensor) -> Tensor:
+        """t - its batch mean: the layer's ``batch_mean(t)`` when it has one (a data-parallel
+        backend sets a mean over every process's batch), else over this batch."""
+        return t - getattr(self.layer, "batch_mean", batch_mean)(t)
+
     # -- inputs and kernels ---------------------------------------------------------------
     @property
     def input_changed(self) -> bool:
@@ -92,7 +99,7 @@ class AlignmentContext:
     @cached_property
     def x_b(self) -> Tensor:
         """Step 3: the backward path's input, batch-centred when BI BWMC."""
-        return batch_centre(self.x) if self.flags.bi_bwmc else self.x
+        return self.batch_centre(self.x) if self.flags.bi_bwmc else self.x
 
     @cached_property
     def W(self) -> Tensor:
@@ -143,7 +150,7 @@ class AlignmentContext:
     def _forward_ops(self):
         f = self.flags
         return [op for flag, op in ((f.fo_fwmc, feature_centre), (f.fo_fwl2n, feature_l2_normalise),
-                                    (f.fo_bwmc, batch_centre)) if flag]
+                                    (f.fo_bwmc, self.batch_centre)) if flag]
 
     def _backward_ops(self):
         f = self.flags

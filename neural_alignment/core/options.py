@@ -23,19 +23,23 @@ def checked_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., A
     """
 
     def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        params = inspect.signature(fn).parameters
-        accepted = {name for name, p in params.items() if p.kind in _BY_KEYWORD}
-        listed = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
         @functools.wraps(fn)
         def builder(*args: Any, **options: Any) -> Any:
-            for key in options:
-                if key not in accepted:
-                    hint = did_you_mean(key, listed)
-                    valid = ", ".join(listed) if listed else "(none)"
-                    raise UserError(f"unknown option {key!r} for {what}.{hint} Valid options: {valid}")
+            check_options(what, fn, options)
             return fn(*args, **options)
 
         return builder
 
     return wrap
+
+
+def check_options(what: str, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+    """Raise the :class:`UserError` of :func:`checked_options` if ``fn`` does not take every key of ``options``."""
+    params = inspect.signature(fn).parameters
+    accepted = {name for name, p in params.items() if p.kind in _BY_KEYWORD}
+    listed = [name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    for key in options:
+        if key not in accepted:
+            hint = did_you_mean(key, listed)
+            valid = ", ".join(listed) if listed else "(none)"
+            raise UserError(f"unknown option {key!r} for {what}.{hint} Valid options: {valid}")

@@ -16,7 +16,7 @@ from neural_alignment.core.backend import Backend
 from neural_alignment.core.data import DataSplits
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
-from neural_alignment.core.options import checked_options
+from neural_alignment.core.options import check_options, checked_options
 from neural_alignment.core.rules import OPTION_KEYS
 from neural_alignment.registry import get_registry
 
@@ -64,6 +64,15 @@ def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
 def build_backend(recipe: DictConfig) -> Backend:
     cls = get_registry().get("backends", recipe.backend.name)
     return checked_options(f"backend {recipe.backend.name!r}")(cls)(**OmegaConf.to_container(recipe.backend.options))
+
+
+def launch_processes(recipe: DictConfig, command: list[str]) -> int | None:
+    """Let the recipe's backend start the processes of ``nalign <command>`` (DDP, XLA); their exit
+    code, or ``None`` when this process trains (see ``Backend.launch``)."""
+    cls = get_registry().get("backends", recipe.backend.name)
+    options = OmegaConf.to_container(recipe.backend.options)
+    check_options(f"backend {recipe.backend.name!r}", cls, options)
+    return cls.launch(options, command)
 
 
 def backward_weights(model: nn.Module) -> list[nn.Parameter]:

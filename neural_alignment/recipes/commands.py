@@ -47,19 +47,27 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``nalign run NAME [KEY=VALUE ...] [--out DIR] [--overwrite]`` or ``nalign run --resume DIR [KEY=VALUE ...]``."""
+    from neural_alignment.recipes.build import launch_processes
     from neural_alignment.recipes.rundir import default_run_dir
     from neural_alignment.recipes.trainer import train
 
     if args.resume:
         if args.overwrite:
             raise UserError("--overwrite replaces a run folder and --resume continues one: give one of them")
-        result = train(resume_recipe(args.resume, args.recipe, args.overrides), args.resume, resume=True)
+        recipe, run_dir = resume_recipe(args.resume, args.recipe, args.overrides), args.resume
     elif args.recipe is None:
         raise UserError("nalign run needs a recipe NAME (see 'nalign show'), or --resume DIR to continue a run")
     else:
         recipe = load_recipe(args.recipe, args.overrides)
-        result = train(recipe, args.out or default_run_dir(recipe.name), overwrite=args.overwrite)
-    print(f"run folder: {result.run_dir}")
+        run_dir = args.out or str(default_run_dir(recipe.name))
+    # a backend that starts its own processes runs this command in each, with the run folder fixed here
+    folder = ["--resume", run_dir] if args.resume else ["--out", run_dir, *(["--overwrite"] if args.overwrite else [])]
+    code = launch_processes(recipe, ["run", *([args.recipe] if args.recipe else []), *args.overrides, *folder])
+    if code is not None:  # rank 0 printed the run folder
+        return code
+    result = train(recipe, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    if result.is_main:
+        print(f"run folder: {result.run_dir}")
     return 0
 
 

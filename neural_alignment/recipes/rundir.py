@@ -47,6 +47,7 @@ SAFE_ON_RESUME = (
     "train.steps", "train.epochs",  # the run's length (never before the checkpoint's step)
     "train.metrics_every", "train.eval_every", "train.checkpoint_every", "train.check_finite_every",
     "train.progress", "log.loggers", "log.options",
+    "backend",  # where the steps run: a checkpoint of N processes or of XLA resumes on M or on the CPU
 )
 """Recipe keys a resumed run may change: none of them changes what a step computes."""
 

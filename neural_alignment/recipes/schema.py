@@ -216,7 +216,8 @@ class TrainConfig:
     ``alternating``: even steps update only the backward weights, odd steps only the rest.
     ``accumulate``: micro-batches per step (each of batch_size / accumulate examples).
     ``*_every``: in steps; 0 means only at the end.
-    ``check_finite_every``: how often the loss is read on the host to stop on NaN/inf.
+    ``check_finite_every``: how often the loss is read on the host to stop on NaN/inf; null: the
+    backend's default (every step; the logging interval on XLA, where a host read stalls the trace).
     ``dtype``: the model's and inputs' torch dtype (float64 for exact tests).
     """
 
@@ -234,7 +235,7 @@ class TrainConfig:
     eval_every: int = field(default=0, metadata=valid(at_least(0)))
     metrics_every: int = field(default=50, metadata=valid(at_least(0)))
     checkpoint_every: int = field(default=0, metadata=valid(at_least(0)))
-    check_finite_every: int = field(default=1, metadata=valid(at_least(0)))
+    check_finite_every: Optional[int] = field(default=None, metadata=valid(at_least(0)))
     topk: List[int] = field(default_factory=lambda: [1, 5], metadata=valid(at_least(1)))
     dtype: str = field(default="float32", metadata=valid(FloatDtype()))
     progress: bool = True

@@ -19,7 +19,17 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
    checkpoint is written after the loss or a weight became NaN/inf.
 
 Data order is a seeded permutation per epoch (``seed``, epoch), independent of the global RNG,
-so a resumed run sees the same batches. The run folder (``recipes.rundir``: locked by the run,
+so a resumed run sees the same batches.
+
+The backend (``core.backend``) carries everything that differs between one device, DDP and XLA:
+which slice of each global batch this process trains on, the wrapped module the forward runs,
+the gradient averaging before clipping and the step, the end of a step, the sums read back at
+logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
+claims and writes the run folder; every process evaluates its share of the test set. Processes
+other than rank 0 draw their random numbers (input noise) from their own stream, seeded from
+(seed, rank, start step).
+
+The run folder (``recipes.rundir``: locked by the run,
 refused when it holds another run) holds ``recipe.yaml``, ``metrics.jsonl`` (the ``jsonl`` logger
 is always on), ``summary.json`` and ``checkpoint.pt`` with the one before it (atomic; every
 ``checkpoint_every`` steps and at the end). Resuming continues the folder's recipe, drops the
@@ -50,7 +60,7 @@ from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.logger import layer_metric_key
 from neural_alignment.core.optim import ComponentOptimizer
-from neural_alignment.recipes.batches import StepBatches
+from neural_alignment.recipes.batches import StepBatches, process_share
 from neural_alignment.recipes.build import (
     backward_weights,
     build_backend,
@@ -75,6 +85,7 @@ class RunResult:
     run_dir: Path
     summary: dict
     model: nn.Module
+    is_main: bool = True  # False in the processes of a data-parallel run other than rank 0
 
 
 class Trainer:
@@ -87,19 +98,27 @@ class Trainer:
         its checkpoint and recipe, of which ``recipe`` may change only the safe keys), build
         everything (``splits``: a dataset already built for this recipe, shared), then write the folder."""
         self.recipe, self.run_dir, self.on_step = recipe, Path(run_dir), on_step
+        self.backend = build_backend(recipe)  # first: rank 0 alone claims and writes the folder
         self.folder = RunFolder(run_dir)
-        self.folder.claim(resume, overwrite)
+        if self.backend.is_main:
+            self.folder.claim(resume, overwrite)
         try:
             self._build(splits)
             if resume:
                 self._resume()
-            self.folder.begin(to_yaml(self.recipe), self.step if resume else None, overwrite)
-            config = OmegaConf.to_container(self.recipe, resolve=True)
-            self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
-                            for make, options in self._logger_factories]
-            held_out = self.splits.val if self.splits.val is not None else self.splits.test  # a search may read it
-            self.probes = EvaluationProbes(self.model, held_out, self.run_dir, self.recipe.train.seed,
-                                           self.backend.device, self.dtype, self.step)
+            if self.backend.rank:  # its own noise stream (rank 0 keeps the run's, which checkpoints hold)
+                torch.manual_seed(hash((self.recipe.train.seed, self.backend.rank, self.step)) % 2**63)
+            self.net = self.backend.wrap(self.model)  # the module the step's forward runs
+            self.loggers, self.probes = [], None
+            if self.backend.is_main:
+                self.folder.begin(to_yaml(self.recipe), self.step if resume else None, overwrite)
+                config = OmegaConf.to_container(self.recipe, resolve=True)
+                self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
+                                for make, options in self._logger_factories]
+                # rank 0's gradient angles and weight snapshots: every process holds the same weights
+                held_out = self.splits.val if self.splits.val is not None else self.splits.test  # a search may read it
+                self.probes = EvaluationProbes(self.model, held_out, self.run_dir, self.recipe.train.seed,
+                                               self.backend.device, self.dtype, self.step)
         except BaseException:
             self.folder.release()
             raise
@@ -108,14 +127,17 @@ class Trainer:
         """Seeds, backend, data, model, optimizers and the loggers' factories: everything that can fail on a setting."""
         recipe, t = self.recipe, self.recipe.train
         seed_everything(t.seed, t.deterministic)
-        self.backend = build_backend(recipe)
+        world = self.backend.world_size
+        if recipe.data.batch_size % (t.accumulate * world):
+            raise UserError(f"train.accumulate={t.accumulate} times {world} processes must divide "
+                            f"data.batch_size={recipe.data.batch_size}")
         self.splits = splits if splits is not None else build_data(recipe)
         self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples")
         self.total_steps = t.steps if t.steps is not None else max(1, round(t.epochs * self.steps_per_epoch))
         self.dtype = getattr(torch, t.dtype)
-        self.model = build_model(recipe, self.splits).to(self.backend.device, self.dtype)
+        self.model = self.backend.prepare(build_model(recipe, self.splits), self.dtype)
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
@@ -123,7 +145,9 @@ class Trainer:
         self._evaluated: tuple[int, dict] = (-1, {})
         self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
         self.seen = 0  # examples since the last log (a host count: no device read)
-        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.backend.device)
+        self.nonfinite = torch.zeros((), device=self.backend.device)  # > 0 once a loss was NaN/inf
+        self.check_every = (t.check_finite_every if t.check_finite_every is not None
+                            else self.backend.check_finite_every(t.metrics_every))
         self._logger_factories = self._loggers()
 
     def _resume(self) -> None:
@@ -131,7 +155,7 @@ class Trainer:
         with the step) and its newest good checkpoint (a notice names a damaged one)."""
         stored = self.folder.stored_recipe()
         changed = resume_changes(stored, self.recipe, self.run_dir)
-        state, notice = self.folder.load_checkpoint(self.backend.device)
+        state, notice = self.folder.load_checkpoint("cpu")  # written from the CPU by any backend
         if notice:
             print(f"nalign: notice: {notice}", file=sys.stderr, flush=True)
         self._load(state)
@@ -165,18 +189,21 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
-        """Write ``checkpoint.pt`` atomically: model, optimizers, lr state, RNG states, running stats, step."""
+        """Write ``checkpoint.pt`` atomically (rank 0, CPU tensors): model, optimizers, lr state, RNG
+        states, the running stats summed over the processes, step. Every process calls it."""
         self.saved_step = self.step
-        return checkpoint.save({
+        running = torch.tensor(self.backend.sum_across(self.running))
+        self.backend.save({
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
             "schedules": {k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
                           for k, c in self.components.items()},
             "rng": checkpoint.rng_state(),
-            "running": {"sums": self.running, "seen": self.seen},  # train loss/accuracy since the last log
+            "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
             "recipe": to_yaml(self.recipe),
         }, self.run_dir / CHECKPOINT)
+        return self.run_dir / CHECKPOINT
 
     def _load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -185,7 +212,7 @@ class Trainer:
                 component.load_state_dict(state["optimizers"][key])
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])
-        if "running" in state:
+        if "running" in state and self.backend.is_main:  # global sums: counted once, by rank 0
             self.running.copy_(state["running"]["sums"])
             self.seen = int(state["running"]["seen"])
 
@@ -204,7 +231,7 @@ class Trainer:
         """(total loss, task loss incl. model L2, logits) of one micro-batch."""
         t = self.recipe.train
         with self.backend.autocast():
-            logits = self.model(x)
+            logits = self.net(x)
             task = F.cross_entropy(logits, y)
             if t.model_l2:
                 task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(self.model))
@@ -212,47 +239,52 @@ class Trainer:
         return total, task, logits
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One optimizer step at ``self.step`` on the batch (x, y); accumulates the running stats."""
+        """One optimizer step at ``self.step`` on this process's part (x, y) of the global batch;
+        accumulates the running stats. No host read of a device value, except at check steps."""
         t, step = self.recipe.train, self.step
         set_epoch(self.model, step / self.steps_per_epoch, angle_factor=t.alignment_rate / t.loss_rate)
         for component in self.components.values():
             if component is not None:
                 component.zero_grad()
-        for xm, ym in zip(x.chunk(t.accumulate), y.chunk(t.accumulate)):
-            total, task, logits = self.losses(xm, ym)
-            (total / t.accumulate).backward()
+        for index, (xm, ym) in enumerate(zip(x.chunk(t.accumulate), y.chunk(t.accumulate))):
+            with self.backend.micro_batch(self.net, last=index == t.accumulate - 1):
+                total, task, logits = self.losses(xm, ym)
+                (total / t.accumulate).backward()
             self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
-            self.seen += len(ym)
-            self.nonfinite |= ~torch.isfinite(total.detach())
-        if t.check_finite_every and (step + 1) % t.check_finite_every == 0:
+            self.seen += len(ym) * self.backend.world_size
+            self.nonfinite += (~torch.isfinite(total.detach())).float()
+        if self.check_every and (step + 1) % self.check_every == 0:
             self.check_finite(step)
-        for component, active in zip(self.components.values(), self.updates(step)):
-            if component is None:
-                continue
+        updates = [(c, active) for c, active in zip(self.components.values(), self.updates(step)) if c is not None]
+        self.backend.reduce_gradients([p for component, active in updates if active for p in component.params])
+        for component, active in updates:
             if active:
                 if t.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(component.params, t.clip_grad_norm)
                 component.step(step)
             else:
                 component.set_step(step)
+        self.backend.end_step()
 
-    def time_steps(self, x: torch.Tensor, y: torch.Tensor, repeats: int) -> list[float]:
-        """Wall seconds of each of ``repeats`` extra training steps on (x, y), device synchronised.
+    def time_steps(self, x: torch.Tensor, y: torch.Tensor, repeats: int,
+                   clock: Callable[[], float] = time.perf_counter) -> list[float]:
+        """Seconds (wall, or ``clock``) of each of ``repeats`` extra training steps on (x, y), device
+        synchronised.
 
         For speed comparisons after a run: it updates the in-memory model, not the run folder.
         """
         x, y = self.backend.to_device((x.to(self.dtype), y))
         seconds = []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start = clock()
             self.train_step(x, y)
             self.backend.synchronize()
-            seconds.append(time.perf_counter() - start)
+            seconds.append(clock() - start)
         return seconds
 
     def check_finite(self, step: int, weights: bool = False) -> None:
         """Raise :class:`TrainingDiverged` if a loss since the last check (with ``weights``: or a parameter) is NaN/inf."""
-        loss_bad = bool(self.nonfinite)
+        loss_bad = self.backend.sum_across(self.nonfinite) > 0  # every process stops together
         if loss_bad or (weights and not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())):
             last = self.run_dir / CHECKPOINT
             kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
@@ -265,14 +297,15 @@ class Trainer:
     # -- evaluation and logging -----------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Test loss and top-k accuracies over the whole test set, the same over the validation set
-        when ``data.val_split`` holds one out (``val_*``), gradient angles and a weight snapshot
-        (``recipes/probes.py``); computed once per step."""
+        when ``data.val_split`` holds one out (``val_*``), each process evaluating its share;
+        gradient angles and a weight snapshot (rank 0, ``recipes/probes.py``); computed once per step."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
         metrics = self.evaluate_split(self.splits.test, "test")
         if self.splits.val is not None:
             metrics.update(self.evaluate_split(self.splits.val, "val"))
-        metrics.update(self.probes.record(self.model, self.step))
+        if self.probes is not None:
+            metrics.update(self.probes.record(self.model, self.step))
         self._evaluated = (self.step, metrics)
         return metrics
 
@@ -280,20 +313,19 @@ class Trainer:
     def evaluate_split(self, dataset, split: str) -> dict[str, float]:
         """``<split>_loss`` and top-k accuracies over the whole of ``dataset``."""
         self.model.eval()
+        share = process_share(dataset, self.backend.rank, self.backend.world_size)
         # its own generator: a loader draws its worker seed from the global RNG, which training uses
-        loader = DataLoader(dataset, batch_size=self.recipe.data.eval_batch_size,
+        loader = DataLoader(share, batch_size=self.recipe.data.eval_batch_size,
                             num_workers=self.recipe.data.num_workers, generator=torch.Generator())
         sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
-        count = 0
         for x, y in loader:
             x, y = self.backend.to_device((x.to(self.dtype), y))
             with self.backend.autocast():
                 logits = self.model(x)
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1:] += topk_correct(logits, y, self.ks)
-            count += len(y)
         self.model.train()
-        values = (sums / count).tolist()
+        values = [total / len(dataset) for total in self.backend.sum_across(sums)]
         return {f"{split}_loss": values[0], **{metric_name(k, split): v for k, v in zip(self.ks, values[1:])}}
 
     def layer_summary(self) -> dict[str, float]:
@@ -314,7 +346,7 @@ class Trainer:
 
     def train_metrics(self) -> dict[str, float]:
         """Mean loss and accuracy since the last call, learning rates, epoch, layer metrics."""
-        (loss_sum, correct), count = self.running.tolist(), self.seen
+        (loss_sum, correct), count = self.backend.sum_across(self.running), self.seen
         self.running.zero_()
         self.seen = 0
         metrics = {"epoch": self.step / self.steps_per_epoch}
@@ -336,7 +368,8 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def batches(self) -> DataLoader:
         seed = self.recipe.train.seed
-        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps)
+        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps,
+                              self.backend.rank, self.backend.world_size)
         # the generator only seeds the workers (their augmentation draws): from the run's seed and start step,
         # not the global RNG (a resumed run must not shift it) nor a fixed seed (every run alike)
         return DataLoader(self.splits.train, batch_sampler=sampler, num_workers=self.recipe.data.num_workers,
@@ -348,13 +381,13 @@ class Trainer:
         t = self.recipe.train
         self.model.train()
         # disable=None: tqdm shows the bar only on a terminal
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=None if t.progress else True, desc=self.recipe.name)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.name,
+                   disable=None if t.progress and self.backend.is_main else True)
         start_step, step_seconds, summary = self.step, [], {}
         try:
             clock = time.perf_counter()
-            for x, y in self.batches():
-                x, y = self.backend.to_device((x.to(self.dtype), y))
-                self.train_step(x, y)
+            for x, y in self.backend.batches(self.batches()):
+                self.train_step(x.to(self.dtype), y)
                 self.step += 1
                 bar.update(1)
                 logging = self.due(t.metrics_every) or self.due(t.eval_every)
@@ -380,7 +413,7 @@ class Trainer:
             if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
                 self.save()
             summary = self.summary(step_seconds, "finished")
-            return RunResult(self.run_dir, summary, self.model)
+            return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
         except TrainingDiverged as exc:
             summary = {"status": "diverged", "step": self.step, "error": str(exc)}
             raise
@@ -400,7 +433,8 @@ class Trainer:
                 "steps": self.step, "epochs": self.step / self.steps_per_epoch,
                 "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
                 "train_seconds": sum(step_seconds),
-                **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k}}
+                **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k},
+                **self.backend.summary()}
 
 
 def train(recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,

@@ -1,0 +1,118 @@
+"""Images per second of the real ``Trainer`` step, every rule against ``bp``, on one backend.
+
+    python benchmarks/train_step.py [--backend cpu|cuda|xla] [--archs resnet18,convnet]
+        [--image-size 64] [--resnet-batch 32] [--reps 10] [--autocast bfloat16] [--channels-last]
+
+One step is what ``nalign run`` does per step: forward, task and alignment losses, one backward,
+both components' optimizer updates (the alignment optimizer too), the end of the step and a
+device synchronisation. Each rule gets its own ``Trainer`` built from the real recipe
+(``imagenet-resnet18`` for ResNets, ``fmnist-convnet`` for the demo convnet, with the rule's
+``by_rule`` settings) on seeded synthetic images of the same shape. All rules run in this
+process, interleaved repetition by repetition in a shuffled order after a warm-up; the ratio is
+the median over repetitions of (rule step / bp step of the same repetition). On the CPU the
+clock is the process's CPU time with one thread (a shared machine's wall clock measures the
+neighbours); on a GPU or XLA device the wall clock.
+
+The bound is ``benchmarks/ops.py``'s (forward-sized products of the rule's alignment pass over
+native backprop; bp is native). A rule passes within 1.10 of bp (``fa``) or 1.15 of its bound.
+The optimizer step of B, which ops.py does not time, is in the measured step here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ops import RULES, bound  # noqa: E402
+
+from neural_alignment.recipes.loader import load_recipe  # noqa: E402
+from neural_alignment.recipes.trainer import Trainer  # noqa: E402
+
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
+
+
+def overrides(arch: str, args) -> tuple[str, list[str], int]:
+    """(recipe, overrides, batch) for ``arch`` on synthetic images."""
+    if arch == "convnet":
+        recipe, shape, classes, batch = "fmnist-convnet", [1, 28, 28], 10, args.convnet_batch
+    else:
+        size, batch = args.image_size, args.resnet_batch
+        recipe, shape, classes = "imagenet-resnet18", [3, size, size], 1000
+    backend = {"autocast_dtype": args.autocast, "channels_last": args.channels_last}
+    backend = {k: v for k, v in backend.items() if v}
+    return recipe, [
+        f"model.arch={arch}", "data.dataset=synthetic", "data.num_workers=0", f"data.batch_size={batch}",
+        f"data.options={{shape: {shape}, num_classes: {classes}, train_size: {batch}, test_size: 8}}",
+        "train.steps=1000000", "train.epochs=null", "log.loggers=[jsonl]", "train.progress=false",
+        f"backend.name={args.backend}", f"backend.options={backend}",
+    ], batch
+
+
+def benchmark(arch: str, args, clock, folder: Path) -> bool:
+    recipe_name, common, batch = overrides(arch, args)
+    trainers = {rule: Trainer(load_recipe(recipe_name, [*common, f"rule.name={rule}"]), folder / f"{arch}-{rule}")
+                for rule in RULES}
+    x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch))))
+    times = {rule: [] for rule in RULES}
+    order = list(RULES)
+    shuffle = random.Random(0).shuffle
+    for rep in range(args.warmup + args.reps):
+        shuffle(order)
+        for rule in order:
+            (seconds,) = trainers[rule].time_steps(x, y, 1, clock)
+            if rep >= args.warmup:
+                times[rule].append(seconds)
+    base = statistics.median(times["bp"])
+    shape = "x".join(str(d) for d in x.shape)
+    print(f"\n{arch}, batch {shape}: bp step {base * 1e3:.1f} ms, {batch / base:.1f} images/s (median of {args.reps})")
+    print(f"{'rule':<6}{'images/s':>10}{'ratio':>8}{'bound':>8}{'limit':>8}  ok")
+    all_ok = True
+    for rule in RULES:
+        trainer = trainers[rule]
+        ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"]))
+        with torch.no_grad():
+            b = bound(trainer.model, trainer.backend.to_device(x.to(trainer.dtype)))
+        limit = 1.10 if rule == "fa" else 1.15 * b
+        ok = ratio <= limit
+        all_ok &= ok
+        print(f"{rule:<6}{batch / statistics.median(times[rule]):>10.1f}{ratio:>8.3f}{b:>8.3f}{limit:>8.3f}  "
+              f"{'yes' if ok else 'NO'}")
+    return all_ok
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default="cpu", help="cpu, cuda, xla (any registered backend)")
+    parser.add_argument("--archs", default="resnet18,convnet", help="comma-separated: resnet18, resnet50, convnet")
+    parser.add_argument("--image-size", type=int, default=64, help="ResNet input size (224 on a GPU)")
+    parser.add_argument("--resnet-batch", type=int, default=32)
+    parser.add_argument("--convnet-batch", type=int, default=128)
+    parser.add_argument("--reps", type=int, default=10, help="timed repetitions per rule")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), help="default: cpu on the cpu backend, else wall")
+    parser.add_argument("--autocast", help="autocast dtype, e.g. bfloat16")
+    parser.add_argument("--channels-last", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    clock_name = args.clock or ("cpu" if args.backend == "cpu" else "wall")
+    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), "
+          f"autocast {args.autocast or 'off'}, channels_last {args.channels_last}, {clock_name} clock")
+    ok = True
+    with tempfile.TemporaryDirectory() as folder:
+        for arch in args.archs.split(","):
+            ok &= benchmark(arch.strip(), args, CLOCKS[clock_name], Path(folder))
+    print("\nall within their limits" if ok else "\nsome rule is over its limit")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
