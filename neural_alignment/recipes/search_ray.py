@@ -8,7 +8,8 @@ TPE loss and record; a driver-side callback appends the record to ``trials.jsonl
 the experiment (the searcher's state included) in ``DIR/ray``: a search started again on the
 same DIR restores it with Ray's experiment restore, finished trials are not run again and an
 interrupted one is started again with the same values (its run folder resumes from its
-checkpoint). The number of trials of a restored experiment is the one it started with.
+checkpoint), and one Ray restarts although ``trials.jsonl`` already holds its record (an
+interruption between the two) reports that record without training. The number of trials of a restored experiment is the one it started with.
 
 For a remote cluster DIR must be storage every node reaches at the same path.
 """
@@ -31,8 +32,12 @@ def ray_trial(config: dict, plan: SearchPlan, objective: Objective, out: str) ->
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    sample = resolve(objective.space, config)
-    record = run_trial(plan, objective, sample, Path(out) / TRIAL_FOLDERS / f"trial-{trial_id}", trial_id)
+    recorded = TrialLog(Path(out), objective, plan.max_evals, echo=lambda line: None)
+    if trial_id in recorded:  # recorded before an interruption cut Ray's own bookkeeping: keep the record
+        record = recorded.records[str(trial_id)]
+    else:
+        sample = resolve(objective.space, config)
+        record = run_trial(plan, objective, sample, Path(out) / TRIAL_FOLDERS / f"trial-{trial_id}", trial_id)
     tune.report({"loss": objective.loss(record), "record": json.dumps(record)})
 
 
@@ -42,7 +47,9 @@ def record_callback(out: Path, objective: Objective, total: int):
 
     class RecordTrials(tune.Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            TrialLog(out, objective, total).add(json.loads(result["record"]))
+            log, record = TrialLog(out, objective, total), json.loads(result["record"])
+            if record["trial"] not in log:  # a trial restored after it was recorded reports the same record
+                log.add(record)
 
     return RecordTrials()
 
