@@ -233,3 +233,19 @@ def test_trials_are_wandb_runs_grouped_under_the_search(tmp_path, monkeypatch):
     trial = out / records(out)[0]["run_dir"]
     assert yaml.safe_load((trial / "recipe.yaml").read_text())["log"]["options"]["wandb"]["group"] == "grouped"
     assert list((trial / "wandb").glob("offline-run-*"))  # a real (offline) W&B run in the trial's folder
+
+
+def test_the_ray_callback_keeps_a_record_trials_jsonl_already_holds(tmp_path):
+    """A trial Ray restarts after its record was written (an interruption between the two) reports
+    the same record again: trials.jsonl keeps the first, nothing is written twice."""
+    pytest.importorskip("ray")
+    from neural_alignment.recipes.search import Objective, TrialLog
+    from neural_alignment.recipes.search_ray import record_callback
+
+    objective = Objective({"rule.noise_std": {"dist": "uniform", "low": 0, "high": 1}}, "val_acc", "max", 1, "t", False)
+    first = {"trial": "abc", "values": {"rule.noise_std": 0.5}, "score": 0.5, "status": "finished", "seconds": 1.0}
+    TrialLog(tmp_path, objective, 2, echo=lambda line: None).add(first)
+    callback = record_callback(tmp_path, objective, 2)
+    callback.on_trial_result(0, [], None, {"record": json.dumps({**first, "seconds": 9.0})})
+    callback.on_trial_result(0, [], None, {"record": json.dumps({**first, "trial": "def"})})
+    assert records(tmp_path) == [first, {**first, "trial": "def"}]
