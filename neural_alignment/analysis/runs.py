@@ -17,10 +17,8 @@ from typing import Sequence
 
 from neural_alignment.core import snapshots
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import LAYER_SEPARATOR
+from neural_alignment.core.logger import LAYER_SEPARATOR, METRICS_FILE, SUMMARY_FILE
 
-METRICS_FILE = "metrics.jsonl"  # the jsonl logger's record (plugins/loggers/jsonl.py)
-SUMMARY_FILE = "summary.json"
 COMPARISON_FILE = "comparison.json"  # written by nalign compare
 
 

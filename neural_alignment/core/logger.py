@@ -13,6 +13,9 @@ Metric names: a per-layer metric is named ``<metric>/<layer>`` (see :func:`layer
 e.g. ``angle/features.0`` for the weight angle of layer ``features.0``; run-level metrics
 have no ``/`` (``loss``, ``test_acc``, ``mean_weight_angle``). Loggers that group charts
 (W&B) group them by the part before the ``/``.
+
+The always-on ``jsonl`` logger writes ``METRICS_FILE`` and ``SUMMARY_FILE`` in the run folder;
+the trainer, the executor and the analyses read them by these names.
 """
 
 from __future__ import annotations
@@ -21,6 +24,10 @@ import abc
 from typing import Any, Callable, Mapping
 
 LAYER_SEPARATOR = "/"
+METRICS_FILE = "metrics.jsonl"
+"""The always-on ``jsonl`` logger's record in the run folder: one JSON object per logged step."""
+SUMMARY_FILE = "summary.json"
+"""Written by the ``jsonl`` logger's ``close(summary)`` when the run ends."""
 
 
 def layer_metric_key(metric: str, layer: str) -> str:

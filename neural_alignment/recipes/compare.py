@@ -38,12 +38,13 @@ from torch.utils.data import default_collate
 from neural_alignment.analysis.figures import plot_comparison, plot_grid
 from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
+from neural_alignment.core.logger import METRICS_FILE
 from neural_alignment.recipes.aggregate import aggregate, grid_table, markdown
 from neural_alignment.recipes.build import build_data, data_key
 from neural_alignment.recipes.executor import FINISHED, RunSpec, run_specs
 from neural_alignment.recipes.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.rundir import METRICS, default_run_dir
+from neural_alignment.recipes.rundir import default_run_dir
 from neural_alignment.recipes.trainer import Trainer
 from neural_alignment.registry import UnknownNameError, get_registry
 
@@ -127,7 +128,7 @@ def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[Run
     rows, trainers, histories, datasets = [], {}, {}, {}
     for (point, summary), spec in zip(results, specs):
         rows.append({"rule": point.rule, **summary})
-        if (spec.run_dir / METRICS).is_file():  # a run that failed before training has no record
+        if (spec.run_dir / METRICS_FILE).is_file():  # a run that failed before training has no record
             histories[point.rule] = read_history(spec.run_dir)
         if summary.get("status") == FINISHED:  # rebuilt from its checkpoint, for the step times
             recipe = load_recipe(spec.name, spec.overrides)
@@ -176,7 +177,7 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
         else:
             first = min(p.seed for p in points)
             plot_comparison({p.rule: read_history(spec.run_dir) for p, spec in zip(points, specs)
-                             if p.seed == first and (spec.run_dir / METRICS).is_file()}, out / "comparison.png")
+                             if p.seed == first and (spec.run_dir / METRICS_FILE).is_file()}, out / "comparison.png")
     print(table)
     for spec, summary in failed:
         print(f"nalign: warning: {spec.run_dir} {summary['status']}: {summary.get('error', '')}", file=sys.stderr)

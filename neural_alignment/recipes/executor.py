@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from neural_alignment.core.errors import UserError
+from neural_alignment.core.logger import SUMMARY_FILE
 from neural_alignment.recipes.divergence import TrainingDiverged
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.rundir import SUMMARY, has_checkpoint
+from neural_alignment.recipes.rundir import has_checkpoint
 
 FINISHED = "finished"
 
@@ -44,7 +45,7 @@ class RunSpec:
 
 def finished_summary(run_dir: str | os.PathLike) -> dict | None:
     """The summary of a finished run in ``run_dir``, else ``None``."""
-    path = Path(run_dir) / SUMMARY
+    path = Path(run_dir) / SUMMARY_FILE
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -34,12 +34,11 @@ from omegaconf import DictConfig, OmegaConf
 from neural_alignment.core import checkpoint
 from neural_alignment.core.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
+from neural_alignment.core.logger import METRICS_FILE
 from neural_alignment.recipes.loader import load_resolved_recipe
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = checkpoint.previous_path(CHECKPOINT).name
-METRICS = "metrics.jsonl"  # written by the always-on jsonl logger
-SUMMARY = "summary.json"  # written by the always-on jsonl logger when the run ends
 RECIPE = "recipe.yaml"
 HISTORY_KEY = "resumed"  # the recipe key that records what each resume changed
 
@@ -208,5 +207,5 @@ class RunFolder:
         if self._damaged:
             os.replace(self.path / CHECKPOINT, self.path / f"{CHECKPOINT}.damaged")
         if resume_step is not None:
-            drop_records_after(self.path / METRICS, resume_step)
+            drop_records_after(self.path / METRICS_FILE, resume_step)
         write_text_atomically(self.path / RECIPE, recipe_yaml)

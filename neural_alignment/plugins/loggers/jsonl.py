@@ -13,12 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from neural_alignment.core.atomic import write_text_atomically
-from neural_alignment.core.logger import Logger, to_scalar
+from neural_alignment.core.logger import METRICS_FILE, SUMMARY_FILE, Logger, to_scalar
 from neural_alignment.core.options import checked_options
-
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-
 
 def json_default(value: Any) -> Any:
     """JSON for what ``json`` cannot write itself: tensors and numpy scalars as numbers, paths as text."""
