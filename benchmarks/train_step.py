@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ops import RULES, bound  # noqa: E402
 
 from neural_alignment.recipes.loader import load_recipe  # noqa: E402
-from neural_alignment.recipes.trainer import Trainer  # noqa: E402
+from neural_alignment.training.trainer import Trainer  # noqa: E402
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_ddp import variant  # noqa: E402
 
-from neural_alignment.recipes.trainer import train  # noqa: E402
+from neural_alignment.training.trainer import train  # noqa: E402
 
 if __name__ == "__main__":
     out, names = Path(sys.argv[1]), sys.argv[2:]

@@ -1,8 +1,8 @@
-"""core.atomic: a replaced file is the old one or the new one, and no temporary file stays."""
+"""runtime.atomic: a replaced file is the old one or the new one, and no temporary file stays."""
 
 import pytest
 
-from neural_alignment.core.atomic import replaced_atomically, write_text_atomically
+from neural_alignment.runtime.atomic import replaced_atomically, write_text_atomically
 
 
 def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):

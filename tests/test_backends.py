@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.batches import StepBatches, process_share
-from neural_alignment.recipes.trainer import Trainer
+from neural_alignment.training.batches import StepBatches, process_share
+from neural_alignment.training.trainer import Trainer
 
 from test_trainer import recipe
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from neural_alignment.core import checkpoint
+from neural_alignment.runtime import checkpoint
 
 
 def test_save_load_round_trip_with_weights_only(tmp_path):

@@ -3,7 +3,7 @@
 import json
 
 from neural_alignment.cli import main
-from neural_alignment.recipes.compare import dataset_overrides
+from neural_alignment.grids.compare import dataset_overrides
 
 FEW = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "model.options.hidden=[16]",
        "train.steps=6", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
@@ -49,8 +49,8 @@ def test_a_bad_recipe_for_a_later_rule_fails_before_training(tmp_path, capsys, m
 
 
 def test_the_trainers_held_for_the_timing_share_one_dataset_in_memory(tmp_path, monkeypatch):
-    from neural_alignment.recipes import compare
-    from neural_alignment.recipes.trainer import Trainer
+    from neural_alignment.grids import compare
+    from neural_alignment.training.trainer import Trainer
 
     held = []
 

@@ -8,12 +8,12 @@ import matplotlib.image
 import pytest
 import yaml
 
-import neural_alignment.recipes.trainer as trainer_module
+import neural_alignment.training.trainer as trainer_module
 from neural_alignment.cli import main
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.aggregate import aggregate, mean_sem
-from neural_alignment.recipes.compare import compare
-from neural_alignment.recipes.grid import GridPoint, parse_vary, split_top_level
+from neural_alignment.grids.aggregate import aggregate, mean_sem
+from neural_alignment.grids.compare import compare
+from neural_alignment.grids.grid import GridPoint, parse_vary, split_top_level
 
 FEW = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "train.epochs=null",
        "train.steps=6", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]

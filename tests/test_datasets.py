@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from neural_alignment.core.data import DataSplits, random_subset
+from neural_alignment.runtime.data import DataSplits, random_subset
 from neural_alignment.core.errors import UserError
 from neural_alignment.plugins.datasets.idx import read_idx
 from neural_alignment.registry import Registry

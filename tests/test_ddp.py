@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from neural_alignment.cli import main
-from neural_alignment.core import checkpoint
-from neural_alignment.core.snapshots import snapshot_steps
+from neural_alignment.runtime import checkpoint
+from neural_alignment.runtime.snapshots import snapshot_steps
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.trainer import train
+from neural_alignment.training.trainer import train
 
 TINY = [
     "data.dataset=digits", "data.train_limit=256", "data.test_limit=64", "data.batch_size=32",

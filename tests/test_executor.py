@@ -2,7 +2,7 @@
 
 import json
 
-from neural_alignment.recipes.executor import RunSpec, run_all, run_one
+from neural_alignment.grids.executor import RunSpec, run_all, run_one
 
 TINY = (
     "data.train_limit=128", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[8]",

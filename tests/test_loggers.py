@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import Logger, layer_metric_key
+from neural_alignment.runtime.logger import Logger, layer_metric_key
 from neural_alignment.plugins.loggers.wandb_logger import resolve_mode
 from neural_alignment.registry import Registry
 

@@ -11,9 +11,9 @@ import torch
 
 from neural_alignment.analysis import neural_fit
 from neural_alignment.cli import main
-from neural_alignment.recipes.build import build_data
+from neural_alignment.training.build import build_data
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.trained import load_trained_model
+from neural_alignment.training.trained import load_trained_model
 
 FEW = ["data.train_limit=256", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[24]",
        "train.steps=8", "train.eval_every=4", "train.progress=false", "log.loggers=[jsonl]"]

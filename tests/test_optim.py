@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.optim import ComponentOptimizer, add_update_noise, make_lr_schedule, make_optimizer
+from neural_alignment.runtime.optim import ComponentOptimizer, add_update_noise, make_lr_schedule, make_optimizer
 
 
 def test_constant_schedule_is_the_base_lr():

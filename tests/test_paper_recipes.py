@@ -8,9 +8,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from neural_alignment.api import get_rule
-from neural_alignment.core.optim import make_lr_schedule
+from neural_alignment.runtime.optim import make_lr_schedule
 from neural_alignment.core.rules import FLAG_NAMES
-from neural_alignment.recipes.build import rule_options
+from neural_alignment.training.build import rule_options
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.registry import get_registry
 

@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from neural_alignment.api import convert
-from neural_alignment.core import snapshots
+from neural_alignment.runtime import snapshots
 from neural_alignment.plugins.architectures.mlp import mlp
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.probes import GRADIENT_BATCH, fixed_batch, gradient_angle_metrics
-from neural_alignment.recipes.trainer import train
+from neural_alignment.training.probes import GRADIENT_BATCH, fixed_batch, gradient_angle_metrics
+from neural_alignment.training.trainer import train
 
 TINY = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "model.options.hidden=[40]",
         "train.steps=6", "train.metrics_every=2", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
@@ -81,7 +81,7 @@ def test_logged_gradient_angle_equals_a_hand_computation_on_the_two_layer_net(tm
 
 
 def load_split(split="test", extra=()):
-    from neural_alignment.recipes.build import build_data
+    from neural_alignment.training.build import build_data
 
     return getattr(build_data(load_recipe("digits-mlp", [*TINY, *extra])), split)
 

@@ -1,6 +1,6 @@
-"""recipes.ray_cluster: which cluster a Ray search or grid connects to."""
+"""grids.ray_cluster: which cluster a Ray search or grid connects to."""
 
-from neural_alignment.recipes.ray_cluster import ADDRESS_VARIABLE, init_arguments
+from neural_alignment.grids.ray_cluster import ADDRESS_VARIABLE, init_arguments
 
 
 def test_ray_address_names_the_cluster(monkeypatch):

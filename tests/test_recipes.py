@@ -130,7 +130,7 @@ def test_show_bad_key_exits_2_with_one_line(capsys):
 
 def test_table5_recipes_build_their_rules():
     from neural_alignment.api import get_rule
-    from neural_alignment.recipes.build import rule_options
+    from neural_alignment.training.build import rule_options
 
     ia = load_recipe("imagenet-resnet18-ia-tpe")
     rule = get_rule(ia.rule.name, **rule_options(ia.rule))

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from neural_alignment.cli import main
-from neural_alignment.core import checkpoint
-from neural_alignment.recipes import rundir
+from neural_alignment.runtime import checkpoint
+from neural_alignment.training import rundir
 
 TINY = ["data.train_limit=128", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[8]",
         "train.progress=false", "log.loggers=[jsonl]", "train.epochs=null", "train.metrics_every=1"]
@@ -51,7 +51,7 @@ def test_a_folder_held_by_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(
     out = tmp_path / "C"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from neural_alignment.recipes.rundir import RunFolder
+        from neural_alignment.training.rundir import RunFolder
         held = RunFolder({str(out)!r})
         held.claim(resume=False)
         print("held", flush=True)
@@ -175,7 +175,7 @@ def test_a_run_that_fails_before_writing_leaves_no_folder(tmp_path, capsys):
 
 
 def test_a_held_folder_is_released_when_the_run_ends(tmp_path):
-    from neural_alignment.recipes.rundir import RunFolder
+    from neural_alignment.training.rundir import RunFolder
 
     folder = RunFolder(tmp_path / "f")
     folder.claim(resume=False)

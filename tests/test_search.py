@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from neural_alignment.cli import main
-from neural_alignment.recipes.search import SearchPlan, plan_for, run_search
-from neural_alignment.recipes.trainer import Trainer
+from neural_alignment.search.run import plan_for, run_search
+from neural_alignment.search.trials import SearchPlan
+from neural_alignment.training.trainer import Trainer
 
 TINY = """\
 name: tiny-search
@@ -239,8 +240,8 @@ def test_the_ray_callback_keeps_a_record_trials_jsonl_already_holds(tmp_path):
     """A trial Ray restarts after its record was written (an interruption between the two) reports
     the same record again: trials.jsonl keeps the first, nothing is written twice."""
     pytest.importorskip("ray")
-    from neural_alignment.recipes.search import Objective, TrialLog
-    from neural_alignment.recipes.search_ray import record_callback
+    from neural_alignment.search.trials import Objective, TrialLog
+    from neural_alignment.search.on_ray import record_callback
 
     objective = Objective({"rule.noise_std": {"dist": "uniform", "low": 0, "high": 1}}, "val_acc", "max", 1, "t", False)
     first = {"trial": "abc", "values": {"rule.noise_std": 0.5}, "score": 0.5, "status": "finished", "seconds": 1.0}

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.search_space import categorical_keys, hyperopt_space, resolve
+from neural_alignment.search.space import categorical_keys, hyperopt_space, resolve
 
 FLAGS = ["fo_bias", "bo_bias", "fo_relu", "bo_relu", "fo_bwmc", "bi_bwmc", "fo_fwmc", "bo_fwmc", "fo_fwl2n",
          "bo_fwl2n", "bi_fwmc", "bi_fwl2n"]
@@ -85,7 +85,7 @@ def test_search_recipes_fix_b1_settings():
 
 def test_a_sample_is_a_valid_recipe():
     recipe, space, drawn = samples("search-fmnist-ia")
-    from neural_alignment.recipes.search import override
+    from neural_alignment.search.trials import override
 
     loaded = load_recipe("search-fmnist-ia", [override(k, v) for k, v in drawn[0].overrides.items()])
     assert loaded.rule.weights["null"] == drawn[0].overrides["rule.weights.null"]

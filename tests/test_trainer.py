@@ -10,13 +10,13 @@ import yaml
 
 from neural_alignment.api import alignment_loss
 from neural_alignment.cli import main
-from neural_alignment.core import checkpoint
+from neural_alignment.runtime import checkpoint
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.build import backward_weights, forward_weights
-from neural_alignment.recipes.divergence import TrainingDiverged
-from neural_alignment.recipes.evaluation import topk_correct
-from neural_alignment.recipes.trainer import Trainer, train
+from neural_alignment.training.build import backward_weights, forward_weights
+from neural_alignment.training.divergence import TrainingDiverged
+from neural_alignment.training.evaluation import topk_correct
+from neural_alignment.training.trainer import Trainer, train
 
 TINY = [
     "data.dataset=digits", "data.train_limit=256", "data.test_limit=100", "data.batch_size=32",

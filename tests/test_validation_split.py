@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from neural_alignment.core.data import DataSplits, holdout_count, labels_of, stratified_indices
+from neural_alignment.runtime.data import DataSplits, holdout_count, labels_of, stratified_indices
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.trainer import Trainer
+from neural_alignment.training.trainer import Trainer
 
 TINY = [
     "data.dataset=digits", "data.train_limit=300", "data.test_limit=100", "data.batch_size=32",

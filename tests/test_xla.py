@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from neural_alignment.cli import main
-from neural_alignment.core import checkpoint
+from neural_alignment.runtime import checkpoint
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.trainer import Trainer, train
+from neural_alignment.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.xla
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from neural_alignment.core.atomic import write_text_atomically
+from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
 
 
@@ -105,7 +105,7 @@ def cmd_d2(args: argparse.Namespace) -> int:
 def cmd_neural_fit(args: argparse.Namespace) -> int:
     """``nalign neural-fit RUN_DIR --layer NAME --data FILE.npz``: appendix B.5's fit, per-site r."""
     from neural_alignment.analysis import neural_fit
-    from neural_alignment.recipes.trained import load_trained_model
+    from neural_alignment.training.trained import load_trained_model
 
     json_file = new_output_file(args.json, "--json") if args.json else None
     data = neural_fit.load_neural_data(args.data)

@@ -2,8 +2,8 @@
 
 A run folder holds ``metrics.jsonl`` (one JSON object per logged step, written by the ``jsonl``
 logger), ``summary.json`` (at the end) and, when the trainer recorded them, weight snapshots
-(``core/snapshots.py``). A ``nalign compare`` output folder holds ``comparison.json`` and one
-run folder per rule. Per-layer metrics are named ``<metric>/<layer>`` (``core/logger.py``):
+(``runtime/snapshots.py``). A ``nalign compare`` output folder holds ``comparison.json`` and one
+run folder per rule. Per-layer metrics are named ``<metric>/<layer>`` (``runtime/logger.py``):
 ``angle`` (weight angle), ``grad_angle`` (gradient angle), ``norm_ratio``.
 """
 
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from neural_alignment.core import snapshots
+from neural_alignment.runtime import snapshots
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import LAYER_SEPARATOR, METRICS_FILE, SUMMARY_FILE
+from neural_alignment.runtime.logger import LAYER_SEPARATOR, METRICS_FILE, SUMMARY_FILE
 
 COMPARISON_FILE = "comparison.json"  # written by nalign compare
 

@@ -1,7 +1,7 @@
 """Built-in ``nalign`` subcommands ``search`` and ``search-report``."""
 
-from neural_alignment.recipes import search_commands
 from neural_alignment.registry.markers import hookimpl
+from neural_alignment.search import commands as search_commands
 
 
 @hookimpl

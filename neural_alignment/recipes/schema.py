@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
-from neural_alignment.core.optim import OPTIMIZERS
 from neural_alignment.core.rules import NOISE_DISTRIBUTIONS
+from neural_alignment.runtime.optim import OPTIMIZERS
 
 
 class Check:
@@ -259,7 +259,7 @@ class LogConfig:
 
 @dataclass
 class SearchConfig:
-    """``nalign search``: hyperopt's TPE over ``space`` (see ``recipes.search_space``), ``max_evals`` trials.
+    """``nalign search``: hyperopt's TPE over ``space`` (see ``search.space``), ``max_evals`` trials.
 
     ``metric``: the trial summary's value to optimise, ``goal``: max or min it. A search never
     reads the test set: ``test_*`` metrics are refused, ``val_*`` ones need ``data.val_split``.
@@ -279,7 +279,7 @@ class Recipe:
 
     Precedence, lowest first: ``base`` chain, the file, ``by_rule[rule.name]``, command-line overrides.
     ``resumed``: a run folder's record of each resume that changed a setting,
-    ``[{step, changed: {key: {from, to}}}]`` (``recipes.rundir``); training does not read it.
+    ``[{step, changed: {key: {from, to}}}]`` (``training.rundir``); training does not read it.
     """
 
     name: str = "unnamed"

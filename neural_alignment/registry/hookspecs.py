@@ -56,7 +56,7 @@ def register_architectures(register):
 
 @hookspec
 def register_datasets(register):
-    """Register dataset builders: ``obj(root=None, **options) -> DataSplits`` (``core.data``)."""
+    """Register dataset builders: ``obj(root=None, **options) -> DataSplits`` (``runtime.data``)."""
 
 
 @hookspec
@@ -66,7 +66,7 @@ def register_backends(register):
 
 @hookspec
 def register_loggers(register):
-    """Register metric loggers: ``obj(run_dir, run_name, config, **options)`` returns a ``core.logger.Logger``."""
+    """Register metric loggers: ``obj(run_dir, run_name, config, **options)`` returns a ``runtime.logger.Logger``."""
 
 
 @hookspec

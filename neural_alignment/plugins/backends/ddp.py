@@ -27,10 +27,10 @@ import torch.distributed.nn.functional as dist_nn
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from neural_alignment.core.backend import Backend
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.plugins.backends.local import cuda_device
+from neural_alignment.runtime.backend import Backend
 
 DEVICES = ("cpu", "cuda")
 

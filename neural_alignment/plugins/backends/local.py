@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from neural_alignment.core.backend import Backend
 from neural_alignment.core.errors import UserError
+from neural_alignment.runtime.backend import Backend
 
 
 class CPUBackend(Backend):

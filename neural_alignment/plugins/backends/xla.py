@@ -25,8 +25,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from neural_alignment.core.backend import Backend
 from neural_alignment.core.errors import UserError
+from neural_alignment.runtime.backend import Backend
 
 WORKER = "NALIGN_XLA_WORKER"  # set in the processes torch-xla's launcher starts
 

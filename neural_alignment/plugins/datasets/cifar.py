@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.options import checked_options
 from neural_alignment.plugins.datasets.paths import candidate_roots, find_folder
+from neural_alignment.runtime.data import DataSplits
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)

@@ -11,9 +11,9 @@ import os
 import torch
 from torch.utils.data import TensorDataset
 
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.options import checked_options
+from neural_alignment.runtime.data import DataSplits
 
 
 @checked_options("dataset 'digits'")

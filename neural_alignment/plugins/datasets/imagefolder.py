@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.options import checked_options
 from neural_alignment.plugins.datasets.paths import candidate_roots, find_folder
+from neural_alignment.runtime.data import DataSplits
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.options import checked_options
 from neural_alignment.plugins.datasets.idx import read_idx
 from neural_alignment.plugins.datasets.paths import candidate_roots, find_folder
+from neural_alignment.runtime.data import DataSplits
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),

@@ -1,7 +1,7 @@
 """Built-in loggers: ``jsonl`` (always on), ``console`` and ``wandb``.
 
 A factory is ``factory(run_dir, run_name, config, **options) -> Logger``
-(see :mod:`neural_alignment.core.logger`).
+(see :mod:`neural_alignment.runtime.logger`).
 """
 
 from neural_alignment.plugins.loggers.console import console

@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 from tqdm import tqdm
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import Logger, is_layer_metric
 from neural_alignment.core.options import checked_options
+from neural_alignment.runtime.logger import Logger, is_layer_metric
 
 STREAMS = ("stderr", "stdout")
 

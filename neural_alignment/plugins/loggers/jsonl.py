@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from neural_alignment.core.atomic import write_text_atomically
-from neural_alignment.core.logger import METRICS_FILE, SUMMARY_FILE, Logger, to_scalar
 from neural_alignment.core.options import checked_options
+from neural_alignment.runtime.atomic import write_text_atomically
+from neural_alignment.runtime.logger import METRICS_FILE, SUMMARY_FILE, Logger, to_scalar
+
 
 def json_default(value: Any) -> Any:
     """JSON for what ``json`` cannot write itself: tensors and numpy scalars as numbers, paths as text."""
@@ -24,7 +25,7 @@ def json_default(value: Any) -> Any:
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` atomically (``core.atomic``)."""
+    """Write ``data`` as indented JSON to ``path`` atomically (``runtime.atomic``)."""
     write_text_atomically(path, json.dumps(data, indent=2, default=json_default) + "\n")
 
 

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import LAYER_SEPARATOR, Logger, is_layer_metric, to_scalar
 from neural_alignment.core.options import checked_options
+from neural_alignment.runtime.logger import LAYER_SEPARATOR, Logger, is_layer_metric, to_scalar
 
 MODES = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
-from neural_alignment.recipes.executor import FINISHED
-from neural_alignment.recipes.grid import GridPoint
+from neural_alignment.grids.executor import FINISHED
+from neural_alignment.grids.grid import GridPoint
 
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("test_acc", "test acc", "{:.4f}"),

@@ -21,7 +21,7 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
 Data order is a seeded permutation per epoch (``seed``, epoch), independent of the global RNG,
 so a resumed run sees the same batches.
 
-The backend (``core.backend``) carries everything that differs between one device, DDP and XLA:
+The backend (``runtime.backend``) carries everything that differs between one device, DDP and XLA:
 which slice of each global batch this process trains on, the wrapped module the forward runs,
 the gradient averaging before clipping and the step, the end of a step, the sums read back at
 logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
@@ -29,7 +29,7 @@ claims and writes the run folder; every process evaluates its share of the test 
 other than rank 0 draw their random numbers (input noise) from their own stream, seeded from
 (seed, rank, start step).
 
-The run folder (``recipes.rundir``: locked by the run,
+The run folder (``training.rundir``: locked by the run,
 refused when it holds another run) holds ``recipe.yaml``, ``metrics.jsonl`` (the ``jsonl`` logger
 is always on), ``summary.json`` and ``checkpoint.pt`` with the one before it (atomic; every
 ``checkpoint_every`` steps and at the end). Resuming continues the folder's recipe, drops the
@@ -55,13 +55,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neural_alignment.api import alignment_loss, layer_metrics, set_epoch
-from neural_alignment.core import checkpoint
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import layer_metric_key
-from neural_alignment.core.optim import ComponentOptimizer
-from neural_alignment.recipes.batches import StepBatches, process_share
-from neural_alignment.recipes.build import (
+from neural_alignment.recipes.loader import to_yaml
+from neural_alignment.registry import get_registry
+from neural_alignment.runtime import checkpoint
+from neural_alignment.runtime.data import DataSplits
+from neural_alignment.runtime.logger import layer_metric_key
+from neural_alignment.runtime.optim import ComponentOptimizer
+from neural_alignment.training.batches import StepBatches, process_share
+from neural_alignment.training.build import (
     backward_weights,
     build_backend,
     build_data,
@@ -70,12 +72,10 @@ from neural_alignment.recipes.build import (
     make_component,
     seed_everything,
 )
-from neural_alignment.recipes.divergence import TrainingDiverged, blown_up_layer
-from neural_alignment.recipes.evaluation import metric_name, topk_correct
-from neural_alignment.recipes.loader import to_yaml
-from neural_alignment.recipes.probes import EvaluationProbes
-from neural_alignment.recipes.rundir import CHECKPOINT, RunFolder, resume_changes, with_history
-from neural_alignment.registry import get_registry
+from neural_alignment.training.divergence import TrainingDiverged, blown_up_layer
+from neural_alignment.training.evaluation import metric_name, topk_correct
+from neural_alignment.training.probes import EvaluationProbes
+from neural_alignment.training.rundir import CHECKPOINT, RunFolder, resume_changes, with_history
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Trainer:
     def __init__(self, recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
                  on_step: Callable[["Trainer", int], None] | None = None, overwrite: bool = False,
                  splits: DataSplits | None = None):
-        """Claim ``run_dir`` (``recipes.rundir``: locked, empty unless ``overwrite``; with ``resume``
+        """Claim ``run_dir`` (``training.rundir``: locked, empty unless ``overwrite``; with ``resume``
         its checkpoint and recipe, of which ``recipe`` may change only the safe keys), build
         everything (``splits``: a dataset already built for this recipe, shared), then write the folder."""
         self.recipe, self.run_dir, self.on_step = recipe, Path(run_dir), on_step
@@ -298,7 +298,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Test loss and top-k accuracies over the whole test set, the same over the validation set
         when ``data.val_split`` holds one out (``val_*``), each process evaluating its share;
-        gradient angles and a weight snapshot (rank 0, ``recipes/probes.py``); computed once per step."""
+        gradient angles and a weight snapshot (rank 0, ``training/probes.py``); computed once per step."""
         if self._evaluated[0] == self.step:
             return self._evaluated[1]
         metrics = self.evaluate_split(self.splits.test, "test")

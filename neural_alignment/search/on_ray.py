@@ -2,7 +2,7 @@
 
 At most ``--parallelism`` trials run at once (a ``ConcurrencyLimiter``), each on one CPU of a
 worker; the cluster is ``RAY_ADDRESS``'s or a local one of ``parallelism`` CPUs
-(``recipes.ray_cluster``). Each trial trains ``DIR/trials/trial-<ray trial id>`` through
+(``grids.ray_cluster``). Each trial trains ``DIR/trials/trial-<ray trial id>`` through
 ``search.run_trial`` (the same run folders and records as the local backend) and reports its
 TPE loss and record; a driver-side callback appends the record to ``trials.jsonl``. Ray keeps
 the experiment (the searcher's state included) in ``DIR/ray``: a search started again on the
@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from neural_alignment.recipes.ray_cluster import import_ray, ray_cluster
-from neural_alignment.recipes.search import TRIAL_FOLDERS, Objective, SearchPlan, TrialLog, run_trial
-from neural_alignment.recipes.search_space import hyperopt_space, resolve
+from neural_alignment.grids.ray_cluster import import_ray, ray_cluster
+from neural_alignment.search.space import hyperopt_space, resolve
+from neural_alignment.search.trials import TRIAL_FOLDERS, Objective, SearchPlan, TrialLog, run_trial
 
 EXPERIMENT = "ray"
 """The Ray experiment's folder name inside DIR."""

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neural_alignment.core import checkpoint
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.build import build_data, build_model
 from neural_alignment.recipes.loader import load_resolved_recipe
-from neural_alignment.recipes.rundir import CHECKPOINT, RECIPE
+from neural_alignment.runtime import checkpoint
+from neural_alignment.training.build import build_data, build_model
+from neural_alignment.training.rundir import CHECKPOINT, RECIPE
 
 
 def load_trained_model(run_dir: str | Path) -> nn.Module:

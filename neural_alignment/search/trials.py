@@ -3,7 +3,7 @@
 A search folder DIR holds:
 
 - ``search.json``: the plan (recipe, overrides, number of trials, backend, seed), for ``--resume``;
-- ``trials/<trial>/``: one run folder per trial, trained by ``recipes.executor.run_one`` (so
+- ``trials/<trial>/``: one run folder per trial, trained by ``grids.executor.run_one`` (so
   ``nalign run --resume`` works on it), with ``trial.json`` (the values it was given);
 - ``trials.jsonl``: a line per finished trial: ``trial``, ``values`` (the sampled values, a
   conditional choice by its branch index), ``overrides`` (the recipe keys set), ``score``
@@ -21,27 +21,25 @@ value is copied into ``trials.jsonl``.
 Backends: ``local`` (:func:`search_local`, ``hyperopt.fmin`` one trial at a time, the hyperopt
 ``Trials`` pickled in DIR after each; TPE's suggestion for trial t is seeded by (seed, t), so a
 resumed search re-suggests an interrupted trial identically and resumes its run folder) and
-``ray`` (``recipes.search_ray``).
+``ray`` (``search.on_ray``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import pickle
 import shutil
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
-from neural_alignment.core.atomic import replaced_atomically, write_text_atomically
+from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.executor import FINISHED, RunSpec, run_one
-from neural_alignment.recipes.loader import find_recipe, load_recipe, to_yaml
-from neural_alignment.recipes.search_space import Sample, hyperopt_space, resolve
+from neural_alignment.grids.executor import FINISHED, RunSpec, run_one
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.search.space import Sample, hyperopt_space
 
 PLAN = "search.json"
 TRIALS = "trials.jsonl"
@@ -206,109 +204,3 @@ class TrialLog:
 
 def format_value(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def seeded_tpe(seed: int, startup_trials: int, new_ids, domain, trials, _seed):
-    """hyperopt's TPE, its draw for trial ``t`` seeded by (``seed``, t) rather than by fmin's running RNG."""
-    from hyperopt import tpe
-
-    return tpe.suggest(new_ids, domain, trials, seed=seed * 1_000_003 + int(new_ids[0]),
-                       n_startup_jobs=startup_trials)
-
-
-def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog) -> None:
-    """``hyperopt.fmin`` one trial at a time, ``trials.pkl`` written atomically after each."""
-    import numpy as np
-    from hyperopt import STATUS_OK, Trials, fmin
-    from hyperopt.pyll import rec_eval
-
-    pickled = out / HYPEROPT_TRIALS
-    trials = pickle.loads(pickled.read_bytes()) if pickled.is_file() else Trials()
-    space = hyperopt_space(objective.space)
-
-    def evaluate(expr, memo, ctrl):
-        tid = int(ctrl.current_trial["tid"])
-        if tid in log:  # finished and recorded, but killed before trials.pkl was saved: keep the record
-            return {"loss": objective.loss(log.records[str(tid)]), "status": STATUS_OK}
-        sample = resolve(objective.space, rec_eval(expr, memo=memo))
-        record = run_trial(plan, objective, sample, out / TRIAL_FOLDERS / f"trial-{tid:04d}", tid)
-        log.add(record)
-        return {"loss": objective.loss(record), "status": STATUS_OK}
-
-    evaluate.fmin_pass_expr_memo_ctrl = True
-    algo = partial(seeded_tpe, plan.seed, objective.startup_trials)
-    while len(trials.trials) < plan.max_evals:
-        fmin(evaluate, space, algo=algo, max_evals=len(trials.trials) + 1, trials=trials,
-             rstate=np.random.default_rng(plan.seed), show_progressbar=False)
-        with replaced_atomically(pickled) as tmp:
-            tmp.write_bytes(pickle.dumps(trials))
-
-
-def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print) -> dict | None:
-    """Run (or continue) the search ``plan`` in ``out``; write best.yaml and summary.md; return the best record."""
-    if plan.max_evals < 1:
-        raise UserError(f"the number of trials must be >= 1, got {plan.max_evals} (--max-evals or search.max_evals)")
-    if plan.backend not in ("local", "ray"):
-        raise UserError(f"--backend must be local or ray, got {plan.backend!r}")
-    if plan.parallelism < 1:
-        raise UserError(f"--parallelism must be >= 1, got {plan.parallelism}")
-    objective = Objective.of(plan.load())
-    plan.save(out)
-    log = TrialLog(out, objective, plan.max_evals, echo)
-    if plan.backend == "local":
-        search_local(plan, objective, out, log)
-    else:
-        from neural_alignment.recipes.search_ray import search_ray
-
-        search_ray(plan, objective, out, log)
-    return finish(plan, objective, out, log, echo)
-
-
-def finish(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog, echo: Callable[[str], None]) -> dict | None:
-    """Write ``summary.md`` (the trials table) and ``best.yaml``; echo both's whereabouts."""
-    table = trials_table(list(log.records.values()), objective)
-    (out / TABLE).write_text(table + "\n", encoding="utf-8")
-    echo(table)
-    best = log.best()
-    if best is None:
-        echo(f"[search] no trial finished with a score; nothing written to {out / BEST}")
-        return None
-    (out / BEST).write_text(best_recipe_yaml(plan, objective, best), encoding="utf-8")
-    echo(f"[search] best: trial {best['trial']}, {objective.metric} {best['score']:.4f}; recipe {out / BEST}")
-    return best
-
-
-def best_recipe_yaml(plan: SearchPlan, objective: Objective, best: dict) -> str:
-    """The base recipe with the best trial's values, resolved and standing alone (no base, no by_rule)."""
-    recipe = load_recipe(plan.recipe, [*plan.overrides, *(override(k, v) for k, v in best["overrides"].items())])
-    recipe.name = f"{objective.name}-best"
-    recipe.base = None
-    recipe.by_rule = {}
-    recipe.description = f"The best trial ({best['trial']}) of a TPE search of {objective.name}"
-    header = f"# {objective.metric} {best['score']:.4f} (trial {best['trial']}); values: {json.dumps(best['values'])}\n"
-    return header + to_yaml(recipe)
-
-
-def trials_table(records: list[dict], objective: Objective) -> str:
-    """A Markdown table of ``records``, best first (failed last): trial, status, score, seconds, values."""
-    keys = list(dict.fromkeys(k for r in records for k in r["values"]))
-    ordered = sorted(records, key=objective.loss)
-    head = ["trial", "status", objective.metric, "mean angle", "s", *keys]
-    rows = [[str(r["trial"]), r["status"], "" if r["score"] is None else f"{r['score']:.4f}",
-             format_value(r["mean_weight_angle"]) if "mean_weight_angle" in r else "",
-             f"{r.get('seconds') or 0:.0f}", *(format_value(r["values"].get(k, "")) for k in keys)]
-            for r in ordered]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def plan_for(name: str, overrides: list[str], max_evals: int | None, backend: str, parallelism: int,
-             seed: int = 0) -> SearchPlan:
-    """A new search's plan: the recipe made an absolute path if it is a file; ``max_evals``
-    defaults to the recipe's ``search.max_evals``."""
-    path = Path(name)
-    recipe = str(find_recipe(name).resolve()) if path.suffix in (".yaml", ".yml") else name
-    plan = SearchPlan(recipe, list(overrides), 0, backend, parallelism, seed)
-    plan.max_evals = max_evals if max_evals is not None else plan.load().search.max_evals
-    return plan

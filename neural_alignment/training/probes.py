@@ -9,7 +9,7 @@
   mode, as training sees it; the function restores every state it touches. Logged as
   ``grad_angle/<layer>``, ``mean_grad_angle`` (mean over layers) and ``last_grad_angle``
   (the output layer).
-- **Weight snapshots**: the same seeded sample of up to ``core.snapshots.DEFAULT_LIMIT``
+- **Weight snapshots**: the same seeded sample of up to ``runtime.snapshots.DEFAULT_LIMIT``
   (W, B) entry pairs per layer, one ``weights/step-<step>.npz`` per evaluation step, and one
   at step 0 (the initialisation) when a run starts.
 """
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset, default_collate
 
-from neural_alignment.core import snapshots
-from neural_alignment.core.logger import layer_metric_key
 from neural_alignment.core.metrics import gradient_angle
+from neural_alignment.runtime import snapshots
+from neural_alignment.runtime.logger import layer_metric_key
 
 GRADIENT_BATCH = 256
 

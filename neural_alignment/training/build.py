@@ -12,13 +12,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from neural_alignment.api import convert
-from neural_alignment.core.backend import Backend
-from neural_alignment.core.data import DataSplits
 from neural_alignment.core.layers import aligned_layers
-from neural_alignment.core.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
 from neural_alignment.core.options import check_options, checked_options
 from neural_alignment.core.rules import OPTION_KEYS
 from neural_alignment.registry import get_registry
+from neural_alignment.runtime.backend import Backend
+from neural_alignment.runtime.data import DataSplits
+from neural_alignment.runtime.optim import ComponentOptimizer, make_lr_schedule, make_optimizer
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -5,13 +5,13 @@ into that folder and returns its summary, and is idempotent on the folder:
 
 - ``summary.json`` says ``finished``: the run is reused, nothing is trained again;
 - a checkpoint is there (an interrupted run): training resumes from it (the spec may only
-  change what a resume may, ``recipes.rundir.SAFE_ON_RESUME``, e.g. a longer run);
+  change what a resume may, ``training.rundir.SAFE_ON_RESUME``, e.g. a longer run);
 - otherwise a fresh run, replacing what a failed attempt left in the folder (the folder is the spec's).
 
 A run that raises (a user error, a divergence, a bug) returns a summary with
 ``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
 :func:`run_all` runs a list of specs one after another (``local``); :func:`run_all_on_ray` runs
-them as parallel Ray tasks (one CPU each) on the cluster of ``recipes.ray_cluster``, with the same
+them as parallel Ray tasks (one CPU each) on the cluster of ``grids.ray_cluster``, with the same
 contract; :func:`run_specs` picks one by backend name.
 """
 
@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import SUMMARY_FILE
-from neural_alignment.recipes.divergence import TrainingDiverged
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.rundir import has_checkpoint
+from neural_alignment.runtime.logger import SUMMARY_FILE
+from neural_alignment.training.divergence import TrainingDiverged
+from neural_alignment.training.rundir import has_checkpoint
 
 FINISHED = "finished"
 
@@ -59,7 +59,7 @@ def run_one(spec: RunSpec) -> dict:
     The returned summary always has ``status`` and ``seconds`` (wall time of this call) and, on
     failure, ``error`` (one line for a user error or a divergence, the last traceback line otherwise).
     """
-    from neural_alignment.recipes.trainer import train
+    from neural_alignment.training.trainer import train
 
     started = time.perf_counter()
     reused = finished_summary(spec.run_dir)
@@ -95,9 +95,9 @@ def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] |
 def run_all_on_ray(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None,
                    num_cpus: int | None = None) -> list[dict]:
     """Run ``specs`` as Ray tasks (``run_one`` each, one CPU per task) on the cluster of
-    :func:`~neural_alignment.recipes.ray_cluster.ray_cluster` (``num_cpus``: a local cluster's size);
+    :func:`~neural_alignment.grids.ray_cluster.ray_cluster` (``num_cpus``: a local cluster's size);
     ``on_done`` in the order runs finish; the summaries are returned in the order of ``specs``."""
-    from neural_alignment.recipes.ray_cluster import ray_cluster
+    from neural_alignment.grids.ray_cluster import ray_cluster
 
     with ray_cluster(num_cpus) as ray:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_one)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.executor import RunSpec
+from neural_alignment.grids.executor import RunSpec
 
 SEED_KEY = "train.seed"
 

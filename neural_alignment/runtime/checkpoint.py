@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural_alignment.core.atomic import replaced_atomically
+from neural_alignment.runtime.atomic import replaced_atomically
 from neural_alignment.core.errors import UserError
 
 

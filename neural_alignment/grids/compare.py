@@ -1,14 +1,14 @@
 """``nalign compare``: train one recipe once per rule (and per seed and varied value) and compare.
 
-Every run of the grid (``recipes.grid``: rule x ``--vary`` value x ``--seeds``) goes through the
-executor (``recipes.executor``): one after another, or as parallel tasks on a Ray cluster
+Every run of the grid (``grids.grid``: rule x ``--vary`` value x ``--seeds``) goes through the
+executor (``grids.executor``): one after another, or as parallel tasks on a Ray cluster
 (``backend="ray"``). A run already finished in its folder is reused and an interrupted one
 resumes, so an interrupted comparison continues where it stopped. Every rule's recipe is
 loaded before any training, so a bad override fails first. When the recipe's dataset cannot be
 loaded (e.g. Fashion-MNIST absent) the comparison falls back to ``digits`` with a one-line notice.
 
 One run per rule (no ``--vary``, one seed): the table has per rule test accuracy, mean weight
-angle, mean gradient angle (``recipes/probes.py``: propagated vs true gradient at each layer's
+angle, mean gradient angle (``training/probes.py``: propagated vs true gradient at each layer's
 input, on a fixed held-out batch) and last-layer weight angle (degrees), mean norm ratio
 ||B||/||W||, and the median seconds per
 training step relative to the ``bp`` run (or to the first rule). The step times are measured
@@ -18,7 +18,7 @@ trainers held for the timing share one dataset in memory (each keeps only its mo
 optimizers). The figure shows accuracy and angle over training.
 
 A grid (``--vary`` or ``--seeds`` above 1): the table has per rule and value the mean ± standard
-error across seeds of those metrics (``recipes.aggregate``), and the figure each against the
+error across seeds of those metrics (``grids.aggregate``), and the figure each against the
 varied value, one line per rule, with error bars (without ``--vary``: the curves of the first seed).
 
 Written to ``<out>``: ``comparison.json`` (the rows, and every run's summary), ``comparison.md``
@@ -38,15 +38,15 @@ from torch.utils.data import default_collate
 from neural_alignment.analysis.figures import plot_comparison, plot_grid
 from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import METRICS_FILE
-from neural_alignment.recipes.aggregate import aggregate, grid_table, markdown
-from neural_alignment.recipes.build import build_data, data_key
-from neural_alignment.recipes.executor import FINISHED, RunSpec, run_specs
-from neural_alignment.recipes.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
+from neural_alignment.grids.aggregate import aggregate, grid_table, markdown
+from neural_alignment.grids.executor import FINISHED, RunSpec, run_specs
+from neural_alignment.grids.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
 from neural_alignment.recipes.loader import load_recipe
-from neural_alignment.recipes.rundir import default_run_dir
-from neural_alignment.recipes.trainer import Trainer
 from neural_alignment.registry import UnknownNameError, get_registry
+from neural_alignment.runtime.logger import METRICS_FILE
+from neural_alignment.training.build import build_data, data_key
+from neural_alignment.training.rundir import default_run_dir
+from neural_alignment.training.trainer import Trainer
 
 FALLBACK_DATASET = "digits"
 TIMING_ROUNDS, TIMING_STEPS = 5, 4

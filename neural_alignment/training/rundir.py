@@ -3,7 +3,7 @@
 A run folder holds ``recipe.yaml`` (the resolved recipe; its ``resumed`` list records what
 each resume changed and at which step), ``metrics.jsonl`` (the always-on ``jsonl`` logger),
 ``summary.json`` (written by that logger when the run ends), ``checkpoint.pt`` and the one
-before it, ``checkpoint.prev.pt`` (both atomic, ``core.checkpoint``).
+before it, ``checkpoint.prev.pt`` (both atomic, ``runtime.checkpoint``).
 
 The rules, so that a user never loses or mixes up a run (:class:`RunFolder`):
 
@@ -31,11 +31,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from neural_alignment.core import checkpoint
-from neural_alignment.core.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.logger import METRICS_FILE
 from neural_alignment.recipes.loader import load_resolved_recipe
+from neural_alignment.runtime import checkpoint
+from neural_alignment.runtime.atomic import write_text_atomically
+from neural_alignment.runtime.logger import METRICS_FILE
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = checkpoint.previous_path(CHECKPOINT).name

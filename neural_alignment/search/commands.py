@@ -13,8 +13,9 @@ from neural_alignment.recipes.commands import add_recipe_arguments
 def cmd_search(args: argparse.Namespace) -> int:
     """``nalign search NAME [KEY=VALUE ...] --out DIR [--max-evals N] [--backend local|ray] [--parallelism K]``,
     or ``nalign search --resume DIR [--max-evals N]``: TPE over the recipe's ``search.space``."""
-    from neural_alignment.recipes.rundir import default_run_dir
-    from neural_alignment.recipes.search import PLAN, SearchPlan, plan_for, run_search
+    from neural_alignment.search.run import plan_for, run_search
+    from neural_alignment.search.trials import PLAN, SearchPlan
+    from neural_alignment.training.rundir import default_run_dir
 
     if args.resume:
         if args.recipe or args.overrides:
@@ -37,9 +38,15 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_search_report(args: argparse.Namespace) -> int:
     """``nalign search-report DIR``: the metaparameter importance table, importance.png and scores.png."""
-    from neural_alignment.analysis.importance import importance, importance_figure, importance_table, save, scores_figure
-    from neural_alignment.recipes.search import TRIALS, Objective, SearchPlan
-    from neural_alignment.recipes.search_space import categorical_keys
+    from neural_alignment.analysis.importance import (
+        importance,
+        importance_figure,
+        importance_table,
+        save,
+        scores_figure,
+    )
+    from neural_alignment.search.space import categorical_keys
+    from neural_alignment.search.trials import TRIALS, Objective, SearchPlan
 
     out = Path(args.dir)
     objective = Objective.of(SearchPlan.read(out).load())
