@@ -86,8 +86,9 @@ def bound(model: nn.Module, x: torch.Tensor) -> float:
     products of layer l: 3, or 2 when its input needs no gradient (no dx: the first layer)."""
     layers = [m for _, m in aligned_layers(model)]
     needs_dx = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args: needs_dx.__setitem__(m, args[0].requires_grad))
-             for m in layers]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, args: needs_dx.__setitem__(m, args[0].requires_grad)) for m in layers
+    ]
     model(x)
     for hook in hooks:
         hook.remove()
@@ -109,8 +110,7 @@ def timed(step, model, x, y, clock) -> float:
     return clock() - start
 
 
-def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int,
-              clock) -> bool:
+def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int, clock) -> bool:
     variants = {"native": (copy.deepcopy(native), native_step)}  # every side a copy: same allocation history
     for name in RULES:
         variants[name] = (convert(copy.deepcopy(native), rule=name), aligned_step)
@@ -155,11 +155,25 @@ def main(argv=None) -> int:
 
     resnet = architectures.get("resnet18")(num_classes=100, in_shape=(3, 64, 64))
     n = args.resnet_batch
-    ok = benchmark(f"ResNet-18, {n} x 3 x 64 x 64", resnet, torch.randn(n, 3, 64, 64),
-                   torch.randint(0, 100, (n,)), args.reps, args.warmup, clock)
+    ok = benchmark(
+        f"ResNet-18, {n} x 3 x 64 x 64",
+        resnet,
+        torch.randn(n, 3, 64, 64),
+        torch.randint(0, 100, (n,)),
+        args.reps,
+        args.warmup,
+        clock,
+    )
     mlp = architectures.get("mlp")(num_classes=10, in_shape=(1, 28, 28), hidden=(1024, 1024))
-    ok &= benchmark("MLP 784-1024-1024-10, batch 1024", mlp, torch.randn(1024, 1, 28, 28),
-                    torch.randint(0, 10, (1024,)), 2 * args.reps, args.warmup, clock)
+    ok &= benchmark(
+        "MLP 784-1024-1024-10, batch 1024",
+        mlp,
+        torch.randn(1024, 1, 28, 28),
+        torch.randint(0, 10, (1024,)),
+        2 * args.reps,
+        args.warmup,
+        clock,
+    )
     print("\nall within their limits" if ok else "\nsome rule is over its limit")
     return 0 if ok else 1
 

@@ -52,8 +52,10 @@ from neural_alignment.core.rules import build_rule
 from neural_alignment.registry import Registry, get_registry
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = {"neural_alignment_sign_symmetry": "plugin-sign-symmetry",
-            "neural_alignment_direct_feedback": "plugin-direct-feedback"}
+EXAMPLES = {
+    "neural_alignment_sign_symmetry": "plugin-sign-symmetry",
+    "neural_alignment_direct_feedback": "plugin-direct-feedback",
+}
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "dfa")
 PEER_MODE = {"bp": "backpropagation"}
@@ -88,8 +90,9 @@ def load_data(train_limit: int, test_limit: int | None):
         splits, name = datasets.get("fashion_mnist")(root=str(FMNIST)), "fashion_mnist"
     else:
         splits, name = datasets.get("digits")(), "digits"
-    train_x, train_y = (torch.stack(t) for t in zip(*[splits.train[i] for i in range(min(train_limit,
-                                                                                         len(splits.train)))]))
+    train_x, train_y = (
+        torch.stack(t) for t in zip(*[splits.train[i] for i in range(min(train_limit, len(splits.train)))])
+    )
     test_count = len(splits.test) if test_limit is None else min(test_limit, len(splits.test))
     test_x, test_y = (torch.stack(t) for t in zip(*[splits.test[i] for i in range(test_count)]))
     return train_x, train_y, test_x, test_y, name, splits.num_classes
@@ -113,8 +116,10 @@ class Side:
     def accuracy(self, x, y, batch: int = 1000) -> float:
         self.model.eval()
         with torch.no_grad():
-            correct = sum((self.model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item()
-                          for i in range(0, len(x), batch))
+            correct = sum(
+                (self.model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item()
+                for i in range(0, len(x), batch)
+            )
         self.model.train()
         return correct / len(x)
 
@@ -179,14 +184,20 @@ def run(rule: str, seed: int, data, args, registry, BioModule) -> dict:
     for _ in range(args.epochs):
         perm = torch.randperm(len(train_x), generator=order)
         for i in range(0, len(perm) - args.batch_size + 1, args.batch_size):
-            idx = perm[i:i + args.batch_size]
+            idx = perm[i : i + args.batch_size]
             names = list(sides) if step % 2 == 0 else list(sides)[::-1]
             for name in names:
                 torch.manual_seed(seed * 100_003 + step)  # brsf's draws: the same stream for each side
                 sides[name].step(train_x[idx], train_y[idx])
             step += 1
-    return {name: {"acc": side.accuracy(test_x, test_y), "angle": side.weight_angle(),
-                   "ms": 1000 * statistics.median(side.times[1:])} for name, side in sides.items()}
+    return {
+        name: {
+            "acc": side.accuracy(test_x, test_y),
+            "angle": side.weight_angle(),
+            "ms": 1000 * statistics.median(side.times[1:]),
+        }
+        for name, side in sides.items()
+    }
 
 
 def fmt(value, spec: str) -> str:
@@ -218,11 +229,15 @@ def main(argv=None) -> int:
     BioModule = load_biotorch()
     data = load_data(args.train_limit, args.test_limit)
     seeds = [int(s) for s in args.seeds.split(",")]
-    print(f"# {data[4]}: {len(data[0])} training examples, {len(data[2])} test; convnet channels 16,32 + BN; "
-          f"batch {args.batch_size}, {args.epochs} epoch(s), seeds {seeds}, {args.threads} thread(s), "
-          f"torch {torch.__version__}")
-    print("| rule | test acc ours | test acc biotorch | weight angle ours | weight angle biotorch "
-          "| ms/step ours | ms/step biotorch | time ours/biotorch |")
+    print(
+        f"# {data[4]}: {len(data[0])} training examples, {len(data[2])} test; convnet channels 16,32 + BN; "
+        f"batch {args.batch_size}, {args.epochs} epoch(s), seeds {seeds}, {args.threads} thread(s), "
+        f"torch {torch.__version__}"
+    )
+    print(
+        "| rule | test acc ours | test acc biotorch | weight angle ours | weight angle biotorch "
+        "| ms/step ours | ms/step biotorch | time ours/biotorch |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for rule in args.rules.split(","):
         results = [run(rule, seed, data, args, registry, BioModule) for seed in seeds]
@@ -236,9 +251,12 @@ def main(argv=None) -> int:
 
         ours_ms, peer_ms = mean("ours", "ms"), mean("biotorch", "ms")
         ratio = None if peer_ms is None else ours_ms / peer_ms
-        print(f"| {rule} | {spread(values('ours', 'acc'))} | {spread(values('biotorch', 'acc'))} "
-              f"| {fmt(mean('ours', 'angle'), '.1f')} | {fmt(mean('biotorch', 'angle'), '.1f')} "
-              f"| {fmt(ours_ms, '.2f')} | {fmt(peer_ms, '.2f')} | {fmt(ratio, '.2f')} |", flush=True)
+        print(
+            f"| {rule} | {spread(values('ours', 'acc'))} | {spread(values('biotorch', 'acc'))} "
+            f"| {fmt(mean('ours', 'angle'), '.1f')} | {fmt(mean('biotorch', 'angle'), '.1f')} "
+            f"| {fmt(ours_ms, '.2f')} | {fmt(peer_ms, '.2f')} | {fmt(ratio, '.2f')} |",
+            flush=True,
+        )
     return 0
 
 

@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import RULES, bound  # noqa: E402
+from ops import RULES, bound
 
-from neural_alignment.recipes.loader import load_recipe  # noqa: E402
-from neural_alignment.training.trainer import Trainer  # noqa: E402
+from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.training.trainer import Trainer
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
@@ -48,18 +48,31 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
         recipe, shape, classes = "imagenet-resnet18", [3, size, size], 1000
     backend = {"autocast_dtype": args.autocast, "channels_last": args.channels_last}
     backend = {k: v for k, v in backend.items() if v}
-    return recipe, [
-        f"model.arch={arch}", "data.dataset=synthetic", "data.num_workers=0", f"data.batch_size={batch}",
-        f"data.options={{shape: {shape}, num_classes: {classes}, train_size: {batch}, test_size: 8}}",
-        "train.steps=1000000", "train.epochs=null", "log.loggers=[jsonl]", "train.progress=false",
-        f"backend.name={args.backend}", f"backend.options={backend}",
-    ], batch
+    return (
+        recipe,
+        [
+            f"model.arch={arch}",
+            "data.dataset=synthetic",
+            "data.num_workers=0",
+            f"data.batch_size={batch}",
+            f"data.options={{shape: {shape}, num_classes: {classes}, train_size: {batch}, test_size: 8}}",
+            "train.steps=1000000",
+            "train.epochs=null",
+            "log.loggers=[jsonl]",
+            "train.progress=false",
+            f"backend.name={args.backend}",
+            f"backend.options={backend}",
+        ],
+        batch,
+    )
 
 
 def benchmark(arch: str, args, clock, folder: Path) -> bool:
     recipe_name, common, batch = overrides(arch, args)
-    trainers = {rule: Trainer(load_recipe(recipe_name, [*common, f"rule.name={rule}"]), folder / f"{arch}-{rule}")
-                for rule in RULES}
+    trainers = {
+        rule: Trainer(load_recipe(recipe_name, [*common, f"rule.name={rule}"]), folder / f"{arch}-{rule}")
+        for rule in RULES
+    }
     x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch))))
     times = {rule: [] for rule in RULES}
     order = list(RULES)
@@ -83,8 +96,10 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         limit = 1.10 if rule == "fa" else 1.15 * b
         ok = ratio <= limit
         all_ok &= ok
-        print(f"{rule:<6}{batch / statistics.median(times[rule]):>10.1f}{ratio:>8.3f}{b:>8.3f}{limit:>8.3f}  "
-              f"{'yes' if ok else 'NO'}")
+        print(
+            f"{rule:<6}{batch / statistics.median(times[rule]):>10.1f}{ratio:>8.3f}{b:>8.3f}{limit:>8.3f}  "
+            f"{'yes' if ok else 'NO'}"
+        )
     return all_ok
 
 
@@ -104,8 +119,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if args.backend == "cpu" else "wall")
-    print(f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), "
-          f"autocast {args.autocast or 'off'}, channels_last {args.channels_last}, {clock_name} clock")
+    print(
+        f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), "
+        f"autocast {args.autocast or 'off'}, channels_last {args.channels_last}, {clock_name} clock"
+    )
     ok = True
     with tempfile.TemporaryDirectory() as folder:
         for arch in args.archs.split(","):

@@ -4,7 +4,8 @@ delegate to the mechanisms in ``core``. Everything here is re-exported by ``neur
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import nn
 

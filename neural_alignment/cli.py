@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 from neural_alignment import __version__
 from neural_alignment.core.errors import UserError
@@ -24,7 +24,7 @@ EXIT_USER_ERROR = 2
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a usage mistake in one line (no usage dump), exit 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_ddp import variant  # noqa: E402
+from test_ddp import variant
 
-from neural_alignment.training.trainer import train  # noqa: E402
+from neural_alignment.training.trainer import train
 
 if __name__ == "__main__":
     out, names = Path(sys.argv[1]), sys.argv[2:]

@@ -33,8 +33,12 @@ def on_meta(archs, name, *args, **options) -> nn.Module:
 def reference_resnet_params(depth: int, version: int, num_classes: int, in_channels: int, stem: str) -> int:
     """Parameter count written out from the papers' tables (He et al. 2015 Table 1; 2016 for v2)."""
     kind, counts = {
-        18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3)),
-        101: ("bottleneck", (3, 4, 23, 3)), 152: ("bottleneck", (3, 8, 36, 3)), 200: ("bottleneck", (3, 24, 36, 3)),
+        18: ("basic", (2, 2, 2, 2)),
+        34: ("basic", (3, 4, 6, 3)),
+        50: ("bottleneck", (3, 4, 6, 3)),
+        101: ("bottleneck", (3, 4, 23, 3)),
+        152: ("bottleneck", (3, 8, 36, 3)),
+        200: ("bottleneck", (3, 24, 36, 3)),
     }[depth]
 
     def bn(c):  # gamma and beta
@@ -81,7 +85,8 @@ def test_every_resnet_parameter_count(archs, name):
 
 
 @pytest.mark.parametrize(
-    "name, stem", [("resnet18", "small"), ("resnet18_v2", "imagenet"), ("resnet50", "imagenet"), ("resnet50_v2", "small")]
+    "name, stem",
+    [("resnet18", "small"), ("resnet18_v2", "imagenet"), ("resnet50", "imagenet"), ("resnet50_v2", "small")],
 )
 def test_resnet_output_shape_and_small_stem_count(archs, name, stem):
     model = on_meta(archs, name, 7, (2, 40, 40), stem=stem)
@@ -107,9 +112,23 @@ def test_resnet_forward_backward_on_tiny_images(archs):
 @pytest.mark.parametrize(
     "name, entries, keys",
     [
-        ("resnet18", 122, ["conv1.weight", "bn1.running_mean", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
-                           "layer4.1.bn2.num_batches_tracked", "fc.bias"]),
-        ("resnet50", 320, ["layer1.0.downsample.1.running_var", "layer3.5.conv3.weight", "layer4.2.bn3.weight", "fc.weight"]),
+        (
+            "resnet18",
+            122,
+            [
+                "conv1.weight",
+                "bn1.running_mean",
+                "layer1.0.conv2.weight",
+                "layer2.0.downsample.0.weight",
+                "layer4.1.bn2.num_batches_tracked",
+                "fc.bias",
+            ],
+        ),
+        (
+            "resnet50",
+            320,
+            ["layer1.0.downsample.1.running_var", "layer3.5.conv3.weight", "layer4.2.bn3.weight", "fc.weight"],
+        ),
     ],
 )
 def test_v1_state_dict_uses_torchvision_names(archs, name, entries, keys):

@@ -16,9 +16,8 @@ def test_write_replaces_the_file_and_leaves_no_temporary(tmp_path):
 def test_a_failed_write_keeps_the_old_file_and_removes_the_temporary(tmp_path):
     target = tmp_path / "a.txt"
     target.write_text("old")
-    with pytest.raises(RuntimeError):
-        with replaced_atomically(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), replaced_atomically(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -3,12 +3,11 @@ channels_last, the sampler's per-process slices, the check_finite default."""
 
 import pytest
 import torch
+from test_trainer import recipe
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.training.batches import StepBatches, process_share
 from neural_alignment.training.trainer import Trainer
-
-from test_trainer import recipe
 
 CONV = ["model.arch=convnet", "model.options={channels: [4]}", "train.steps=3", "rule.name=kp"]
 

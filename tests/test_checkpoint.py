@@ -14,8 +14,13 @@ def test_save_load_round_trip_with_weights_only(tmp_path):
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    state = {"step": 7, "model": model.state_dict(), "optim": opt.state_dict(), "rng": checkpoint.rng_state(),
-             "recipe": "name: x\n"}
+    state = {
+        "step": 7,
+        "model": model.state_dict(),
+        "optim": opt.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "recipe": "name: x\n",
+    }
     path = checkpoint.save(state, tmp_path / "sub" / "ck.pt")
     loaded = torch.load(path, weights_only=True)  # raises on anything but tensors and plain types
     assert loaded["step"] == 7 and loaded["recipe"] == "name: x\n"

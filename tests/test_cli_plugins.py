@@ -22,8 +22,18 @@ NALIGN = str(Path(sys.executable).with_name("nalign"))
 
 def pip_install_to(target: Path, *projects: Path) -> Path:
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-         "--target", str(target), *map(str, projects)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            *map(str, projects),
+        ],
         check=True,
     )
     return target
@@ -63,7 +73,10 @@ def test_installed_example_plugin_adds_its_rule_and_primitive(plugin_site):
     result = nalign("list", "rules", "--json", site=plugin_site, NALIGN_BLOCK_PLUGINS="broken")
     rules = rule_names(result)
     assert {name: rules[name] for name in ("sign_symmetry", "usf", "brsf", "frsf", "dfa")} == {
-        "sign_symmetry": "sign_symmetry", "usf": "sign_symmetry", "brsf": "sign_symmetry", "frsf": "sign_symmetry",
+        "sign_symmetry": "sign_symmetry",
+        "usf": "sign_symmetry",
+        "brsf": "sign_symmetry",
+        "frsf": "sign_symmetry",
         "dfa": "direct_feedback",
     }
     assert rules["kp"] == "neural_alignment.plugins.rules"
@@ -84,8 +97,16 @@ def test_plugins_command_names_the_distribution_and_version(plugin_site):
 
 def train_installed(rule: str, site: Path, run_dir: Path) -> tuple[dict, dict]:
     """Train digits-mlp 5 steps with an installed plugin's rule through `nalign run`; (summary, model state)."""
-    result = nalign("run", "digits-mlp", f"rule.name={rule}", "train.steps=5", "--out", str(run_dir),
-                    site=site, NALIGN_BLOCK_PLUGINS="broken")
+    result = nalign(
+        "run",
+        "digits-mlp",
+        f"rule.name={rule}",
+        "train.steps=5",
+        "--out",
+        str(run_dir),
+        site=site,
+        NALIGN_BLOCK_PLUGINS="broken",
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["status"], summary["rule"], summary["steps"]) == ("finished", rule, 5)
@@ -162,8 +183,11 @@ def test_list_recipes_shows_the_recipes_in_registered_folders():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (("list", "nosuchkind"), "nalign: error: unknown kind 'nosuchkind'. Valid kinds: ops, primitives, rules, "
-         "architectures, datasets, backends, loggers, recipes"),
+        (
+            ("list", "nosuchkind"),
+            "nalign: error: unknown kind 'nosuchkind'. Valid kinds: ops, primitives, rules, "
+            "architectures, datasets, backends, loggers, recipes",
+        ),
         (("nosuchcommand",), "nalign: error: argument COMMAND: invalid choice: 'nosuchcommand'"),
     ],
 )
@@ -182,8 +206,11 @@ def test_version():
 
 @pytest.fixture(scope="module")
 def misspelt_site(tmp_path_factory) -> Path:
-    return pip_install_to(tmp_path_factory.mktemp("misspelt"), ROOT / "tests" / "plugins" / "misspelt-plugin",
-                          ROOT / "tests" / "plugins" / "broken-plugin")
+    return pip_install_to(
+        tmp_path_factory.mktemp("misspelt"),
+        ROOT / "tests" / "plugins" / "misspelt-plugin",
+        ROOT / "tests" / "plugins" / "broken-plugin",
+    )
 
 
 def test_a_rule_weighing_an_unknown_primitive_is_caught_when_the_registry_is_built(misspelt_site):
@@ -219,9 +246,11 @@ def test_plugins_json_lists_failures_with_their_error(misspelt_site):
 def test_a_failing_plugin_warns_once_from_python(misspelt_site):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("NALIGN_")}
     environ.update(PYTHONPATH=str(misspelt_site), NALIGN_BLOCK_PLUGINS="misspelt")
-    code = ("from neural_alignment.registry import get_registry\n"
-            "get_registry(); get_registry()\n"
-            "from neural_alignment.api import get_rule\n")
+    code = (
+        "from neural_alignment.registry import get_registry\n"
+        "get_registry(); get_registry()\n"
+        "from neural_alignment.api import get_rule\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environ, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "PluginWarning" in line]

@@ -5,8 +5,17 @@ import json
 from neural_alignment.cli import main
 from neural_alignment.grids.compare import dataset_overrides
 
-FEW = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "model.options.hidden=[16]",
-       "train.steps=6", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+FEW = [
+    "data.train_limit=256",
+    "data.test_limit=100",
+    "data.batch_size=32",
+    "model.options.hidden=[16]",
+    "train.steps=6",
+    "train.metrics_every=3",
+    "train.eval_every=3",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+]
 
 
 def test_compare_writes_table_json_markdown_png(tmp_path, capsys):

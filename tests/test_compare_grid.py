@@ -15,8 +15,17 @@ from neural_alignment.grids.aggregate import aggregate, mean_sem
 from neural_alignment.grids.compare import compare
 from neural_alignment.grids.grid import GridPoint, parse_vary, split_top_level
 
-FEW = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "train.epochs=null",
-       "train.steps=6", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+FEW = [
+    "data.train_limit=256",
+    "data.test_limit=100",
+    "data.batch_size=32",
+    "train.epochs=null",
+    "train.steps=6",
+    "train.metrics_every=3",
+    "train.eval_every=3",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+]
 VARY = "model.options.hidden=[8],[16]"
 RULES = ("bp", "sa")
 CELLS = [(rule, value) for rule in RULES for value in ("[8]", "[16]")]
@@ -35,9 +44,11 @@ def trainings(monkeypatch):
     def counting(recipe, run_dir, resume=False, on_step=None, **options):
         calls.append((Path(run_dir), resume))
         if len(calls) == state["interrupt_at"]:
+
             def on_step(trainer, step):
                 if step == 4:
                     raise KeyboardInterrupt  # as Ctrl-C would, mid-run, after the step-4 checkpoint
+
         return real(recipe, run_dir, resume, on_step, **options)
 
     monkeypatch.setattr(trainer_module, "train", counting)
@@ -46,18 +57,21 @@ def trainings(monkeypatch):
 
 def test_a_2x2x2_grid_writes_mean_and_sem_per_rule_and_value(tmp_path, capsys, trainings):
     out = tmp_path / "grid"
-    code = main(["compare", "digits-mlp", "--rules", ",".join(RULES), "--seeds", "2", "--vary", VARY, *FEW,
-                 "--out", str(out)])
+    code = main(
+        ["compare", "digits-mlp", "--rules", ",".join(RULES), "--seeds", "2", "--vary", VARY, *FEW, "--out", str(out)]
+    )
     assert code == 0 and len(trainings[0]) == 8
     report = json.loads((out / "comparison.json").read_text())
     assert report["seeds"] == [0, 1] and report["vary"] == {"key": "model.options.hidden", "values": ["[8]", "[16]"]}
     assert [(row["rule"], row["value"]) for row in report["rows"]] == CELLS
     for row in report["rows"]:
-        summaries = [json.loads((run_dir(out, row["rule"], row["value"], s) / "summary.json").read_text()) for s in (0, 1)]
+        summaries = [
+            json.loads((run_dir(out, row["rule"], row["value"], s) / "summary.json").read_text()) for s in (0, 1)
+        ]
         accuracies = [s["test_acc"] for s in summaries]
         assert row["n"] == 2 and row["failed"] == 0
         assert row["test_acc"] == pytest.approx(statistics.mean(accuracies))
-        assert row["test_acc_sem"] == pytest.approx(statistics.stdev(accuracies) / 2 ** 0.5)
+        assert row["test_acc_sem"] == pytest.approx(statistics.stdev(accuracies) / 2**0.5)
         for seed in (0, 1):  # each run trained its own seed and value
             recipe = yaml.safe_load((run_dir(out, row["rule"], row["value"], seed) / "recipe.yaml").read_text())
             assert recipe["train"]["seed"] == seed and recipe["rule"]["name"] == row["rule"]
@@ -71,7 +85,9 @@ def test_a_2x2x2_grid_writes_mean_and_sem_per_rule_and_value(tmp_path, capsys, t
 def test_an_interrupted_grid_continues_without_retraining_finished_runs(tmp_path, trainings):
     calls, state = trainings
     out = tmp_path / "grid"
-    args = dict(name="digits-mlp", rules=RULES, overrides=[*FEW, "train.checkpoint_every=2"], out=out, seeds=2, vary=VARY)
+    args = dict(
+        name="digits-mlp", rules=RULES, overrides=[*FEW, "train.checkpoint_every=2"], out=out, seeds=2, vary=VARY
+    )
     state["interrupt_at"] = 4
     with pytest.raises(KeyboardInterrupt):
         compare(**args)
@@ -105,8 +121,13 @@ def test_the_grid_runs_on_a_local_ray_cluster(tmp_path):
 
 def test_a_failed_run_is_counted_not_averaged():
     ok = {"status": "finished", "test_acc": 0.5}
-    rows = aggregate([(GridPoint("kp", None, 0), ok), (GridPoint("kp", None, 1), {"status": "diverged", "error": "x"}),
-                      (GridPoint("kp", None, 2), {**ok, "test_acc": 0.7})])
+    rows = aggregate(
+        [
+            (GridPoint("kp", None, 0), ok),
+            (GridPoint("kp", None, 1), {"status": "diverged", "error": "x"}),
+            (GridPoint("kp", None, 2), {**ok, "test_acc": 0.7}),
+        ]
+    )
     assert rows[0]["n"] == 2 and rows[0]["failed"] == 1 and rows[0]["test_acc"] == pytest.approx(0.6)
     assert rows[0]["test_acc_sem"] == pytest.approx(0.1)  # stdev(0.5, 0.7) = 0.1414 / sqrt(2)
 
@@ -125,10 +146,16 @@ def test_vary_values_split_outside_brackets():
     assert vary.key == "model.options.channels" and vary.values == ("[16,32]", "[16,16,32,32]")
 
 
-@pytest.mark.parametrize("text, words", [
-    ("optim.task.lr", "key=v1,v2"), ("=0.1,0.2", "key=v1,v2"), ("optim.task.lr=0.1,,0.2", "key=v1,v2"),
-    ("train.seed=1,2", "--seeds"), ("optim.task.lr=0.1,0.1", "repeats"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("optim.task.lr", "key=v1,v2"),
+        ("=0.1,0.2", "key=v1,v2"),
+        ("optim.task.lr=0.1,,0.2", "key=v1,v2"),
+        ("train.seed=1,2", "--seeds"),
+        ("optim.task.lr=0.1,0.1", "repeats"),
+    ],
+)
 def test_a_bad_vary_is_a_user_error(text, words):
     with pytest.raises(UserError, match=words):
         parse_vary(text)
@@ -138,6 +165,9 @@ def test_bad_grid_input_fails_before_training(tmp_path, capsys):
     out = tmp_path / "c"
     assert main(["compare", "digits-mlp", "--rules", "bp", "--seeds", "0", *FEW, "--out", str(out)]) == 2
     assert "--seeds must be at least 1" in capsys.readouterr().err
-    assert main(["compare", "digits-mlp", "--rules", "bp", "--vary", "optim.task.lrr=0.1,0.2", *FEW, "--out", str(out)]) == 2
+    assert (
+        main(["compare", "digits-mlp", "--rules", "bp", "--vary", "optim.task.lrr=0.1,0.2", *FEW, "--out", str(out)])
+        == 2
+    )
     assert "optim.task.lrr" in capsys.readouterr().err
     assert not out.exists()

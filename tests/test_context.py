@@ -128,10 +128,12 @@ def test_each_flag_changes_exactly_its_fields(flag):
 
 
 COMBINATIONS = {
-    "wm+ad+ops (table 5)": dict(fo_bias=True, fo_relu=True, fo_bwmc=True, fo_fwmc=True, bo_relu=True,
-                                bo_fwl2n=True, bi_bwmc=True),
-    "ia (table 5)": dict(fo_bias=True, fo_relu=True, fo_bwmc=True, fo_fwmc=True, bo_bias=True, bo_fwmc=True,
-                         bo_fwl2n=True),
+    "wm+ad+ops (table 5)": dict(
+        fo_bias=True, fo_relu=True, fo_bwmc=True, fo_fwmc=True, bo_relu=True, bo_fwl2n=True, bi_bwmc=True
+    ),
+    "ia (table 5)": dict(
+        fo_bias=True, fo_relu=True, fo_bwmc=True, fo_fwmc=True, bo_bias=True, bo_fwmc=True, bo_fwl2n=True
+    ),
     "fo order: fwl2n then bwmc": dict(fo_fwl2n=True, fo_bwmc=True),
     "all": {name: True for name in FLAG_NAMES},
 }
@@ -163,10 +165,10 @@ def test_conv_features_are_all_non_batch_axes():
     np.testing.assert_allclose(ctx.x.numpy(), xn, rtol=1e-10, atol=1e-12)
     assert np.allclose(np.linalg.norm(xn.reshape(2, -1), axis=1), 1.0)
     conv = lambda inp, k: F.conv2d(torch.from_numpy(inp), k.detach(), None, 2, 1).numpy()  # noqa: E731
-    np.testing.assert_allclose(ctx.fp.detach().numpy(), centre_features(conv(xn, layer.weight)),
-                               rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(ctx.bp.detach().numpy(), l2n_features(conv(xn, layer.backward_weight)),
-                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ctx.fp.detach().numpy(), centre_features(conv(xn, layer.weight)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        ctx.bp.detach().numpy(), l2n_features(conv(xn, layer.backward_weight)), rtol=1e-10, atol=1e-12
+    )
     assert ctx.fr.shape == ctx.br.shape == x.shape
 
 

@@ -128,8 +128,11 @@ def test_subclasses_are_not_converted():
 
 @pytest.mark.parametrize(
     "kwargs, words",
-    [(dict(exclude=["fcc"]), ["exclude", "'fcc'", "'fc'"]), (dict(overrides={"bn1": None}), ["overrides", "'bn1'"]),
-     (dict(exclude=["fc"], overrides={"fc": None}), ["'fc'", "excluded"])],
+    [
+        (dict(exclude=["fcc"]), ["exclude", "'fcc'", "'fc'"]),
+        (dict(overrides={"bn1": None}), ["overrides", "'bn1'"]),
+        (dict(exclude=["fc"], overrides={"fc": None}), ["'fc'", "excluded"]),
+    ],
 )
 def test_bad_layer_names_are_user_errors(kwargs, words):
     with pytest.raises(UserError) as info:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from neural_alignment.runtime.data import DataSplits, random_subset
 from neural_alignment.core.errors import UserError
 from neural_alignment.plugins.datasets.idx import read_idx
 from neural_alignment.registry import Registry
+from neural_alignment.runtime.data import DataSplits, random_subset
 
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -47,7 +47,7 @@ def write_mnist_folder(folder: Path, n_train=12, n_test=5, size=6, seed=0):
     for split, n in (("train", n_train), ("t10k", n_test)):
         images = rng.integers(0, 256, (n, size, size), dtype=np.uint8)
         labels = rng.integers(0, 10, n).astype(np.uint8)
-        labels[:10 if n >= 10 else n] = np.arange(min(n, 10))
+        labels[: 10 if n >= 10 else n] = np.arange(min(n, 10))
         write_idx(folder / f"{split}-images-idx3-ubyte.gz", images, 0x08)
         write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels, 0x08)
         data[split] = (images, labels)
@@ -56,8 +56,14 @@ def write_mnist_folder(folder: Path, n_train=12, n_test=5, size=6, seed=0):
 
 @pytest.mark.parametrize(
     "name, dtype, code",
-    [("a.gz", np.uint8, 0x08), ("b", np.int8, 0x09), ("c.gz", np.int16, 0x0B), ("d", np.int32, 0x0C),
-     ("e.gz", np.float32, 0x0D), ("f", np.float64, 0x0E)],
+    [
+        ("a.gz", np.uint8, 0x08),
+        ("b", np.int8, 0x09),
+        ("c.gz", np.int16, 0x0B),
+        ("d", np.int32, 0x0C),
+        ("e.gz", np.float32, 0x0D),
+        ("f", np.float64, 0x0E),
+    ],
 )
 def test_read_idx_round_trips_every_type(tmp_path, name, dtype, code):
     array = (np.arange(2 * 3 * 4) - 7).reshape(2, 3, 4).astype(dtype)
@@ -123,7 +129,9 @@ def test_missing_dataset_is_one_message_with_every_place_and_how_to_get_it(tmp_p
     assert "/usr/share/datasets" not in message  # an explicit root is the only place looked
 
 
-@pytest.mark.skipif(not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed")
+@pytest.mark.skipif(
+    not (FMNIST_DIR / "train-images-idx3-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed"
+)
 def test_real_fashion_mnist(datasets):
     splits = datasets.get("fashion_mnist")()
     assert (len(splits.train), len(splits.test), splits.in_shape, splits.num_classes) == (60000, 10000, (1, 28, 28), 10)
@@ -157,7 +165,9 @@ def test_cifar10_pickles(tmp_path, datasets):
     np.testing.assert_allclose(x.numpy(), (train[7] - mean[:, None, None]) / std[:, None, None], rtol=1e-5, atol=1e-5)
     assert int(y) == batches["data_batch_4"][1][1]
     test_image = batches["test_batch"][0][1].reshape(3, 32, 32) / 255.0
-    np.testing.assert_allclose(splits.test[1][0].numpy(), (test_image - mean[:, None, None]) / std[:, None, None], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        splits.test[1][0].numpy(), (test_image - mean[:, None, None]) / std[:, None, None], rtol=1e-5, atol=1e-5
+    )
 
 
 def test_cifar10_augmentation_is_a_padded_shift_and_flip(tmp_path, datasets):
@@ -167,7 +177,9 @@ def test_cifar10_augmentation_is_a_padded_shift_and_flip(tmp_path, datasets):
     x = plain.train[0][0]
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     candidates = [
-        view for top in range(9) for left in range(9)
+        view
+        for top in range(9)
+        for left in range(9)
         for view in (padded[:, top : top + 32, left : left + 32], padded[:, top : top + 32, left : left + 32].flip(-1))
     ]
     torch.manual_seed(0)
@@ -214,7 +226,9 @@ def test_synthetic_is_seeded_any_shape_and_learnable(datasets):
     assert set(y.tolist()) == {0, 1, 2, 3}
     same = datasets.get("synthetic")(shape=[3, 2, 2], num_classes=4, train_size=800, test_size=200, seed=3)
     assert torch.equal(same.train.tensors[0], x) and torch.equal(same.test.tensors[1], splits.test.tensors[1])
-    assert not torch.equal(datasets.get("synthetic")(shape=[3, 2, 2], num_classes=4, seed=4).train.tensors[0][:5], x[:5])
+    assert not torch.equal(
+        datasets.get("synthetic")(shape=[3, 2, 2], num_classes=4, seed=4).train.tensors[0][:5], x[:5]
+    )
     # the labels are a linear function of the input: a linear classifier learns them
     model = LogisticRegression(max_iter=2000).fit(x.flatten(1).numpy(), y.numpy())
     xt, yt = splits.test.tensors
@@ -263,4 +277,12 @@ def test_unknown_dataset_option(datasets):
 
 
 def test_registered_names(datasets):
-    assert set(datasets.names()) == {"cifar10", "digits", "fashion_mnist", "imagefolder", "imagenet", "mnist", "synthetic"}
+    assert set(datasets.names()) == {
+        "cifar10",
+        "digits",
+        "fashion_mnist",
+        "imagefolder",
+        "imagenet",
+        "mnist",
+        "synthetic",
+    }

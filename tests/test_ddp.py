@@ -16,17 +16,28 @@ import pytest
 import torch
 
 from neural_alignment.cli import main
-from neural_alignment.runtime import checkpoint
-from neural_alignment.runtime.snapshots import snapshot_steps
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.runtime import checkpoint
+from neural_alignment.runtime.snapshots import snapshot_steps
 from neural_alignment.training.trainer import train
 
 TINY = [
-    "data.dataset=digits", "data.train_limit=256", "data.test_limit=64", "data.batch_size=32",
-    "model.arch=mlp", "model.options.hidden=[16]", "train.progress=false", "log.loggers=[jsonl]",
-    "train.metrics_every=1", "optim.task.name=sgd", "optim.task.lr=0.05", "optim.task.momentum=0.9",
-    "train.dtype=float64", "train.steps=6", "train.eval_every=3",
+    "data.dataset=digits",
+    "data.train_limit=256",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.arch=mlp",
+    "model.options.hidden=[16]",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.metrics_every=1",
+    "optim.task.name=sgd",
+    "optim.task.lr=0.05",
+    "optim.task.momentum=0.9",
+    "train.dtype=float64",
+    "train.steps=6",
+    "train.eval_every=3",
 ]
 RULES = ["bp", "sa", "aa", "kp"]
 # name: (rule and overrides, overrides only the ddp run takes)
@@ -73,9 +84,21 @@ def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
     both processes): W, biases and B after 6 steps equal the one-process run's, and so do the
     logged losses (sums all-reduced) and the test metrics (each process evaluates half)."""
     names = [*RULES, *VARIANTS]
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                    str(HERE / "ddp_worker.py"), str(tmp_path / "ddp"), *names],
-                   check=True, env=environment(), timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=2",
+            str(HERE / "ddp_worker.py"),
+            str(tmp_path / "ddp"),
+            *names,
+        ],
+        check=True,
+        env=environment(),
+        timeout=600,
+    )
     for name in names:
         single = train(variant(name), tmp_path / "one" / name)
         state = weights(tmp_path / "ddp" / name)
@@ -95,9 +118,25 @@ def test_nalign_run_launches_ddp_and_a_checkpoint_resumes_in_one_process(tmp_pat
     two processes itself; rank 0 alone writes the run folder; its checkpoint (step 3) resumes in one
     process to the weights of an uninterrupted one-process run of 6 steps."""
     run_dir = tmp_path / "run"
-    subprocess.run([sys.executable, "-m", "neural_alignment.cli", "run", "digits-mlp", *TINY, "rule.name=kp",
-                    "train.steps=3", "backend.name=ddp", "backend.options.nproc_per_node=2", "--out", str(run_dir)],
-                   check=True, env=environment(), timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "neural_alignment.cli",
+            "run",
+            "digits-mlp",
+            *TINY,
+            "rule.name=kp",
+            "train.steps=3",
+            "backend.name=ddp",
+            "backend.options.nproc_per_node=2",
+            "--out",
+            str(run_dir),
+        ],
+        check=True,
+        env=environment(),
+        timeout=600,
+    )
     written = sorted(p.name for p in run_dir.iterdir())
     assert written == ["checkpoint.pt", "metrics.jsonl", "recipe.yaml", "summary.json", "weights"]
     assert snapshot_steps(run_dir) == [0, 3]  # rank 0's snapshots: at the start and the final evaluation

@@ -5,8 +5,14 @@ import json
 from neural_alignment.grids.executor import RunSpec, run_all, run_one
 
 TINY = (
-    "data.train_limit=128", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[8]",
-    "train.progress=false", "log.loggers=[jsonl]", "train.epochs=null", "train.metrics_every=1",
+    "data.train_limit=128",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.options.hidden=[8]",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.epochs=null",
+    "train.metrics_every=1",
 )
 
 
@@ -31,8 +37,10 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
 
 
 def test_a_failing_run_is_recorded_and_the_rest_go_on(tmp_path):
-    specs = [RunSpec("digits-mlp", (*TINY, "rule.name=nosuchrule", "train.steps=2"), tmp_path / "bad"),
-             RunSpec("digits-mlp", (*TINY, "train.steps=2"), tmp_path / "good")]
+    specs = [
+        RunSpec("digits-mlp", (*TINY, "rule.name=nosuchrule", "train.steps=2"), tmp_path / "bad"),
+        RunSpec("digits-mlp", (*TINY, "train.steps=2"), tmp_path / "good"),
+    ]
     done = []
     bad, good = run_all(specs, on_done=lambda spec, summary: done.append(spec.run_dir.name))
     assert bad["status"] == "failed" and "nosuchrule" in bad["error"] and bad["seconds"] >= 0

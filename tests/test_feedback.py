@@ -45,8 +45,9 @@ class ScaledFeedback(Feedback):
             return None
         B = layer.backward_weight.detach()
         if isinstance(layer, nn.Conv2d):
-            dx = torch.nn.grad.conv2d_input(input_shape, B, dy, layer.stride, layer.padding, layer.dilation,
-                                            layer.groups)
+            dx = torch.nn.grad.conv2d_input(
+                input_shape, B, dy, layer.stride, layer.padding, layer.dilation, layer.groups
+            )
         else:
             dx = dy @ B
         return layer.feedback_scale * dx
@@ -72,8 +73,14 @@ def converted(registry: Registry, model: nn.Module, **overrides) -> nn.Module:
 
 def small_convnet() -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
-                         nn.Linear(3 * 3 * 3, 4), nn.Tanh(), nn.Linear(4, 5)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 4),
+        nn.Tanh(),
+        nn.Linear(4, 5),
+    ).double()
 
 
 def test_input_gradient_replaces_dy_b_and_leaves_dw_db_ordinary():
@@ -91,7 +98,7 @@ def test_input_gradient_replaces_dy_b_and_leaves_dw_db_ordinary():
     y.backward(dy)
     # by hand: each layer's input gradient is 3 * (its dy) B, then back through the activation
     dh1 = 3 * dy @ last.backward_weight
-    da1 = dh1 * (1 - h1 ** 2)
+    da1 = dh1 * (1 - h1**2)
     dh0 = (3 * da1 @ first.backward_weight).view_as(h0)
     da0 = dh0 * (a0 > 0)
     dx = 3 * torch.nn.grad.conv2d_input(x.shape, conv.backward_weight, da0, 2, 1)
@@ -99,8 +106,9 @@ def test_input_gradient_replaces_dy_b_and_leaves_dw_db_ordinary():
     torch.testing.assert_close(last.weight.grad, dy.t() @ h1, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(first.weight.grad, da1.t() @ h0.flatten(1), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(first.bias.grad, da1.sum(0), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(conv.weight.grad, torch.nn.grad.conv2d_weight(x, conv.weight.shape, da0, 2, 1),
-                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        conv.weight.grad, torch.nn.grad.conv2d_weight(x, conv.weight.shape, da0, 2, 1), rtol=1e-12, atol=1e-12
+    )
     torch.testing.assert_close(conv.bias.grad, da0.sum((0, 2, 3)), rtol=1e-12, atol=1e-12)
 
 
@@ -130,8 +138,7 @@ def test_input_gradient_none_keeps_dy_b_and_kp_transport():
     feedback = ScaledFeedback(replace=False)
     torch.manual_seed(1)
     reference = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)).double()
-    model = converted(registry_with(feedback, weights={"angle": 1.0}, trains_backward_weight=True),
-                      reference)
+    model = converted(registry_with(feedback, weights={"angle": 1.0}, trains_backward_weight=True), reference)
     x = torch.randn(7, 5, dtype=F64, requires_grad=True)
     y = model(x)
     dy = torch.randn_like(y)
@@ -139,7 +146,7 @@ def test_input_gradient_none_keeps_dy_b_and_kp_transport():
     first, last = model[0], model[2]
     h = torch.tanh(first(x)).detach()
     dh = dy @ last.backward_weight.detach()
-    torch.testing.assert_close(x.grad, (dh * (1 - h ** 2)) @ first.backward_weight.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, (dh * (1 - h**2)) @ first.backward_weight.detach(), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(last.backward_weight.grad, last.weight.grad)  # kp's dB = angle_scale dW, scale 1
 
 

@@ -29,7 +29,10 @@ def test_plot_comparison_writes_a_png(tmp_path):
 
 def test_comparison_figure_draws_one_line_per_rule_skipping_missing_keys():
     accuracy, angle = comparison_figure(HISTORIES).axes
-    drawn = {ax: {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines} for ax in (accuracy, angle)}
+    drawn = {
+        ax: {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+        for ax in (accuracy, angle)
+    }
     assert drawn[accuracy] == {"bp": ([100, 200], [0.8, 0.85]), "fa": ([100, 200], [0.7, 0.75]), "kp": ([100], [0.78])}
     assert drawn[angle] == {"bp": ([100, 200], [0.0, 0.0]), "fa": ([100], [60.0])}  # kp logged no angle
     assert accuracy.get_ylabel() == "test accuracy" and "angle" in angle.get_ylabel()
@@ -44,9 +47,11 @@ def test_empty_histories_still_make_a_figure(tmp_path):
 def test_grid_figure_draws_each_rule_against_the_value_with_its_error_bars():
     from neural_alignment.analysis.figures import grid_figure
 
-    rows = [{"rule": "bp", "value": "1", "test_acc": 0.8, "test_acc_sem": 0.01, "mean_weight_angle": 0.0},
-            {"rule": "bp", "value": "4", "test_acc": 0.7, "test_acc_sem": 0.02, "mean_weight_angle": 0.0},
-            {"rule": "fa", "value": "4", "test_acc": 0.6, "test_acc_sem": None, "mean_weight_angle": 90.0}]
+    rows = [
+        {"rule": "bp", "value": "1", "test_acc": 0.8, "test_acc_sem": 0.01, "mean_weight_angle": 0.0},
+        {"rule": "bp", "value": "4", "test_acc": 0.7, "test_acc_sem": 0.02, "mean_weight_angle": 0.0},
+        {"rule": "fa", "value": "4", "test_acc": 0.6, "test_acc_sem": None, "mean_weight_angle": 90.0},
+    ]
     accuracy, angle = grid_figure(rows, "depth").axes
     bp, fa = accuracy.containers  # one errorbar container per rule
     assert [bp.get_label(), fa.get_label()] == ["bp", "fa"]
@@ -55,4 +60,3 @@ def test_grid_figure_draws_each_rule_against_the_value_with_its_error_bars():
     bars = [seg[:, 1] for seg in bp.lines[2][0].get_segments()]  # bp's error bars: mean ± sem
     assert [list(b) for b in bars] == [pytest.approx([0.79, 0.81]), pytest.approx([0.68, 0.72])]
     assert [t.get_text() for t in accuracy.get_xticklabels()] == ["1", "4"] and accuracy.get_xlabel() == "depth"
-

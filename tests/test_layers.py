@@ -41,9 +41,15 @@ def conv_layer_args(draw):
     stride = 1 if padding == "same" else draw(st.sampled_from([1, 2, (1, 3)]))
     pad_mode = draw(st.sampled_from(["zeros", "reflect", "replicate", "circular"]))
     return dict(
-        in_channels=c_in, out_channels=c_out, kernel_size=kernel, stride=stride, padding=padding,
-        dilation=draw(st.sampled_from([1, 2, (2, 1)])), groups=c_in if depthwise else groups,
-        bias=draw(st.booleans()), padding_mode=pad_mode,
+        in_channels=c_in,
+        out_channels=c_out,
+        kernel_size=kernel,
+        stride=stride,
+        padding=padding,
+        dilation=draw(st.sampled_from([1, 2, (2, 1)])),
+        groups=c_in if depthwise else groups,
+        bias=draw(st.booleans()),
+        padding_mode=pad_mode,
     )
 
 
@@ -188,9 +194,14 @@ def test_layer_remembers_input_and_output_detached():
 @pytest.mark.filterwarnings(EVEN_SAME)
 @pytest.mark.parametrize(
     "args",
-    [dict(kernel_size=3, padding=1), dict(kernel_size=4, padding="same"), dict(kernel_size=(2, 3), padding="same",
-     dilation=(1, 2)), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=3, stride=(2, 3), padding="valid"),
-     dict(kernel_size=3, padding=1, groups=3, out_channels=6)],
+    [
+        dict(kernel_size=3, padding=1),
+        dict(kernel_size=4, padding="same"),
+        dict(kernel_size=(2, 3), padding="same", dilation=(1, 2)),
+        dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=3, stride=(2, 3), padding="valid"),
+        dict(kernel_size=3, padding=1, groups=3, out_channels=6),
+    ],
 )
 def test_conv_reconstruct_is_the_adjoint_of_project(args):
     torch.manual_seed(3)
@@ -222,11 +233,29 @@ def test_angle_scale_buffer_follows_the_rule_and_the_module():
 
 def test_from_module_keeps_arguments_dtype_and_output():
     torch.manual_seed(4)
-    native = nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding="valid", dilation=(1, 2), groups=2, bias=False,
-                       padding_mode="reflect", dtype=F64).eval()
+    native = nn.Conv2d(
+        4,
+        6,
+        (3, 2),
+        stride=(2, 1),
+        padding="valid",
+        dilation=(1, 2),
+        groups=2,
+        bias=False,
+        padding_mode="reflect",
+        dtype=F64,
+    ).eval()
     layer = AlignedConv2d.from_module(native, get_rule("kp"))
-    for attr in ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups",
-                 "padding_mode"):
+    for attr in (
+        "in_channels",
+        "out_channels",
+        "kernel_size",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "padding_mode",
+    ):
         assert getattr(layer, attr) == getattr(native, attr)
     assert layer.bias is None and layer.weight.dtype == F64 and layer.backward_weight.dtype == F64
     assert not layer.training
@@ -248,8 +277,12 @@ def test_layers_run_in_low_precision(dtype):
 def test_torch_compile_of_aligned_layers_gives_eager_gradients():
     torch.manual_seed(5)
     rule = get_rule("kp")
-    net = nn.Sequential(AlignedConv2d(2, 4, 3, stride=2, padding=1, rule=rule), nn.ReLU(), nn.Flatten(),
-                        AlignedLinear(4 * 16, 3, rule=get_rule("fa")))
+    net = nn.Sequential(
+        AlignedConv2d(2, 4, 3, stride=2, padding=1, rule=rule),
+        nn.ReLU(),
+        nn.Flatten(),
+        AlignedLinear(4 * 16, 3, rule=get_rule("fa")),
+    )
     x = torch.randn(2, 2, 8, 8)
 
     def grads(model):

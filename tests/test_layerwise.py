@@ -20,12 +20,15 @@ def hand_matrix(c_decay=0.0, c_self=0.0, c_amp=0.0, c_sparse=0.0, x=1.0):
     return np.array([[diagonal, off], [off, diagonal]])
 
 
-@pytest.mark.parametrize("name, weights, coefficients", [
-    ("sa", None, dict(c_decay=1e-3, c_self=2e-3)),
-    ("aa", None, dict(c_sparse=1e-3, c_amp=2e-3)),
-    ("wm", None, dict(c_amp=1e-3, c_decay=1e-3)),
-    ("wm", {"decay": 5e-4}, dict(c_amp=1e-3, c_decay=5e-4)),  # alpha = beta in the paper's weights
-])
+@pytest.mark.parametrize(
+    "name, weights, coefficients",
+    [
+        ("sa", None, dict(c_decay=1e-3, c_self=2e-3)),
+        ("aa", None, dict(c_sparse=1e-3, c_amp=2e-3)),
+        ("wm", None, dict(c_amp=1e-3, c_decay=1e-3)),
+        ("wm", {"decay": 5e-4}, dict(c_amp=1e-3, c_decay=5e-4)),  # alpha = beta in the paper's weights
+    ],
+)
 @pytest.mark.parametrize("w, b, x", POINTS)
 def test_autograd_matrix_equals_d1_closed_form_and_hand_hessian(name, weights, coefficients, w, b, x):
     rule = layerwise.scalar_rule(name, weights)
@@ -77,8 +80,9 @@ def test_a_plugin_rule_is_analysed_through_its_primitives(monkeypatch, capsys):
     registry = Registry(autoload=False, extra_plugins=[_MirrorOnly()])
     monkeypatch.setattr(manager, "_default", registry)
     rule = layerwise.scalar_rule("mirror_only")
-    np.testing.assert_allclose(layerwise.regularizer_matrix(rule, 0.3, 0.8, 2.0), hand_matrix(c_amp=1e-3, x=2.0),
-                               rtol=1e-9)
+    np.testing.assert_allclose(
+        layerwise.regularizer_matrix(rule, 0.3, 0.8, 2.0), hand_matrix(c_amp=1e-3, x=2.0), rtol=1e-9
+    )
     assert main(["analyze", "d1", "--rule", "mirror_only", "--x", "1"]) == 0
     printed = capsys.readouterr().out
     assert "rule mirror_only" in printed and "verdict: unstable: x = 1: eigenvalue -0.001" in printed
@@ -92,13 +96,16 @@ def test_cli_prints_closed_forms_and_verdicts(capsys):
     assert verdicts[0].strip().startswith("verdict: unstable") and verdicts[1].strip().startswith("verdict: stable")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rule", "wn"], "Did you mean 'wm'"),
-    (["--weight", "decay=1"], "RULE.PRIMITIVE=NUMBER"),
-    (["--rule", "sa", "--weight", "wm.decay=1"], "not analysed"),
-    (["--rule", "sa", "--weight", "sa.dekay=1"], "unknown primitive 'dekay'"),
-    (["--x", "1,a"], "--x must be"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--rule", "wn"], "Did you mean 'wm'"),
+        (["--weight", "decay=1"], "RULE.PRIMITIVE=NUMBER"),
+        (["--rule", "sa", "--weight", "wm.decay=1"], "not analysed"),
+        (["--rule", "sa", "--weight", "sa.dekay=1"], "unknown primitive 'dekay'"),
+        (["--x", "1,a"], "--x must be"),
+    ],
+)
 def test_cli_bad_input_is_one_line_exit_2(args, message, capsys):
     assert main(["analyze", "d1", *args]) == 2
     out, err = capsys.readouterr()

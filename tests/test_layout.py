@@ -55,7 +55,7 @@ def test_no_module_imports_itself_back_through_others():
         stack.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
+                cycle = stack[stack.index(target) :] + [target]
                 pytest.fail("import circle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target)
@@ -79,7 +79,9 @@ def test_a_folder_imports_only_the_folders_below_it(folder):
             if len(parts) > 1 and parts[1] in LAYERS and parts[1] not in allowed:
                 bad.append(f"{module} imports {target}")
     # the old paths of three runtime modules stay importable from core for plugins (core/backend.py etc.)
-    bad = [b for b in bad if not b.startswith(tuple(f"neural_alignment.core.{m} " for m in ("backend", "data", "logger")))]
+    bad = [
+        b for b in bad if not b.startswith(tuple(f"neural_alignment.core.{m} " for m in ("backend", "data", "logger")))
+    ]
     assert not bad, "\n".join(bad)
 
 

@@ -41,7 +41,9 @@ def train(rule, lr=0.05, alignment_rate=100.0, weight_decay=0.0, steps=STEPS):
     """Train and return the network. Loss = task + alignment_rate * alignment_loss, one backward;
     SGD(lr, weight_decay) on W, SGD(lr) on B (so kp's tied updates stay tied)."""
     torch.manual_seed(0)
-    net = nn.Sequential(AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule))
+    net = nn.Sequential(
+        AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule)
+    )
     teacher = torch.randn(OUT, IN) / math.sqrt(IN)
     forward_weights = [layer.weight for layer in net]
     backward_weights = [layer.backward_weight for layer in net if layer.backward_weight.requires_grad]
@@ -90,7 +92,9 @@ def test_fa_leaves_b_unchanged():
     rule = get_rule("fa")
     net = train(rule, steps=20)
     torch.manual_seed(0)  # train() reseeds with 0: rebuild the same initial B
-    fresh = nn.Sequential(AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule))
+    fresh = nn.Sequential(
+        AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule)
+    )
     for trained, initial in zip(net, fresh):
         assert torch.equal(trained.backward_weight, initial.backward_weight)
         assert trained.backward_weight.grad is None

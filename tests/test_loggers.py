@@ -13,9 +13,9 @@ import torch
 from tqdm import tqdm
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.runtime.logger import Logger, layer_metric_key
 from neural_alignment.plugins.loggers.wandb_logger import resolve_mode
 from neural_alignment.registry import Registry
+from neural_alignment.runtime.logger import Logger, layer_metric_key
 
 CONFIG = {"model": {"arch": "mlp", "options": {"hidden": [8]}}, "rule": {"name": "kp"}}
 
@@ -189,5 +189,6 @@ def test_wandb_offline_run_records_name_config_metrics_and_summary(tmp_path, wan
     table = json.loads(table_file.read_text())
     assert table["columns"] == ["step", "lineKey", "lineVal"]
     assert sorted(map(tuple, table["data"])) == sorted(
-        [(s, "features.block1.conv", 90.0 - s) for s in (0, 25, 50)] + [(s, "classifier.1", 80.0 - s) for s in (0, 25, 50)]
+        [(s, "features.block1.conv", 90.0 - s) for s in (0, 25, 50)]
+        + [(s, "classifier.1", 80.0 - s) for s in (0, 25, 50)]
     )

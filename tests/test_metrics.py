@@ -49,8 +49,11 @@ def test_angle_is_accurate_near_zero():
 
 def two_layer_net(rule_name="fa"):
     torch.manual_seed(0)
-    return nn.Sequential(AlignedLinear(4, 6, rule=get_rule(rule_name), dtype=F64), nn.Tanh(),
-                         AlignedLinear(6, 3, rule=get_rule(rule_name), dtype=F64))
+    return nn.Sequential(
+        AlignedLinear(4, 6, rule=get_rule(rule_name), dtype=F64),
+        nn.Tanh(),
+        AlignedLinear(6, 3, rule=get_rule(rule_name), dtype=F64),
+    )
 
 
 def test_gradient_angle_by_hand():
@@ -75,8 +78,14 @@ def test_gradient_angle_by_hand():
 def test_gradient_angle_is_zero_when_tied_and_leaves_no_state():
     torch.manual_seed(1)
     rule = get_rule("kp")
-    net = nn.Sequential(AlignedConv2d(2, 3, 3, padding=1, rule=rule, dtype=F64), nn.BatchNorm2d(3, dtype=F64),
-                        nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), AlignedLinear(3 * 16, 2, rule=rule, dtype=F64))
+    net = nn.Sequential(
+        AlignedConv2d(2, 3, 3, padding=1, rule=rule, dtype=F64),
+        nn.BatchNorm2d(3, dtype=F64),
+        nn.ReLU(),
+        nn.Dropout(0.5),
+        nn.Flatten(),
+        AlignedLinear(3 * 16, 2, rule=rule, dtype=F64),
+    )
     for layer in (net[0], net[5]):
         with torch.no_grad():
             layer.backward_weight.copy_(layer.weight)

@@ -11,12 +11,20 @@ import torch
 
 from neural_alignment.analysis import neural_fit
 from neural_alignment.cli import main
-from neural_alignment.training.build import build_data
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.training.build import build_data
 from neural_alignment.training.trained import load_trained_model
 
-FEW = ["data.train_limit=256", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[24]",
-       "train.steps=8", "train.eval_every=4", "train.progress=false", "log.loggers=[jsonl]"]
+FEW = [
+    "data.train_limit=256",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.options.hidden=[24]",
+    "train.steps=8",
+    "train.eval_every=4",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+]
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +104,10 @@ def test_cli_reports_median_and_writes_json(run_dir, images, tmp_path, capsys):
     trials = responses[None] + 0.5 * rng.normal(size=(6, 240, 12))
     data = write_npz(tmp_path / "neural.npz", x, labels, trials.mean(0), trials=trials)
     out = tmp_path / "fit.json"
-    assert main(["neural-fit", str(run_dir), "--layer", "2", "--data", str(data), "--components", "8",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["neural-fit", str(run_dir), "--layer", "2", "--data", str(data), "--components", "8", "--json", str(out)])
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "median held-out Pearson r" in printed and "median noise-corrected r" in printed
     record = json.loads(out.read_text())
@@ -116,8 +126,10 @@ def test_cli_bad_inputs_are_one_line_errors(run_dir, images, tmp_path, capsys):
         ([str(tmp_path), "--layer", "2", "--data", str(good)], "is not a trained run folder"),
         ([str(run_dir), "--layer", "2", "--data", str(tmp_path / "missing.npz")], "does not exist"),
         ([str(run_dir), "--layer", "2", "--data", str(good), "--json", str(good)], "--json"),
-        ([str(run_dir), "--layer", "2", "--data", str(good), "--json", str(tmp_path / "no" / "f.json")],
-         "does not exist"),
+        (
+            [str(run_dir), "--layer", "2", "--data", str(good), "--json", str(tmp_path / "no" / "f.json")],
+            "does not exist",
+        ),
     ]
     for args, message in cases:
         assert main(["neural-fit", *args]) == 2

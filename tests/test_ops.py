@@ -157,8 +157,12 @@ class AtenLog(TorchDispatchMode):
 
 @pytest.mark.parametrize(
     "x_grad, W_grad, B_grad, mask",
-    [(True, True, False, [True, True, True]), (False, True, False, [False, True, True]),
-     (True, False, False, [True, False, True]), (False, False, True, [False, True, True])],
+    [
+        (True, True, False, [True, True, True]),
+        (False, True, False, [False, True, True]),
+        (True, False, False, [True, False, True]),
+        (False, False, True, [False, True, True]),
+    ],
 )
 def test_conv_backward_is_one_convolution_backward_with_only_the_needed_outputs(x_grad, W_grad, B_grad, mask):
     x, W, b = conv_case()

@@ -18,7 +18,17 @@ def test_warmup_then_drops_at_epochs():
     cfg = {"kind": "step", "warmup_epochs": 2, "drops": [3, 5], "factor": 0.1}
     lr = make_lr_schedule(0.5, cfg, steps_per_epoch=4, batch_size=256)
     # epoch = step / 4: linear warmup 0.5 * epoch / 2 below epoch 2, then 0.5, 0.05 from epoch 3, 0.005 from epoch 5
-    expected = {0: 0.0, 1: 0.5 * 0.25 / 2, 4: 0.5 * 1 / 2, 7: 0.5 * 1.75 / 2, 8: 0.5, 11: 0.5, 12: 0.05, 19: 0.05, 20: 0.005}
+    expected = {
+        0: 0.0,
+        1: 0.5 * 0.25 / 2,
+        4: 0.5 * 1 / 2,
+        7: 0.5 * 1.75 / 2,
+        8: 0.5,
+        11: 0.5,
+        12: 0.05,
+        19: 0.05,
+        20: 0.005,
+    }
     for step, value in expected.items():
         assert lr(step) == pytest.approx(value, rel=1e-12), step
 
@@ -52,7 +62,9 @@ def test_component_sets_lr_of_the_step_before_updating():
 def test_optimizers_by_name():
     p = [torch.nn.Parameter(torch.zeros(2))]
     nesterov = make_optimizer("nesterov", p, 0.1, momentum=0.9, weight_decay=1e-4)
-    assert isinstance(nesterov, torch.optim.SGD) and nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] == 0.9
+    assert (
+        isinstance(nesterov, torch.optim.SGD) and nesterov.defaults["nesterov"] and nesterov.defaults["momentum"] == 0.9
+    )
     assert isinstance(make_optimizer("adam", p, 1e-3), torch.optim.Adam)
     assert isinstance(make_optimizer("adamw", p, 1e-3, weight_decay=0.1), torch.optim.AdamW)
     assert make_optimizer("gd", p, 0.1).defaults["momentum"] == 0

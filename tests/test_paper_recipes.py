@@ -2,34 +2,90 @@
 noisy updates (B.3) and Kolen-Pollack (D.3). The expected numbers are transcribed here from
 shared/paper/appendix.txt and table5.md, independently of the YAML files."""
 
-from functools import lru_cache
+from functools import cache
 
 import pytest
 from omegaconf import OmegaConf
 
 from neural_alignment.api import get_rule
-from neural_alignment.runtime.optim import make_lr_schedule
 from neural_alignment.core.rules import FLAG_NAMES
-from neural_alignment.training.build import rule_options
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.registry import get_registry
+from neural_alignment.runtime.optim import make_lr_schedule
+from neural_alignment.training.build import rule_options
 
 T, F = True, False
-FLAG_ROWS = ("fo_bias", "fo_relu", "fo_bwmc", "fo_fwmc", "fo_fwl2n", "bo_bias", "bo_relu", "bo_fwmc", "bo_fwl2n",
-             "bi_bwmc", "bi_fwmc", "bi_fwl2n")  # Table 5's row order
+FLAG_ROWS = (
+    "fo_bias",
+    "fo_relu",
+    "fo_bwmc",
+    "fo_fwmc",
+    "fo_fwl2n",
+    "bo_bias",
+    "bo_relu",
+    "bo_fwmc",
+    "bo_fwl2n",
+    "bi_bwmc",
+    "bi_fwmc",
+    "bi_fwl2n",
+)  # Table 5's row order
 TABLE5 = {  # column: alternating, delay, batch, SGDM lr, alignment optimizer, eta, sigma, alpha/beta, beta, gamma, flags
-    "imagenet-resnet18-wm-tpe": (T, 2, 2048, 1.0, "gd", 1.0, 0.6905, 15.6607, 0.0283, None,
-                                 (T, T, T, F, F, F, F, F, F, T, F, F)),
-    "imagenet-resnet18-wm-tpe-ad": (T, 0, 256, 0.125, "adam", 0.0053, 0.9500, 13.9040, 2.8109e-8, None,
-                                    (T, T, T, F, F, F, F, F, F, T, F, F)),
-    "imagenet-resnet18-wm-tpe-ad-ops": (T, 0, 256, 0.125, "adam", 0.0025, 0.6402, 0.1344, 232.7856, None,
-                                        (T, T, T, T, F, F, T, F, T, T, F, F)),
-    "imagenet-resnet18-ia-tpe": (T, 1, 256, 0.125, "adam", 0.0098, 0.8176, 129.1123, 7.9990, 3.1610e-6,
-                                 (T, T, T, T, F, T, F, T, T, F, F, F)),
+    "imagenet-resnet18-wm-tpe": (
+        T,
+        2,
+        2048,
+        1.0,
+        "gd",
+        1.0,
+        0.6905,
+        15.6607,
+        0.0283,
+        None,
+        (T, T, T, F, F, F, F, F, F, T, F, F),
+    ),
+    "imagenet-resnet18-wm-tpe-ad": (
+        T,
+        0,
+        256,
+        0.125,
+        "adam",
+        0.0053,
+        0.9500,
+        13.9040,
+        2.8109e-8,
+        None,
+        (T, T, T, F, F, F, F, F, F, T, F, F),
+    ),
+    "imagenet-resnet18-wm-tpe-ad-ops": (
+        T,
+        0,
+        256,
+        0.125,
+        "adam",
+        0.0025,
+        0.6402,
+        0.1344,
+        232.7856,
+        None,
+        (T, T, T, T, F, F, T, F, T, T, F, F),
+    ),
+    "imagenet-resnet18-ia-tpe": (
+        T,
+        1,
+        256,
+        0.125,
+        "adam",
+        0.0098,
+        0.8176,
+        129.1123,
+        7.9990,
+        3.1610e-6,
+        (T, T, T, T, F, T, F, T, T, F, F, F),
+    ),
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def recipe_named(name):
     """Each recipe is loaded once here (loading merges several files; the tests only read it)."""
     return load_recipe(name)
@@ -69,9 +125,11 @@ def test_table5_columns(name):
     for k, drop in enumerate((30, 60, 80)):
         for component, shift in ((o.task, delay), (o.alignment, 0.0)):  # R's lr drops with J's
             assert lr_at(component, recipe, drop + delay - 0.5, shift) == pytest.approx(
-                (lr if component is o.task else eta) * 0.1 ** k)
+                (lr if component is o.task else eta) * 0.1**k
+            )
             assert lr_at(component, recipe, drop + delay, shift) == pytest.approx(
-                (lr if component is o.task else eta) * 0.1 ** (k + 1))
+                (lr if component is o.task else eta) * 0.1 ** (k + 1)
+            )
     # R's lr warms up for 6 epochs only without a delay
     assert lr_at(o.alignment, recipe, 3) == pytest.approx(eta / 2 if delay == 0 else eta)
     assert t.epochs == 100 and t.model_l2 == 1e-4 and recipe.model.arch == "resnet18"
@@ -87,7 +145,8 @@ def test_b2_setup(rule):
     assert recipe.rule.name == rule and recipe.data.batch_size == 256 and recipe.train.epochs == 90
     assert (o.task.name, o.task.momentum, o.task.lr) == ("nesterov", 0.9, 0.1)
     assert [lr_at(o.task, recipe, e) for e in (2.5, 5, 29.9, 30, 60, 80)] == pytest.approx(
-        [0.05, 0.1, 0.1, 0.01, 0.001, 0.0001])
+        [0.05, 0.1, 0.1, 0.01, 0.001, 0.0001]
+    )
     if rule != "kp":
         assert (o.alignment.name, o.alignment.lr) == ("adam", 0.001)
 
@@ -111,10 +170,13 @@ def test_d3_kolen_pollack_updates_b_with_ws_optimizer():
     assert rule.weights == {"angle": 1.0, "decay": 5e-5} and 2 * rule.weights["decay"] == recipe.train.model_l2
     task, alignment = recipe.optim.task, recipe.optim.alignment
     assert {k: alignment[k] for k in ("name", "lr", "momentum", "schedule")} == {
-        k: task[k] for k in ("name", "lr", "momentum", "schedule")}
+        k: task[k] for k in ("name", "lr", "momentum", "schedule")
+    }
 
 
-@pytest.mark.parametrize("rule, component", [("bp", "task"), ("sa", "alignment"), ("aa", "alignment"), ("kp", "alignment")])
+@pytest.mark.parametrize(
+    "rule, component", [("bp", "task"), ("sa", "alignment"), ("aa", "alignment"), ("kp", "alignment")]
+)
 def test_b3_noisy_updates(rule, component):
     recipe = recipe_named(f"imagenet-resnet18-{rule}-noisy")
     o = recipe.optim
@@ -125,7 +187,8 @@ def test_b3_noisy_updates(rule, component):
     if rule in ("sa", "aa"):  # Adam 0.001 on R, drops at 30 and 60
         assert (o.alignment.name, o.alignment.lr) == ("adam", 0.001)
         assert [lr_at(o.alignment, recipe, e) for e in (0, 29.9, 30, 60, 85)] == pytest.approx(
-            [0.001, 0.001, 1e-4, 1e-5, 1e-5])
+            [0.001, 0.001, 1e-4, 1e-5, 1e-5]
+        )
     # the noise goes where the readings put it: W's optimizer for bp, B's for sa, aa and kp
     assert o.task.noise.std == 0.0 and o.alignment.noise.std == 0.0  # the scale is an override:
     noisy = load_recipe(f"imagenet-resnet18-{rule}-noisy", [f"optim.{component}.noise.std=0.01"]).optim

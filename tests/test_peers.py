@@ -18,8 +18,7 @@ def test_missing_biotorch_is_skipped_with_a_message(monkeypatch, capsys):
     peers = load_peers()
     monkeypatch.setitem(sys.modules, "biotorch", None)  # import biotorch raises ImportError
     monkeypatch.setitem(sys.modules, "biotorch.module.biomodule", None)
-    assert peers.main(["--rules", "usf,dfa", "--train-limit", "128", "--test-limit", "500",
-                       "--batch-size", "32"]) == 0
+    assert peers.main(["--rules", "usf,dfa", "--train-limit", "128", "--test-limit", "500", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "peer biotorch skipped" in out and "pip install --no-deps biotorch==0.0.16" in out
     rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| usf") or line.startswith("| dfa")]

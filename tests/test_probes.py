@@ -10,14 +10,23 @@ import torch
 import torch.nn.functional as F
 
 from neural_alignment.api import convert
-from neural_alignment.runtime import snapshots
 from neural_alignment.plugins.architectures.mlp import mlp
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.runtime import snapshots
 from neural_alignment.training.probes import GRADIENT_BATCH, fixed_batch, gradient_angle_metrics
 from neural_alignment.training.trainer import train
 
-TINY = ["data.train_limit=256", "data.test_limit=100", "data.batch_size=32", "model.options.hidden=[40]",
-        "train.steps=6", "train.metrics_every=2", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+TINY = [
+    "data.train_limit=256",
+    "data.test_limit=100",
+    "data.batch_size=32",
+    "model.options.hidden=[40]",
+    "train.steps=6",
+    "train.metrics_every=2",
+    "train.eval_every=3",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+]
 
 
 def run(tmp_path, rule, *extra):
@@ -105,8 +114,13 @@ def test_snapshots_hold_a_fixed_sample_of_w_b_pairs(tmp_path):
 
 
 def test_probes_do_not_change_training_with_batchnorm(tmp_path):
-    common = ["model.arch=convnet", "model.options={channels: [4, 8]}", "rule.name=fa", "train.steps=3",
-              "data.test_limit=32"]
+    common = [
+        "model.arch=convnet",
+        "model.options={channels: [4, 8]}",
+        "rule.name=fa",
+        "train.steps=3",
+        "data.test_limit=32",
+    ]
     quiet = train(load_recipe("digits-mlp", [*TINY, *common, "train.eval_every=0"]), tmp_path / "q").model
     probed = train(load_recipe("digits-mlp", [*TINY, *common, "train.eval_every=1"]), tmp_path / "p").model
     assert all(torch.equal(a, b) for a, b in zip(quiet.state_dict().values(), probed.state_dict().values()))

@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 from neural_alignment.cli import main
 from neural_alignment.recipes.schema import Recipe
 
-TINY = ["data.train_limit=64", "data.test_limit=32", "data.batch_size=16", "model.options.hidden=[4]",
-        "train.progress=false", "log.loggers=[jsonl]", "train.epochs=null", "train.steps=2"]
+TINY = [
+    "data.train_limit=64",
+    "data.test_limit=32",
+    "data.batch_size=16",
+    "model.options.hidden=[4]",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.epochs=null",
+    "train.steps=2",
+]
 
 
 def errors(capsys, *args):
@@ -23,13 +31,25 @@ def errors(capsys, *args):
     return code, capsys.readouterr().err.strip().splitlines()
 
 
-@pytest.mark.parametrize("override, valid", [
-    ("data.batch_size=0", ">= 1"), ("data.batch_size=-3", ">= 1"), ("data.eval_batch_size=0", ">= 1"),
-    ("train.steps=-5", ">= 1"), ("train.steps=0", ">= 1"), ("train.epochs=-1", "> 0"),
-    ("train.clip_grad_norm=-1", "> 0"), ("optim.task.lr=-0.1", ">= 0"), ("optim.alignment.lr=-1", ">= 0"),
-    ("optim.task.momentum=-0.9", "[0, 1)"), ("data.num_workers=-1", ">= 0"),
-    ("train.checkpoint_every=-1", ">= 0"), ("train.topk=[0]", ">= 1"), ("train.epochs=.inf", "> 0"),
-])
+@pytest.mark.parametrize(
+    "override, valid",
+    [
+        ("data.batch_size=0", ">= 1"),
+        ("data.batch_size=-3", ">= 1"),
+        ("data.eval_batch_size=0", ">= 1"),
+        ("train.steps=-5", ">= 1"),
+        ("train.steps=0", ">= 1"),
+        ("train.epochs=-1", "> 0"),
+        ("train.clip_grad_norm=-1", "> 0"),
+        ("optim.task.lr=-0.1", ">= 0"),
+        ("optim.alignment.lr=-1", ">= 0"),
+        ("optim.task.momentum=-0.9", "[0, 1)"),
+        ("data.num_workers=-1", ">= 0"),
+        ("train.checkpoint_every=-1", ">= 0"),
+        ("train.topk=[0]", ">= 1"),
+        ("train.epochs=.inf", "> 0"),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_key_value_and_range(capsys, override, valid):
     key, value = override.split("=")
     code, err = errors(capsys, "show", "digits-mlp", override)
@@ -84,14 +104,45 @@ def schema_keys(schema=Recipe(), prefix=""):
 
 
 KEYS = sorted(schema_keys())
-NAMES = st.sampled_from(["mlp", "digits", "bp", "kp", "sgd", "adam", "float64", "jsonl", "console", "cpu", "normal",
-                         "decay", "hidden", "kind", "fo_bias", "task", "alignment", "1", "3"])  # names the code knows
-SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats()
-           | st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12) | NAMES)
-VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
-                      | st.dictionaries(NAMES | st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8), inner,
-                                        max_size=3),
-                      max_leaves=6)
+NAMES = st.sampled_from(
+    [
+        "mlp",
+        "digits",
+        "bp",
+        "kp",
+        "sgd",
+        "adam",
+        "float64",
+        "jsonl",
+        "console",
+        "cpu",
+        "normal",
+        "decay",
+        "hidden",
+        "kind",
+        "fo_bias",
+        "task",
+        "alignment",
+        "1",
+        "3",
+    ]
+)  # names the code knows
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats()
+    | st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
+    | NAMES
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(NAMES | st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def as_override(key: str, value) -> str:
@@ -106,7 +157,9 @@ def exits_cleanly(capsys, args) -> None:
     assert code in (0, 2), (args, code, err)
     if code == 2:
         assert len(err) == 1 and err[0].startswith(("nalign: error:", "nalign run: error:", "nalign show: error:")), (
-            args, err)
+            args,
+            err,
+        )
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -116,8 +169,9 @@ def test_any_value_for_any_key_shows_or_is_one_line(capsys, key, value):
     exits_cleanly(capsys, ["show", "digits-mlp", override])
 
 
-@settings(max_examples=12, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
 @given(key=st.sampled_from(KEYS), value=VALUES)
 def test_any_value_for_any_key_runs_or_is_one_line(tmp_path_factory, capsys, key, value):
     # a tiny run: a value that asks for a long one (train.steps) is left to the show test

@@ -10,8 +10,15 @@ from neural_alignment.cli import main
 from neural_alignment.recipes.loader import RecipeError, load_recipe, recipe_files, to_yaml
 from neural_alignment.registry import Registry, manager
 
-BUILTIN = ["digits-mlp", "fmnist-mlp", "fmnist-convnet", "imagenet-resnet18", "imagenet-resnet18-ia-tpe",
-           "imagenet-resnet18-wm-tpe", "search-fmnist-wm"]
+BUILTIN = [
+    "digits-mlp",
+    "fmnist-mlp",
+    "fmnist-convnet",
+    "imagenet-resnet18",
+    "imagenet-resnet18-ia-tpe",
+    "imagenet-resnet18-wm-tpe",
+    "search-fmnist-wm",
+]
 
 
 @pytest.fixture

@@ -142,7 +142,9 @@ def test_blocked_builtin_plugin_registers_nothing():
 
 def test_unknown_kind_is_a_user_error_listing_kinds():
     registry = Registry(autoload=False)
-    with pytest.raises(RegistryError, match="unknown kind 'rule'. Did you mean 'rules'\\? Valid kinds: ops, primitives"):
+    with pytest.raises(
+        RegistryError, match="unknown kind 'rule'. Did you mean 'rules'\\? Valid kinds: ops, primitives"
+    ):
         registry.catalog("rule")
 
 
@@ -171,19 +173,25 @@ def _primitive(name, needs):
     return type("P", (Primitive,), {"name": name, "needs": needs, "__call__": lambda self, ctx: 0})()
 
 
-@pytest.mark.parametrize("name, obj, said", [
-    ("a b", "weights", "'a b' is not a valid name: letters, digits, '_' and '-'"),
-    ("kp,fa", "weights", "'kp,fa' is not a valid name"),
-    ("mine", "other", "primitive registered as 'mine' has Primitive.name 'other'"),
-    ("mine", "weights-as-text", "has needs='weights': it must be a set of"),
-    ("mine", "misspelt", "needs unknown category 'projection'. Did you mean 'projections'?"),
-])
+@pytest.mark.parametrize(
+    "name, obj, said",
+    [
+        ("a b", "weights", "'a b' is not a valid name: letters, digits, '_' and '-'"),
+        ("kp,fa", "weights", "'kp,fa' is not a valid name"),
+        ("mine", "other", "primitive registered as 'mine' has Primitive.name 'other'"),
+        ("mine", "weights-as-text", "has needs='weights': it must be a set of"),
+        ("mine", "misspelt", "needs unknown category 'projection'. Did you mean 'projections'?"),
+    ],
+)
 def test_an_invalid_third_party_primitive_is_left_out_with_a_warning(name, obj, said):
     from neural_alignment.registry import PluginWarning
 
-    primitive = {"weights": _primitive(name, frozenset({"weights"})), "other": _primitive("other", frozenset()),
-                 "weights-as-text": _primitive(name, "weights"),
-                 "misspelt": _primitive(name, {"projection"})}[obj]
+    primitive = {
+        "weights": _primitive(name, frozenset({"weights"})),
+        "other": _primitive("other", frozenset()),
+        "weights-as-text": _primitive(name, "weights"),
+        "misspelt": _primitive(name, {"projection"}),
+    }[obj]
     with pytest.warns(PluginWarning) as caught:
         registry = Registry(autoload=False, extra_plugins=[_PrimitivePlugin(name, primitive), _DatasetPlugin("ok")])
     (failure,) = registry.failures
@@ -203,6 +211,9 @@ def test_a_builtin_rule_weighing_an_unknown_primitive_stops_the_registry(monkeyp
     module.register_rules = hookimpl(lambda register: register("typo", RuleSpec("typo", weights={"sefl": 1.0})))
     monkeypatch.setitem(sys.modules, module.__name__, module)
     monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", [*plugins.BUILTIN_PLUGINS, module.__name__])
-    with pytest.raises(RegistryError, match="built-in plugin 'nalign_test_builtin_typo': rule 'typo' weighs "
-                                           "unknown primitive 'sefl'. Did you mean 'self'?"):
+    with pytest.raises(
+        RegistryError,
+        match="built-in plugin 'nalign_test_builtin_typo': rule 'typo' weighs "
+        "unknown primitive 'sefl'. Did you mean 'self'?",
+    ):
         Registry(autoload=False)

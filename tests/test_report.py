@@ -10,8 +10,17 @@ import pytest
 
 from neural_alignment.cli import main
 
-FEW = ["data.train_limit=256", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[16,16]",
-       "train.steps=9", "train.metrics_every=3", "train.eval_every=3", "train.progress=false", "log.loggers=[jsonl]"]
+FEW = [
+    "data.train_limit=256",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.options.hidden=[16,16]",
+    "train.steps=9",
+    "train.metrics_every=3",
+    "train.eval_every=3",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,9 +61,11 @@ def test_report_replaces_an_earlier_report_and_refuses_any_other_folder(compare_
     assert main(["report", str(compare_dir / "bp"), "--out", str(out)]) == 0
     assert "bp" in (out / "index.html").read_text() and (out / "notes.txt").read_text() == "mine"
     capsys.readouterr()
-    for target, message in [(compare_dir, "holds files that are not an earlier nalign report"),
-                            (compare_dir / "sa" / "metrics.jsonl", "is a file"),
-                            (compare_dir / "sa" / "metrics.jsonl" / "r", "cannot create report folder")]:
+    for target, message in [
+        (compare_dir, "holds files that are not an earlier nalign report"),
+        (compare_dir / "sa" / "metrics.jsonl", "is a file"),
+        (compare_dir / "sa" / "metrics.jsonl" / "r", "cannot create report folder"),
+    ]:
         kept = target if target.exists() else target.parent
         before = {p: p.read_bytes() for p in kept.rglob("*") if p.is_file()} if kept.is_dir() else kept.read_bytes()
         assert main(["report", str(compare_dir / "sa"), "--out", str(target)]) == 2
@@ -83,8 +94,22 @@ def test_report_figures_show_what_the_runs_logged(compare_dir):
 
 def test_several_runs_overlaid_and_layer_step_choice(compare_dir, tmp_path):
     out = tmp_path / "two"
-    assert main(["report", str(compare_dir / "sa"), str(compare_dir / "bp"), "--out", str(out),
-                 "--layers", "1,5", "--steps", "3,9"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(compare_dir / "sa"),
+                str(compare_dir / "bp"),
+                "--out",
+                str(out),
+                "--layers",
+                "1,5",
+                "--steps",
+                "3,9",
+            ]
+        )
+        == 0
+    )
     assert (out / "weights-sa.png").exists() and (out / "index.html").exists()
     from neural_alignment.analysis.report import alignment_figure
     from neural_alignment.analysis.runs import load_runs
@@ -103,13 +128,16 @@ def test_a_run_without_snapshots_gets_a_note(compare_dir, tmp_path):
     assert not (tmp_path / "r" / "weights-old.png").exists()
 
 
-@pytest.mark.parametrize("make, extra, message", [
-    (lambda p: p.mkdir(), [], "is not a run folder (no metrics.jsonl) nor a 'nalign compare' output folder"),
-    (lambda p: None, [], "does not exist"),
-    (lambda p: (p.mkdir(), (p / "metrics.jsonl").write_text("")), [], "holds no records"),
-    (None, ["--layers", "9"], "no weight snapshots of layer(s) 9; layers: 1, 3, 5"),
-    (None, ["--steps", "4"], "no weight snapshot at step(s) 4; snapshot steps: 0, 3, 6, 9"),
-])
+@pytest.mark.parametrize(
+    "make, extra, message",
+    [
+        (lambda p: p.mkdir(), [], "is not a run folder (no metrics.jsonl) nor a 'nalign compare' output folder"),
+        (lambda p: None, [], "does not exist"),
+        (lambda p: (p.mkdir(), (p / "metrics.jsonl").write_text("")), [], "holds no records"),
+        (None, ["--layers", "9"], "no weight snapshots of layer(s) 9; layers: 1, 3, 5"),
+        (None, ["--steps", "4"], "no weight snapshot at step(s) 4; snapshot steps: 0, 3, 6, 9"),
+    ],
+)
 def test_bad_folders_and_choices_are_one_line_errors(compare_dir, tmp_path, capsys, make, extra, message):
     target = tmp_path / "x"
     if make is None:

@@ -63,7 +63,7 @@ def test_sa_weights_exactly():
 def test_kp_default_decay_matches_weight_decay_1e_4():
     # lambda_KP / (2 lr_B) with lambda_KP = lr * 1e-4: the B shrink per SGD step, 2 * decay * lr,
     # equals the W shrink of SGD(weight_decay=1e-4), lr * 1e-4
-    assert 2 * KP_DECAY == pytest.approx(1e-4)
+    assert pytest.approx(1e-4) == 2 * KP_DECAY
 
 
 def test_backward_weight_flags():
@@ -113,8 +113,9 @@ def test_noise_and_forward_alignment_overrides():
 
 
 def test_none_overrides_keep_the_defaults():
-    built = rule("wm", weights=None, flags=None, noise_std=None, noise_dist=None, schedules=None,
-                 align_forward_weight=None)
+    built = rule(
+        "wm", weights=None, flags=None, noise_std=None, noise_dist=None, schedules=None, align_forward_weight=None
+    )
     assert built.weights == DEFAULT_WEIGHTS["wm"] and built.flags == Flags(**AKROUT_FLAGS)
     assert (built.noise_std, built.noise_dist, built.align_forward_weight) == (0.0, "normal", False)
 
@@ -235,8 +236,11 @@ def test_alignment_loss_sums_every_aligned_layer():
     sa, wm = rule("sa"), rule("wm")
     torch.manual_seed(0)
     model = nn.Sequential(
-        AlignedConv2d(2, 3, 3, rule=sa, dtype=F64), nn.ReLU(), nn.Flatten(),
-        AlignedLinear(12, 4, rule=wm, dtype=F64), nn.Sequential(AlignedLinear(4, 2, rule=sa, dtype=F64)),
+        AlignedConv2d(2, 3, 3, rule=sa, dtype=F64),
+        nn.ReLU(),
+        nn.Flatten(),
+        AlignedLinear(12, 4, rule=wm, dtype=F64),
+        nn.Sequential(AlignedLinear(4, 2, rule=sa, dtype=F64)),
         AlignedLinear(2, 2, rule=rule("bp"), dtype=F64),
     )
     model(torch.randn(5, 2, 4, 4, dtype=F64))
@@ -266,5 +270,17 @@ def test_set_epoch_fills_angle_scale_in_place():
 
 
 def test_flag_names():
-    assert FLAG_NAMES == ("fo_bias", "fo_relu", "fo_fwmc", "fo_fwl2n", "fo_bwmc", "bo_bias", "bo_relu",
-                          "bo_fwmc", "bo_fwl2n", "bi_bwmc", "bi_fwmc", "bi_fwl2n")
+    assert FLAG_NAMES == (
+        "fo_bias",
+        "fo_relu",
+        "fo_fwmc",
+        "fo_fwl2n",
+        "fo_bwmc",
+        "bo_bias",
+        "bo_relu",
+        "bo_fwmc",
+        "bo_fwl2n",
+        "bi_bwmc",
+        "bi_fwmc",
+        "bi_fwl2n",
+    )

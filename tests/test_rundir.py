@@ -16,8 +16,16 @@ from neural_alignment.cli import main
 from neural_alignment.runtime import checkpoint
 from neural_alignment.training import rundir
 
-TINY = ["data.train_limit=128", "data.test_limit=64", "data.batch_size=32", "model.options.hidden=[8]",
-        "train.progress=false", "log.loggers=[jsonl]", "train.epochs=null", "train.metrics_every=1"]
+TINY = [
+    "data.train_limit=128",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.options.hidden=[8]",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.epochs=null",
+    "train.metrics_every=1",
+]
 
 
 def run(capsys, *args):
@@ -49,14 +57,22 @@ def test_a_second_run_into_a_used_folder_is_refused_unless_overwrite(tmp_path, c
 
 def test_a_folder_held_by_a_live_run_is_refused_and_a_killed_run_leaves_no_lock(tmp_path, capsys):
     out = tmp_path / "C"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from neural_alignment.training.rundir import RunFolder
         held = RunFolder({str(out)!r})
         held.claim(resume=False)
         print("held", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         code, err = run(capsys, "digits-mlp", *TINY, "train.steps=2", "--out", str(out))
@@ -76,17 +92,21 @@ def test_resume_continues_the_folders_recipe_and_records_what_changed(tmp_path, 
     assert run(capsys, "--resume", str(out), "train.steps=6", "train.metrics_every=2")[0] == 0  # no NAME needed
     recipe = yaml.safe_load((out / "recipe.yaml").read_text())
     assert recipe["rule"]["name"] == "fa" and recipe["train"]["steps"] == 6
-    assert recipe["resumed"] == [{"step": 4, "changed": {"train.metrics_every": {"from": 1, "to": 2},
-                                                         "train.steps": {"from": 4, "to": 6}}}]
+    assert recipe["resumed"] == [
+        {"step": 4, "changed": {"train.metrics_every": {"from": 1, "to": 2}, "train.steps": {"from": 4, "to": 6}}}
+    ]
     assert checkpoint.load(out / "checkpoint.pt")["step"] == 6 and steps(out) == [1, 2, 3, 4, 6]
 
 
-@pytest.mark.parametrize("override, named", [
-    ("rule.name=kp", "rule.name ('fa' -> 'kp')"),
-    ("optim.task.lr=0.5", "optim.task.lr (0.05 -> 0.5): a resumed run keeps its recipe"),
-    ("log.loggers=[nosuchlogger]", "unknown logger 'nosuchlogger'"),
-    ("train.steps=1", "its checkpoint is at step 2"),
-])
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        ("rule.name=kp", "rule.name ('fa' -> 'kp')"),
+        ("optim.task.lr=0.5", "optim.task.lr (0.05 -> 0.5): a resumed run keeps its recipe"),
+        ("log.loggers=[nosuchlogger]", "unknown logger 'nosuchlogger'"),
+        ("train.steps=1", "its checkpoint is at step 2"),
+    ],
+)
 def test_resume_refuses_unsafe_or_bad_changes_before_writing_anything(tmp_path, capsys, override, named):
     out = tmp_path / "r"
     assert run(capsys, "digits-mlp", *TINY, "rule.name=fa", "train.steps=2", "--out", str(out))[0] == 0
@@ -130,8 +150,11 @@ def test_resume_removes_temporary_files_of_a_killed_checkpoint_write(tmp_path, c
     assert not any(path.exists() for path in stale)
 
 
-DAMAGE = {"truncated": lambda data: data[: len(data) // 2], "empty": lambda data: b"",
-          "random bytes": lambda data: os.urandom(len(data))}
+DAMAGE = {
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "random bytes": lambda data: os.urandom(len(data)),
+}
 
 
 @pytest.mark.parametrize("damage", DAMAGE)

@@ -77,8 +77,17 @@ def interrupt_after(command, out, count, signum, patience=300):
 
 def test_local_search_killed_after_3_resumes_to_6_without_repeating(tmp_path):
     out = tmp_path / "search"
-    command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=8), "--out", str(out),
-               "--max-evals", "6"]
+    command = [
+        sys.executable,
+        "-m",
+        "neural_alignment.cli",
+        "search",
+        tiny(tmp_path, steps=8),
+        "--out",
+        str(out),
+        "--max-evals",
+        "6",
+    ]
     interrupt_after(command, out, 3, signal.SIGKILL)
     before = records(out)
     assert 3 <= len(before) < 6, "the search was not killed in the middle"
@@ -118,8 +127,12 @@ def test_search_with_the_ray_backend_on_a_local_2_cpu_cluster(tmp_path, monkeypa
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "ray-search"
-    assert main(["search", tiny(tmp_path), "--out", str(out), "--max-evals", "4", "--backend", "ray",
-                 "--parallelism", "2"]) == 0
+    assert (
+        main(
+            ["search", tiny(tmp_path), "--out", str(out), "--max-evals", "4", "--backend", "ray", "--parallelism", "2"]
+        )
+        == 0
+    )
     got = records(out)
     assert len(got) == 4 and len({r["trial"] for r in got}) == 4
     for record in got:  # each trial is an ordinary run folder
@@ -135,8 +148,19 @@ def test_an_interrupted_ray_search_resumes_through_rays_experiment_restore(tmp_p
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     out = tmp_path / "ray-search"
-    command = [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=30), "--out", str(out),
-               "--backend", "ray", "--parallelism", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "neural_alignment.cli",
+        "search",
+        tiny(tmp_path, steps=30),
+        "--out",
+        str(out),
+        "--backend",
+        "ray",
+        "--parallelism",
+        "2",
+    ]
     interrupt_after(command, out, 2, signal.SIGINT)  # Ctrl-C: Tune saves the experiment and stops
     before = records(out)
     assert 2 <= len(before) < 6
@@ -240,8 +264,8 @@ def test_the_ray_callback_keeps_a_record_trials_jsonl_already_holds(tmp_path):
     """A trial Ray restarts after its record was written (an interruption between the two) reports
     the same record again: trials.jsonl keeps the first, nothing is written twice."""
     pytest.importorskip("ray")
-    from neural_alignment.search.trials import Objective, TrialLog
     from neural_alignment.search.on_ray import record_callback
+    from neural_alignment.search.trials import Objective, TrialLog
 
     objective = Objective({"rule.noise_std": {"dist": "uniform", "low": 0, "high": 1}}, "val_acc", "max", 1, "t", False)
     first = {"trial": "abc", "values": {"rule.noise_std": 0.5}, "score": 0.5, "status": "finished", "seconds": 1.0}

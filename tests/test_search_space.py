@@ -2,7 +2,7 @@
 inside the appendix's ranges, on the appendix's scale; bad entries are user errors naming them."""
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 import pytest
@@ -13,23 +13,44 @@ from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.search.space import categorical_keys, hyperopt_space, resolve
 
-FLAGS = ["fo_bias", "bo_bias", "fo_relu", "bo_relu", "fo_bwmc", "bi_bwmc", "fo_fwmc", "bo_fwmc", "fo_fwl2n",
-         "bo_fwl2n", "bi_fwmc", "bi_fwl2n"]
+FLAGS = [
+    "fo_bias",
+    "bo_bias",
+    "fo_relu",
+    "bo_relu",
+    "fo_bwmc",
+    "bi_bwmc",
+    "fo_fwmc",
+    "bo_fwmc",
+    "fo_fwl2n",
+    "bo_fwl2n",
+    "bi_fwmc",
+    "bi_fwl2n",
+]
 # transcribed from appendix.txt: key -> (scale, low, high) or ("choice", values)
-B11 = {"rule.noise_std": ("uniform", 1e-10, 1.0),
-       "rule.weights.amp/rule.weights.decay": ("uniform", 0.1, 200.0),
-       "rule.weights.decay": ("log", 1e-11, 1e7)}
-B12 = {**B11, "data.batch_size": ("choice", {256, 1024, 2048, 4096}), "optim.alignment.lr": ("log", 1e-6, 1e-2),
-       "delay": ("choice", {0, 1, 2}), "train.alternating": ("choice", {False, True})}
+B11 = {
+    "rule.noise_std": ("uniform", 1e-10, 1.0),
+    "rule.weights.amp/rule.weights.decay": ("uniform", 0.1, 200.0),
+    "rule.weights.decay": ("log", 1e-11, 1e7),
+}
+B12 = {
+    **B11,
+    "data.batch_size": ("choice", {256, 1024, 2048, 4096}),
+    "optim.alignment.lr": ("log", 1e-6, 1e-2),
+    "delay": ("choice", {0, 1, 2}),
+    "train.alternating": ("choice", {False, True}),
+}
 B13 = {**B12, **{f"rule.flags.{f}": ("choice", {False, True}) for f in FLAGS}}
 B14 = {**B13, "rule.weights.null": ("log", 1e-11, 1e7)}
 SPACES = {"search-wm": B11, "search-wm-ad": B12, "search-wm-ad-ops": B13, "search-ia": B14}
-FMNIST = {"search-fmnist-wm": {**B13, "data.batch_size": ("choice", {32, 128, 256, 512})},
-          "search-fmnist-ia": {**B14, "data.batch_size": ("choice", {32, 128, 256, 512})}}
+FMNIST = {
+    "search-fmnist-wm": {**B13, "data.batch_size": ("choice", {32, 128, 256, 512})},
+    "search-fmnist-ia": {**B14, "data.batch_size": ("choice", {32, 128, 256, 512})},
+}
 DRAWS = 200
 
 
-@lru_cache(maxsize=None)
+@cache
 def samples(name):
     recipe = load_recipe(name)
     space = OmegaConf.to_container(recipe.search.space)
@@ -59,7 +80,8 @@ def test_samples_fall_in_the_appendix_ranges(name):
     check_ranges({key: [s.values[key] for s in drawn] for key in drawn[0].values}, expected)
     for s in drawn:  # P_amp's weight is (alpha/beta) * beta
         assert s.overrides["rule.weights.amp"] == pytest.approx(
-            s.values["rule.weights.amp/rule.weights.decay"] * s.values["rule.weights.decay"])
+            s.values["rule.weights.amp/rule.weights.decay"] * s.values["rule.weights.decay"]
+        )
     assert recipe.rule.name == ("ia" if "ia" in name else "wm")
     assert recipe.search.metric.startswith("val_") and recipe.data.val_split is not None
 
@@ -98,10 +120,16 @@ def test_categorical_keys_include_branches():
 
 
 def test_quniform_whole_numbers_and_nested_distributions():
-    space = {"data.batch_size": {"dist": "quniform", "low": 16, "high": 64, "q": 16},
-             "opt": {"dist": "choice", "options": [{"optim.task.name": "sgd"},
-                                                   {"optim.task.name": "adam",
-                                                    "optim.task.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-2}}]}}
+    space = {
+        "data.batch_size": {"dist": "quniform", "low": 16, "high": 64, "q": 16},
+        "opt": {
+            "dist": "choice",
+            "options": [
+                {"optim.task.name": "sgd"},
+                {"optim.task.name": "adam", "optim.task.lr": {"dist": "loguniform", "low": 1e-4, "high": 1e-2}},
+            ],
+        },
+    }
     rng = np.random.default_rng(1)
     drawn = [resolve(space, stochastic.sample(hyperopt_space(space), rng=rng)) for _ in range(50)]
     assert {s.overrides["data.batch_size"] for s in drawn} <= {16, 32, 48, 64}
@@ -111,16 +139,19 @@ def test_quniform_whole_numbers_and_nested_distributions():
         assert 1e-4 <= s.overrides.get("optim.task.lr", 1e-3) <= 1e-2
 
 
-@pytest.mark.parametrize("space, named", [
-    ({"rule.noise_std": {"dist": "gaussian", "low": 0, "high": 1}}, "unknown dist"),
-    ({"rule.noise_std": {"dist": "uniform", "low": 1}}, "missing ['high']"),
-    ({"rule.noise_std": {"dist": "uniform", "low": 1, "high": 0}}, "low < high"),
-    ({"rule.weights.decay": {"dist": "loguniform", "low": 0, "high": 1}}, "low > 0"),
-    ({"rule.noise_std": 0.5}, "needs a distribution"),
-    ({"delay": {"dist": "choice", "options": [0, 1]}}, "conditional choice"),
-    ({"rule.noise_std": {"dist": "choice", "options": []}}, "non-empty"),
-    ({}, "non-empty mapping"),
-])
+@pytest.mark.parametrize(
+    "space, named",
+    [
+        ({"rule.noise_std": {"dist": "gaussian", "low": 0, "high": 1}}, "unknown dist"),
+        ({"rule.noise_std": {"dist": "uniform", "low": 1}}, "missing ['high']"),
+        ({"rule.noise_std": {"dist": "uniform", "low": 1, "high": 0}}, "low < high"),
+        ({"rule.weights.decay": {"dist": "loguniform", "low": 0, "high": 1}}, "low > 0"),
+        ({"rule.noise_std": 0.5}, "needs a distribution"),
+        ({"delay": {"dist": "choice", "options": [0, 1]}}, "conditional choice"),
+        ({"rule.noise_std": {"dist": "choice", "options": []}}, "non-empty"),
+        ({}, "non-empty mapping"),
+    ],
+)
 def test_bad_entries_are_user_errors(space, named):
     with pytest.raises(UserError, match="search.space") as info:
         hyperopt_space(space)

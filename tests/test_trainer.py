@@ -10,18 +10,27 @@ import yaml
 
 from neural_alignment.api import alignment_loss
 from neural_alignment.cli import main
-from neural_alignment.runtime import checkpoint
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.runtime import checkpoint
 from neural_alignment.training.build import backward_weights, forward_weights
 from neural_alignment.training.divergence import TrainingDiverged
 from neural_alignment.training.evaluation import topk_correct
 from neural_alignment.training.trainer import Trainer, train
 
 TINY = [
-    "data.dataset=digits", "data.train_limit=256", "data.test_limit=100", "data.batch_size=32",
-    "model.arch=mlp", "model.options.hidden=[16]", "train.progress=false", "log.loggers=[jsonl]",
-    "train.metrics_every=1", "optim.task.name=sgd", "optim.task.lr=0.05", "optim.task.momentum=0.9",
+    "data.dataset=digits",
+    "data.train_limit=256",
+    "data.test_limit=100",
+    "data.batch_size=32",
+    "model.arch=mlp",
+    "model.options.hidden=[16]",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.metrics_every=1",
+    "optim.task.name=sgd",
+    "optim.task.lr=0.05",
+    "optim.task.momentum=0.9",
 ]
 
 
@@ -53,8 +62,15 @@ def moved(before, after):
 
 def test_run_folder_checkpoint_and_logged_lrs(tmp_path):
     schedule = "{kind: step, warmup_epochs: 1, drops: [2], factor: 0.1}"
-    r = recipe("rule.name=sa", "train.steps=24", f"optim.task.schedule={schedule}", "optim.task.rescale_lr=true",
-               "optim.alignment.lr=0.01", "train.checkpoint_every=10", "train.eval_every=12")
+    r = recipe(
+        "rule.name=sa",
+        "train.steps=24",
+        f"optim.task.schedule={schedule}",
+        "optim.task.rescale_lr=true",
+        "optim.alignment.lr=0.01",
+        "train.checkpoint_every=10",
+        "train.eval_every=12",
+    )
     result = train(r, tmp_path / "run")
     # 256 // 32 = 8 steps per epoch; task lr(s) = 0.05 * 32/256 * warmup(s/8) * 0.1^[s >= 16]
     logged = {rec["step"]: rec for rec in records(tmp_path / "run")}
@@ -76,8 +92,13 @@ def test_run_folder_checkpoint_and_logged_lrs(tmp_path):
 
 def test_delay_trains_only_the_alignment_first(tmp_path):
     store, backward = parameters_after_each_step(
-        tmp_path / "run", "rule.name=sa", "train.steps=12", "train.delay_epochs=1", "data.train_limit=128",
-        "optim.task.schedule={kind: step, warmup_epochs: 1}")
+        tmp_path / "run",
+        "rule.name=sa",
+        "train.steps=12",
+        "train.delay_epochs=1",
+        "data.train_limit=128",
+        "optim.task.schedule={kind: step, warmup_epochs: 1}",
+    )
     # 128 // 32 = 4 steps per epoch: steps 0..3 move only B; then W too, with the task warmup shifted by 1 epoch
     for step in range(1, 5):
         assert moved(store[step - 1], store[step]) == backward
@@ -87,7 +108,8 @@ def test_delay_trains_only_the_alignment_first(tmp_path):
 
 def test_alternating_steps_move_alignment_then_task(tmp_path):
     store, backward = parameters_after_each_step(
-        tmp_path / "run", "rule.name=sa", "train.steps=6", "train.alternating=true")
+        tmp_path / "run", "rule.name=sa", "train.steps=6", "train.alternating=true"
+    )
     for step in range(1, 7):
         expected = backward if (step - 1) % 2 == 0 else set(store[0]) - backward
         assert moved(store[step - 1], store[step]) == expected, step
@@ -95,8 +117,13 @@ def test_alternating_steps_move_alignment_then_task(tmp_path):
 
 def test_delay_with_alternation_aligns_every_step_of_the_delay(tmp_path):
     store, backward = parameters_after_each_step(
-        tmp_path / "run", "rule.name=sa", "train.steps=8", "train.delay_epochs=1", "train.alternating=true",
-        "data.train_limit=128")
+        tmp_path / "run",
+        "rule.name=sa",
+        "train.steps=8",
+        "train.delay_epochs=1",
+        "train.alternating=true",
+        "data.train_limit=128",
+    )
     # 4 steps per epoch: steps 0..3 (the delay) all move B; then steps 4, 6 align and 5, 7 train the task
     for step in range(1, 9):
         expected = backward if step <= 4 or (step - 1) % 2 == 0 else set(store[0]) - backward
@@ -105,8 +132,15 @@ def test_delay_with_alternation_aligns_every_step_of_the_delay(tmp_path):
 
 @pytest.mark.parametrize("rule", ["kp", "aa"])
 def test_accumulation_equals_the_large_batch(tmp_path, rule):
-    common = ["train.dtype=float64", f"rule.name={rule}", "train.steps=5", "optim.alignment.name=sgd",
-              "optim.alignment.lr=0.1", "train.model_l2=0.01", "train.alignment_rate=0.5"]
+    common = [
+        "train.dtype=float64",
+        f"rule.name={rule}",
+        "train.steps=5",
+        "optim.alignment.name=sgd",
+        "optim.alignment.lr=0.1",
+        "train.model_l2=0.01",
+        "train.alignment_rate=0.5",
+    ]
     big = train(recipe(*common), tmp_path / "big").model.state_dict()
     small = train(recipe(*common, "train.accumulate=4"), tmp_path / "small").model.state_dict()
     for key in big:
@@ -116,15 +150,22 @@ def test_accumulation_equals_the_large_batch(tmp_path, rule):
 
 
 def test_total_loss_is_the_documented_sum(tmp_path):
-    trainer = Trainer(recipe("rule.name=sa", "train.dtype=float64", "train.model_l2=0.3", "train.loss_rate=2",
-                             "train.alignment_rate=5"), tmp_path / "run")
+    trainer = Trainer(
+        recipe(
+            "rule.name=sa", "train.dtype=float64", "train.model_l2=0.3", "train.loss_rate=2", "train.alignment_rate=5"
+        ),
+        tmp_path / "run",
+    )
     x, y = next(iter(trainer.batches()))
     total, task, logits = trainer.losses(x.double(), y)
     l2 = sum(w.pow(2).sum() for w in forward_weights(trainer.model))
     torch.testing.assert_close(task, F.cross_entropy(logits, y) + 0.3 * 0.5 * l2)
     W = dict(trainer.model.named_parameters())
-    sa = sum(1e-3 * (W[f"{i}.weight"].pow(2).sum() + W[f"{i}.backward_weight"].pow(2).sum())
-             - 2e-3 * (W[f"{i}.weight"] * W[f"{i}.backward_weight"]).sum() for i in (1, 3))
+    sa = sum(
+        1e-3 * (W[f"{i}.weight"].pow(2).sum() + W[f"{i}.backward_weight"].pow(2).sum())
+        - 2e-3 * (W[f"{i}.weight"] * W[f"{i}.backward_weight"]).sum()
+        for i in (1, 3)
+    )
     torch.testing.assert_close(alignment_loss(trainer.model), sa)
     torch.testing.assert_close(total, 2 * task + 5 * sa)
     assert len(forward_weights(trainer.model)) == 2 and len(backward_weights(trainer.model)) == 2
@@ -132,8 +173,15 @@ def test_total_loss_is_the_documented_sum(tmp_path):
 
 
 def test_noise_only_on_backward_weights_is_wired(tmp_path):
-    trainer = Trainer(recipe("rule.name=kp", "optim.task.noise.std=0.1", "optim.task.noise.only_backward_weights=true",
-                             "optim.alignment.noise.std=0.1"), tmp_path / "run")
+    trainer = Trainer(
+        recipe(
+            "rule.name=kp",
+            "optim.task.noise.std=0.1",
+            "optim.task.noise.only_backward_weights=true",
+            "optim.alignment.noise.std=0.1",
+        ),
+        tmp_path / "run",
+    )
     assert trainer.task.noisy == []
     assert [id(p) for p in trainer.alignment.noisy] == [id(p) for p in backward_weights(trainer.model)]
 
@@ -141,13 +189,24 @@ def test_noise_only_on_backward_weights_is_wired(tmp_path):
 def test_absolute_noise_is_the_update_noise_at_the_base_lr_and_follows_the_schedule(tmp_path):
     # lr(step) = 0.002 * 32/256 * schedule; schedule 1 until epoch 1, then linearly to 0.5 at epoch 2
     schedule = "{kind: linear, start: 1, end: 2, from_value: 1.0, to_value: 0.5}"
-    trainer = Trainer(recipe("rule.name=sa", "optim.alignment.name=adam", "optim.alignment.lr=0.002",
-                             "optim.alignment.rescale_lr=true", f"optim.alignment.schedule={schedule}",
-                             "optim.alignment.noise.std=0.01", "optim.alignment.noise.absolute=true"), tmp_path / "run")
+    trainer = Trainer(
+        recipe(
+            "rule.name=sa",
+            "optim.alignment.name=adam",
+            "optim.alignment.lr=0.002",
+            "optim.alignment.rescale_lr=true",
+            f"optim.alignment.schedule={schedule}",
+            "optim.alignment.noise.std=0.01",
+            "optim.alignment.noise.absolute=true",
+        ),
+        tmp_path / "run",
+    )
     alignment, per_epoch = trainer.alignment, trainer.steps_per_epoch
     assert alignment.noise_std * alignment.lr(0) == pytest.approx(0.01)  # not 0.01 * 0.00025
     assert alignment.noise_std * alignment.lr(2 * per_epoch) == pytest.approx(0.005)
-    relative = Trainer(recipe("rule.name=sa", "optim.alignment.lr=0.002", "optim.alignment.noise.std=0.01"), tmp_path / "r")
+    relative = Trainer(
+        recipe("rule.name=sa", "optim.alignment.lr=0.002", "optim.alignment.noise.std=0.01"), tmp_path / "r"
+    )
     assert relative.alignment.noise_std * relative.alignment.lr(0) == pytest.approx(0.01 * 0.002)
 
 
@@ -165,8 +224,15 @@ def kill_at(step):
 
 def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path):
     # input noise, noisy updates and Adam state all depend on restored RNG and optimizer states
-    r = recipe("rule.name=wm", "rule.noise_std=0.5", "train.steps=14", "train.deterministic=true",
-               "train.checkpoint_every=3", "optim.alignment.noise.std=0.5", "data.train_limit=128")
+    r = recipe(
+        "rule.name=wm",
+        "rule.noise_std=0.5",
+        "train.steps=14",
+        "train.deterministic=true",
+        "train.checkpoint_every=3",
+        "optim.alignment.noise.std=0.5",
+        "data.train_limit=128",
+    )
     whole = train(r, tmp_path / "whole").model.state_dict()
     with pytest.raises(Killed):
         train(r, tmp_path / "killed", on_step=kill_at(8))
@@ -180,8 +246,14 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path):
 
 def test_resumed_record_equals_the_uninterrupted_one(tmp_path):
     # logs at 4, 8, 12, 14; the checkpoint at 6 holds the loss/accuracy sums of steps 5-6
-    r = recipe("rule.name=kp", "train.steps=14", "train.deterministic=true", "train.checkpoint_every=3",
-               "train.metrics_every=4", "data.train_limit=128")
+    r = recipe(
+        "rule.name=kp",
+        "train.steps=14",
+        "train.deterministic=true",
+        "train.checkpoint_every=3",
+        "train.metrics_every=4",
+        "data.train_limit=128",
+    )
     train(r, tmp_path / "whole")
     with pytest.raises(Killed):
         train(r, tmp_path / "killed", on_step=kill_at(8))  # step 8 was logged before the kill
@@ -196,8 +268,13 @@ def test_resumed_record_equals_the_uninterrupted_one(tmp_path):
 
 def test_evaluation_does_not_change_training(tmp_path):
     # input noise and noisy updates draw from the global RNG: evaluating in between must not shift it
-    common = ["rule.name=wm", "rule.noise_std=0.5", "train.steps=6", "optim.alignment.noise.std=0.5",
-              "data.train_limit=128"]
+    common = [
+        "rule.name=wm",
+        "rule.noise_std=0.5",
+        "train.steps=6",
+        "optim.alignment.noise.std=0.5",
+        "data.train_limit=128",
+    ]
     quiet = train(recipe(*common, "train.eval_every=0"), tmp_path / "quiet").model.state_dict()
     evaluated = train(recipe(*common, "train.eval_every=2"), tmp_path / "evaluated").model.state_dict()
     assert all(torch.equal(evaluated[k], quiet[k]) for k in quiet)
@@ -206,8 +283,14 @@ def test_evaluation_does_not_change_training(tmp_path):
 @pytest.mark.parametrize("check_every", [1, 7])  # 7: checkpoints in between still wait for a check
 def test_nan_loss_stops_naming_step_and_layer_and_keeps_last_good_checkpoint(tmp_path, check_every):
     # B's update under sa is B <- B - lr * 2e-3 * (B - W): lr 1e5 multiplies B - W by -199 each step
-    r = recipe("rule.name=sa", "optim.alignment.name=sgd", "optim.alignment.lr=1e5", "train.steps=50",
-               "train.checkpoint_every=1", f"train.check_finite_every={check_every}")
+    r = recipe(
+        "rule.name=sa",
+        "optim.alignment.name=sgd",
+        "optim.alignment.lr=1e5",
+        "train.steps=50",
+        "train.checkpoint_every=1",
+        f"train.check_finite_every={check_every}",
+    )
     flagged_when_saved = []  # on_step runs right after each checkpoint
     with pytest.raises(TrainingDiverged) as info:
         train(r, tmp_path / "run", on_step=lambda t, s: flagged_when_saved.append(bool(t.nonfinite)))
@@ -234,8 +317,10 @@ def test_nonfinite_weights_are_never_checkpointed(tmp_path):
 
 
 def test_loader_workers_are_seeded_by_the_run_seed(tmp_path):
-    seeds = {Trainer(recipe(f"train.seed={seed}"), tmp_path / str(seed)).batches().generator.initial_seed()
-             for seed in (0, 1)}
+    seeds = {
+        Trainer(recipe(f"train.seed={seed}"), tmp_path / str(seed)).batches().generator.initial_seed()
+        for seed in (0, 1)
+    }
     assert len(seeds) == 2  # data.num_workers > 0: the augmentation draws differ between seeds
 
 
@@ -284,5 +369,7 @@ def test_backend_errors_name_the_option(tmp_path):
 
 
 def test_bf16_autocast_on_cpu_trains(tmp_path):
-    result = train(recipe("rule.name=kp", "train.steps=3", "backend.options={autocast_dtype: bfloat16}"), tmp_path / "r")
+    result = train(
+        recipe("rule.name=kp", "train.steps=3", "backend.options={autocast_dtype: bfloat16}"), tmp_path / "r"
+    )
     assert result.summary["status"] == "finished" and math.isfinite(result.summary["test_loss"])

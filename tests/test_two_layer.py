@@ -49,12 +49,15 @@ def test_jacobian_eigenvalues_equal_d2_table(name):
         assert np.abs(flow(state)).max() < 1e-12  # a fixed point
         eigenvalues = np.sort(np.linalg.eigvals(flow.jacobian(state)).real)
         w1, w2, b = point
-        expected = {"bp": [-(w1**2 + w2**2) * DATA.s, 0.0],
-                    "fa": [-(w1**2 + b * w2) * DATA.s, 0.0, 0.0],
-                    "sa": [-(w1**2 + w2**2) * DATA.s, 0.0, -1.0]}[name]
+        expected = {
+            "bp": [-(w1**2 + w2**2) * DATA.s, 0.0],
+            "fa": [-(w1**2 + b * w2) * DATA.s, 0.0, 0.0],
+            "sa": [-(w1**2 + w2**2) * DATA.s, 0.0, -1.0],
+        }[name]
         np.testing.assert_allclose(eigenvalues, np.sort(expected), atol=1e-6)
-        np.testing.assert_allclose(two_layer.closed_form_eigenvalues(rule, point, DATA, RATE), np.sort(expected),
-                                   atol=1e-12)
+        np.testing.assert_allclose(
+            two_layer.closed_form_eigenvalues(rule, point, DATA, RATE), np.sort(expected), atol=1e-12
+        )
 
 
 def test_fa_minima_are_sinks_only_where_w1_squared_plus_b_w2_is_positive():

@@ -6,23 +6,33 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from neural_alignment.runtime.data import DataSplits, holdout_count, labels_of, stratified_indices
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.runtime.data import DataSplits, holdout_count, labels_of, stratified_indices
 from neural_alignment.training.trainer import Trainer
 
 TINY = [
-    "data.dataset=digits", "data.train_limit=300", "data.test_limit=100", "data.batch_size=32",
-    "model.arch=mlp", "model.options.hidden=[16]", "train.progress=false", "log.loggers=[jsonl]",
-    "train.steps=5", "rule.name=fa",
+    "data.dataset=digits",
+    "data.train_limit=300",
+    "data.test_limit=100",
+    "data.batch_size=32",
+    "model.arch=mlp",
+    "model.options.hidden=[16]",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.steps=5",
+    "rule.name=fa",
 ]
 
 
 def uneven():
     """Classes of 50, 30 and 20 items, in a shuffled order."""
-    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100, generator=torch.Generator().manual_seed(3))]
-    return DataSplits(TensorDataset(torch.randn(100, 4), labels), TensorDataset(torch.randn(7, 4), torch.zeros(7)),
-                      3, (4,), "toy")
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[
+        torch.randperm(100, generator=torch.Generator().manual_seed(3))
+    ]
+    return DataSplits(
+        TensorDataset(torch.randn(100, 4), labels), TensorDataset(torch.randn(7, 4), torch.zeros(7)), 3, (4,), "toy"
+    )
 
 
 def test_fraction_is_stratified_disjoint_and_complete():

@@ -12,17 +12,26 @@ import pytest
 import torch
 
 from neural_alignment.cli import main
-from neural_alignment.runtime import checkpoint
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.runtime import checkpoint
 from neural_alignment.training.trainer import Trainer, train
 
 pytestmark = pytest.mark.xla
 
 # a small convnet with BatchNorm on 8x8 digits; 6 steps, every one logged (the test set is evaluated after the last)
 TINY = [
-    "data.dataset=digits", "data.train_limit=256", "data.test_limit=64", "data.batch_size=32",
-    "model.arch=convnet", "model.options={channels: [4, 8]}", "train.progress=false", "log.loggers=[jsonl]",
-    "train.metrics_every=1", "optim.task.name=sgd", "optim.task.lr=0.05", "optim.task.momentum=0.9",
+    "data.dataset=digits",
+    "data.train_limit=256",
+    "data.test_limit=64",
+    "data.batch_size=32",
+    "model.arch=convnet",
+    "model.options={channels: [4, 8]}",
+    "train.progress=false",
+    "log.loggers=[jsonl]",
+    "train.metrics_every=1",
+    "optim.task.name=sgd",
+    "optim.task.lr=0.05",
+    "optim.task.momentum=0.9",
     "train.steps=6",
 ]
 RULES = ["bp", "fa", "sa", "aa", "kp", "wm"]
@@ -42,8 +51,11 @@ def test_xla_trains_like_the_cpu_and_compiles_a_fixed_set_of_graphs(tmp_path, ru
     compilation count stops growing after step 3 (step 6 adds the evaluation's graphs) and
     summary.json records it."""
     compilations = {}
-    xla = Trainer(recipe(rule, "backend.name=xla"), tmp_path / "xla",
-                  on_step=lambda t, step: compilations.__setitem__(step, t.backend.summary()["xla_compilations"]))
+    xla = Trainer(
+        recipe(rule, "backend.name=xla"),
+        tmp_path / "xla",
+        on_step=lambda t, step: compilations.__setitem__(step, t.backend.summary()["xla_compilations"]),
+    )
     assert next(xla.model.parameters()).device.type == "xla"
     xla_result = xla.run()
     cpu_result = train(recipe(rule), tmp_path / "cpu")
@@ -66,8 +78,10 @@ def test_checkpoint_written_on_xla_resumes_on_the_cpu(tmp_path):
     """`nalign run ... backend.name=xla` (3 steps, CPU tensors in the checkpoint), resumed with the
     cpu backend to 6 steps, ends where an uninterrupted cpu run does."""
     run_dir = tmp_path / "run"
-    assert main(["run", "digits-mlp", *TINY, "rule.name=kp", "train.steps=3", "backend.name=xla",
-                 "--out", str(run_dir)]) == 0
+    assert (
+        main(["run", "digits-mlp", *TINY, "rule.name=kp", "train.steps=3", "backend.name=xla", "--out", str(run_dir)])
+        == 0
+    )
     assert json.loads((run_dir / "summary.json").read_text())["xla_compilations"] > 0
     state = checkpoint.load(run_dir / "checkpoint.pt", map_location=None)
     assert all(v.device.type == "cpu" for v in state["model"].values())

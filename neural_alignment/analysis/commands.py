@@ -8,8 +8,8 @@ import json
 import sys
 from pathlib import Path
 
-from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
+from neural_alignment.runtime.atomic import write_text_atomically
 
 
 def comma_list(text: str | None, kind=str, what: str = "value") -> list | None:
@@ -54,8 +54,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     """``nalign report RUN_DIR [RUN_DIR ...] --out DIR``: figures and a self-contained index.html."""
     from neural_alignment.analysis.report import build_report
 
-    figures = build_report(args.runs, args.out, comma_list(args.layers, what="--layers"),
-                           comma_list(args.steps, int, "--steps"))
+    figures = build_report(
+        args.runs, args.out, comma_list(args.layers, what="--layers"), comma_list(args.steps, int, "--steps")
+    )
     for figure in figures:
         print(f"{Path(args.out) / figure.name}  {figure.title}")
     print(f"report: {Path(args.out) / 'index.html'}")
@@ -76,8 +77,10 @@ def cmd_d1(args: argparse.Namespace) -> int:
     if stray:
         raise UserError(f"--weight names rule(s) {', '.join(stray)} that are not analysed; rules: {', '.join(rules)}")
     scalar_rules = [layerwise.scalar_rule(name, weights.get(name)) for name in rules]  # an unknown name fails here
-    print("D.1: symmetrized gradient flow d/dt (w, b) = -A (w, b) of a rule's R_l, scalar linear case "
-          "(batch of one input x; no bias, layer-wise operations or input noise); A by autograd through the rule.")
+    print(
+        "D.1: symmetrized gradient flow d/dt (w, b) = -A (w, b) of a rule's R_l, scalar linear case "
+        "(batch of one input x; no bias, layer-wise operations or input noise); A by autograd through the rule."
+    )
     for rule in scalar_rules:
         analysis = layerwise.analyze(rule, xs, tuple(point))
         print(layerwise.format_analysis(analysis))
@@ -91,9 +94,11 @@ def cmd_d2(args: argparse.Namespace) -> int:
     plot = new_output_file(args.plot, "--plot") if args.plot else None
     data = two_layer.ScalarData.sample(seed=args.seed)
     rules = [two_layer.registered_rule(name) for name in args.rule or two_layer.DEFAULT_RULES]
-    print(f"D.2: two-layer scalar linear net on {len(data.x)} seeded points, a = mean(yx) = {data.a:.4g}, "
-          f"s = mean(x^2) = {data.s:.4g}; minima on w1 w2 = a/s = {data.a / data.s:.4g}; B's flow at rate "
-          f"{args.rate:g}. Jacobian of the real layers' flow at points of the hyperbola:")
+    print(
+        f"D.2: two-layer scalar linear net on {len(data.x)} seeded points, a = mean(yx) = {data.a:.4g}, "
+        f"s = mean(x^2) = {data.s:.4g}; minima on w1 w2 = a/s = {data.a / data.s:.4g}; B's flow at rate "
+        f"{args.rate:g}. Jacobian of the real layers' flow at points of the hyperbola:"
+    )
     for rule in rules:
         print(two_layer.format_fixed_points(rule, two_layer.fixed_points(rule, data, args.rate)))
     if plot:
@@ -112,16 +117,23 @@ def cmd_neural_fit(args: argparse.Namespace) -> int:
     model = load_trained_model(args.run)
     features = neural_fit.layer_features(model, args.layer, data.images)
     result = neural_fit.fit(features, data.responses, data.labels, data.trials, args.components, args.seed)
-    print(f"layer {args.layer}: {features.shape[1]} features -> {len(result.r)} sites; PLS with "
-          f"{result.n_components} components; {result.n_train} train / {result.n_test} held-out images "
-          f"(seed {args.seed})")
+    print(
+        f"layer {args.layer}: {features.shape[1]} features -> {len(result.r)} sites; PLS with "
+        f"{result.n_components} components; {result.n_train} train / {result.n_test} held-out images "
+        f"(seed {args.seed})"
+    )
     print(f"median held-out Pearson r: {result.median_r:.4f}")
     if result.reliability is not None:
-        print(f"median noise-corrected r: {result.median_corrected_r:.4f} "
-              f"({result.unreliable_sites} sites with split-half reliability <= 0 left out)")
+        print(
+            f"median noise-corrected r: {result.median_corrected_r:.4f} "
+            f"({result.unreliable_sites} sites with split-half reliability <= 0 left out)"
+        )
     if json_file:
-        write_text_atomically(json_file, json.dumps({"run": str(args.run), "layer": args.layer, "seed": args.seed,
-                                                     **result.as_dict()}, indent=2) + "\n")
+        write_text_atomically(
+            json_file,
+            json.dumps({"run": str(args.run), "layer": args.layer, "seed": args.seed, **result.as_dict()}, indent=2)
+            + "\n",
+        )
         print(f"per-site results: {json_file}", file=sys.stderr)
     return 0
 
@@ -138,28 +150,47 @@ def register(subparsers) -> None:
     analyze = subparsers.add_parser("analyze", help="the appendix's dynamics analyses (d1, d2)")
     which = analyze.add_subparsers(dest="analysis", metavar="ANALYSIS", required=True)
     d1 = which.add_parser("d1", help="D.1: stability of a rule's layer-wise regularizer (scalar linear case)")
-    d1.add_argument("--rule", action="append", metavar="NAME",
-                    help="a registered rule (repeatable; default sa, aa, wm)")
-    d1.add_argument("--weight", action="append", default=[], metavar="RULE.PRIMITIVE=NUMBER",
-                    help="override a rule's primitive weight, e.g. wm.decay=5e-4 (wm with alpha = beta)")
+    d1.add_argument(
+        "--rule", action="append", metavar="NAME", help="a registered rule (repeatable; default sa, aa, wm)"
+    )
+    d1.add_argument(
+        "--weight",
+        action="append",
+        default=[],
+        metavar="RULE.PRIMITIVE=NUMBER",
+        help="override a rule's primitive weight, e.g. wm.decay=5e-4 (wm with alpha = beta)",
+    )
     d1.add_argument("--x", default="0.5,1,2,4", help="inputs x to evaluate at (default 0.5,1,2,4)")
     d1.add_argument("--at", default="0.7,-0.4", metavar="W,B", help="the point (w, b) (default 0.7,-0.4)")
     d1.set_defaults(func=cmd_d1)
     d2 = which.add_parser("d2", help="D.2: two-layer scalar linear network under bp, fa, sa")
-    d2.add_argument("--rule", action="append", metavar="NAME",
-                    help="a registered rule (repeatable; default bp, fa, sa)")
-    d2.add_argument("--rate", type=float, default=500.0,
-                    help="B's flow is -rate * dR/db (default 500: eq. 4's unit rate for sa's default weights)")
+    d2.add_argument(
+        "--rule", action="append", metavar="NAME", help="a registered rule (repeatable; default bp, fa, sa)"
+    )
+    d2.add_argument(
+        "--rate",
+        type=float,
+        default=500.0,
+        help="B's flow is -rate * dR/db (default 500: eq. 4's unit rate for sa's default weights)",
+    )
     d2.add_argument("--seed", type=int, default=0, help="seed of the data and of the trajectories' starts")
-    d2.add_argument("--plot", nargs="?", const="d2-flows.png", metavar="PNG",
-                    help="integrate trajectories and draw them into this new file (default d2-flows.png)")
+    d2.add_argument(
+        "--plot",
+        nargs="?",
+        const="d2-flows.png",
+        metavar="PNG",
+        help="integrate trajectories and draw them into this new file (default d2-flows.png)",
+    )
     d2.set_defaults(func=cmd_d2)
 
     fit = subparsers.add_parser("neural-fit", help="B.5: fit a layer's features to neural responses (PLS, per-site r)")
     fit.add_argument("run", metavar="RUN_DIR", help="a trained run folder")
-    fit.add_argument("--layer", required=True, help="module name whose output is the features (e.g. 2 or features.block2)")
-    fit.add_argument("--data", required=True, metavar="FILE.npz",
-                     help="images, responses, labels (and optionally trials)")
+    fit.add_argument(
+        "--layer", required=True, help="module name whose output is the features (e.g. 2 or features.block2)"
+    )
+    fit.add_argument(
+        "--data", required=True, metavar="FILE.npz", help="images, responses, labels (and optionally trials)"
+    )
     fit.add_argument("--components", type=int, default=25, help="PLS components (default 25)")
     fit.add_argument("--seed", type=int, default=0, help="seed of the 75/25 split within categories")
     fit.add_argument("--json", metavar="FILE", help="write the per-site results as JSON to this new file")

@@ -9,8 +9,8 @@ seeds. Uses matplotlib's Agg canvas directly (no pyplot state, no display needed
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -68,11 +68,16 @@ def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[s
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, label) in zip(axes, panels):
         for index, rule in enumerate(rules):
-            points = [(values.index(r["value"]), r[key], r.get(f"{key}_sem") or 0.0)
-                      for r in rows if r["rule"] == rule and r.get(key) is not None]
+            points = [
+                (values.index(r["value"]), r[key], r.get(f"{key}_sem") or 0.0)
+                for r in rows
+                if r["rule"] == rule and r.get(key) is not None
+            ]
             if points:
                 xs, ys, errors = zip(*points)
-                ax.errorbar(xs, ys, yerr=errors, color=f"C{index % 10}", marker="o", markersize=3, capsize=3, label=rule)
+                ax.errorbar(
+                    xs, ys, yerr=errors, color=f"C{index % 10}", marker="o", markersize=3, capsize=3, label=rule
+                )
         ax.set_xticks(range(len(values)), [str(v) for v in values])
         ax.set_xlabel(vary_key)
         ax.set_ylabel(label)
@@ -85,4 +90,3 @@ def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[s
 def plot_grid(rows: Sequence[Mapping], vary_key: str, path: str | Path) -> Path:
     """Write :func:`grid_figure` of the aggregated ``rows`` as a PNG at ``path``; returns the path."""
     return save_png(grid_figure(rows, vary_key), path)
-

@@ -13,9 +13,9 @@ the best so far.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -55,8 +55,7 @@ def importance(records: Sequence[dict], keys: Sequence[str]) -> list[KeyImportan
                 groups.setdefault(repr(value), (value, []))[1].append(record["score"])
         if not groups:
             continue
-        stats = tuple(value_stats(value, scores) for value, scores in
-                      sorted(groups.values(), key=lambda g: str(g[0])))
+        stats = tuple(value_stats(value, scores) for value, scores in sorted(groups.values(), key=lambda g: str(g[0])))
         means = [s.mean for s in stats]
         ranked.append(KeyImportance(key, max(means) - min(means), stats))
     return sorted(ranked, key=lambda k: -k.effect)
@@ -68,9 +67,11 @@ def importance_table(ranked: Sequence[KeyImportance], metric: str) -> str:
     for rank, item in enumerate(ranked, 1):
         for i, s in enumerate(item.values):
             first = i == 0
-            lines.append(f"| {rank if first else ''} | {item.key if first else ''} | "
-                         f"{f'{item.effect:.4f}' if first else ''} | {s.value} | {s.n} | {s.mean:.4f} | "
-                         f"{'' if math.isnan(s.sem) else f'{s.sem:.4f}'} |")
+            lines.append(
+                f"| {rank if first else ''} | {item.key if first else ''} | "
+                f"{f'{item.effect:.4f}' if first else ''} | {s.value} | {s.n} | {s.mean:.4f} | "
+                f"{'' if math.isnan(s.sem) else f'{s.sem:.4f}'} |"
+            )
     return "\n".join(lines)
 
 
@@ -88,7 +89,7 @@ def importance_figure(ranked: Sequence[KeyImportance], metric: str) -> Figure:
         ax.set_title(f"{item.key} (effect {item.effect:.3f})", fontsize="small")
         ax.set_ylabel(metric, fontsize="small")
         ax.tick_params(labelsize="x-small")
-    for ax in axes[len(ranked):]:
+    for ax in axes[len(ranked) :]:
         ax.set_visible(False)
     return figure
 

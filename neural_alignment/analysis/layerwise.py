@@ -31,8 +31,8 @@ for WM. The closed form applies only when the rule weighs exactly the primitives
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -50,9 +50,14 @@ def scalar_rule(name: str, weights: Mapping[str, float] | None = None) -> Rule:
     """The registered rule ``name`` (weights merged with ``weights``) in D.1's setting: every
     layer-wise operation off, no input noise, W taking alignment gradients (the symmetrized flow)."""
     registry = get_registry()
-    return build_rule(registry.get("rules", name), registry.catalog("primitives"),
-                      weights=dict(weights or {}) or None, flags={flag: False for flag in FLAG_NAMES},
-                      noise_std=0.0, align_forward_weight=True)
+    return build_rule(
+        registry.get("rules", name),
+        registry.catalog("primitives"),
+        weights=dict(weights or {}) or None,
+        flags={flag: False for flag in FLAG_NAMES},
+        noise_std=0.0,
+        align_forward_weight=True,
+    )
 
 
 def regularizer_matrix(rule: Rule, w: float, b: float, x: float) -> np.ndarray:
@@ -91,7 +96,7 @@ def closed_form_matrix(rule: Rule, x: float) -> np.ndarray | None:
     if rule.name == "wm" and weights.keys() == {"amp", "decay"}:
         alpha = weights["amp"]
         lam = 2 * weights["decay"] / alpha
-        return alpha * np.array([[lam, -x**2], [-x**2, lam]])
+        return alpha * np.array([[lam, -(x**2)], [-(x**2), lam]])
     return None
 
 
@@ -152,8 +157,11 @@ class Analysis:
             text = f"stable: no eigenvalue of A is negative at x = {xs}"
         else:
             bad = [e for e in self.evaluations if e.growing(self.tolerance)]
-            modes = "; ".join(f"x = {e.x:g}: eigenvalue {e.eigenvalues[0]:.4g}, mode "
-                              f"({e.eigenvectors[0, 0]:.2f}, {e.eigenvectors[1, 0]:.2f}) grows" for e in bad)
+            modes = "; ".join(
+                f"x = {e.x:g}: eigenvalue {e.eigenvalues[0]:.4g}, mode "
+                f"({e.eigenvectors[0, 0]:.2f}, {e.eigenvectors[1, 0]:.2f}) grows"
+                for e in bad
+            )
             text = f"unstable: {modes}"
         return f"{text} ({condition})" if condition else text
 
@@ -183,8 +191,15 @@ def format_analysis(analysis: Analysis) -> str:
     rows = [("x", "A (autograd on the rule)", "eigenvalues", "A (D.1 closed form)", "eigenvalues (D.1)")]
     for e in analysis.evaluations:
         closed = e.closed_eigenvalues
-        rows.append((f"{e.x:g}", format_matrix(e.matrix), ", ".join(f"{v:.4g}" for v in e.eigenvalues),
-                     format_matrix(e.closed_form), "n/a" if closed is None else ", ".join(f"{v:.4g}" for v in closed)))
+        rows.append(
+            (
+                f"{e.x:g}",
+                format_matrix(e.matrix),
+                ", ".join(f"{v:.4g}" for v in e.eigenvalues),
+                format_matrix(e.closed_form),
+                "n/a" if closed is None else ", ".join(f"{v:.4g}" for v in closed),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     delivered = [name for name, p in rule.primitives.items() if p.in_backward and rule.weights[name]]

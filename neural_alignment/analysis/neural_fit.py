@@ -54,18 +54,22 @@ def load_neural_data(path: str | Path) -> NeuralData:
         raise UserError(f"{path} is not a readable .npz file ({exc})") from None
     missing = [key for key in REQUIRED_KEYS if key not in arrays]
     if missing:
-        raise UserError(f"{path} lacks {', '.join(missing)}; it has {', '.join(arrays) or 'nothing'} "
-                        f"(needed: {', '.join(REQUIRED_KEYS)}, optional: trials)")
+        raise UserError(
+            f"{path} lacks {', '.join(missing)}; it has {', '.join(arrays) or 'nothing'} "
+            f"(needed: {', '.join(REQUIRED_KEYS)}, optional: trials)"
+        )
     data = NeuralData(arrays["images"], arrays["responses"], arrays["labels"], arrays.get("trials"))
     n = len(data.images)
     if data.responses.ndim != 2 or len(data.responses) != n:
         raise UserError(f"{path}: responses must be [n_images={n}, n_sites], got shape {data.responses.shape}")
     if data.labels.shape != (n,):
         raise UserError(f"{path}: labels must be [n_images={n}], got shape {data.labels.shape}")
-    if data.trials is not None and (data.trials.ndim != 3 or data.trials.shape[1:] != data.responses.shape
-                                    or data.trials.shape[0] < 2):
-        raise UserError(f"{path}: trials must be [n_repeats >= 2, {n}, {data.responses.shape[1]}], "
-                        f"got shape {data.trials.shape}")
+    if data.trials is not None and (
+        data.trials.ndim != 3 or data.trials.shape[1:] != data.responses.shape or data.trials.shape[0] < 2
+    ):
+        raise UserError(
+            f"{path}: trials must be [n_repeats >= 2, {n}, {data.responses.shape[1]}], got shape {data.trials.shape}"
+        )
     return data
 
 
@@ -84,7 +88,7 @@ def layer_features(model: nn.Module, layer: str, images: np.ndarray, batch_size:
     try:
         with torch.no_grad():
             for start in range(0, len(x), batch_size):
-                model(x[start:start + batch_size])
+                model(x[start : start + batch_size])
     except RuntimeError as exc:
         raise UserError(f"the model cannot take images of shape {tuple(x.shape[1:])} ({exc})") from None
     finally:
@@ -93,8 +97,9 @@ def layer_features(model: nn.Module, layer: str, images: np.ndarray, batch_size:
     return torch.cat(captured).double().cpu().numpy()
 
 
-def category_split(labels: np.ndarray, seed: int = 0,
-                   fraction: float = TRAIN_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def category_split(
+    labels: np.ndarray, seed: int = 0, fraction: float = TRAIN_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices: per category a seeded permutation, its first round(fraction * n) train."""
     rng = np.random.default_rng(seed)
     train, test = [], []
@@ -125,7 +130,7 @@ def split_half_reliability(trials: np.ndarray, splits: int = 10, seed: int = 0) 
     values = []
     for _ in range(splits):
         order = rng.permutation(repeats)
-        half = pearson_per_site(trials[order[:repeats // 2]].mean(0), trials[order[repeats // 2:]].mean(0))
+        half = pearson_per_site(trials[order[: repeats // 2]].mean(0), trials[order[repeats // 2 :]].mean(0))
         values.append(2 * half / (1 + half))
     return np.mean(values, axis=0)
 
@@ -166,17 +171,31 @@ class FitResult:
 
     def as_dict(self) -> dict:
         """The result as plain JSON types (NaN r as null): what ``neural-fit --json`` writes."""
-        out = {"n_sites": int(len(self.r)), "n_train": self.n_train, "n_test": self.n_test,
-               "n_components": self.n_components, "median_r": self.median_r,
-               "r": [None if np.isnan(v) else float(v) for v in self.r]}
+        out = {
+            "n_sites": len(self.r),
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "n_components": self.n_components,
+            "median_r": self.median_r,
+            "r": [None if np.isnan(v) else float(v) for v in self.r],
+        }
         if self.reliability is not None:
-            out.update(median_corrected_r=self.median_corrected_r, unreliable_sites=self.unreliable_sites,
-                       reliability=[float(v) for v in self.reliability])
+            out.update(
+                median_corrected_r=self.median_corrected_r,
+                unreliable_sites=self.unreliable_sites,
+                reliability=[float(v) for v in self.reliability],
+            )
         return out
 
 
-def fit(features: np.ndarray, responses: np.ndarray, labels: np.ndarray, trials: np.ndarray | None = None,
-        n_components: int = 25, seed: int = 0) -> FitResult:
+def fit(
+    features: np.ndarray,
+    responses: np.ndarray,
+    labels: np.ndarray,
+    trials: np.ndarray | None = None,
+    n_components: int = 25,
+    seed: int = 0,
+) -> FitResult:
     """Steps 2-4 of the module docstring on given features; ``n_components`` is capped at the
     number of features and of training images."""
     from sklearn.cross_decomposition import PLSRegression
@@ -185,8 +204,10 @@ def fit(features: np.ndarray, responses: np.ndarray, labels: np.ndarray, trials:
         raise UserError(f"n_components must be >= 1, got {n_components}")
     train, test = category_split(labels, seed)
     if len(test) < 2 or len(train) < 2:
-        raise UserError(f"the 75/25 split within categories leaves {len(train)} train / {len(test)} test images; "
-                        "need at least 2 of each")
+        raise UserError(
+            f"the 75/25 split within categories leaves {len(train)} train / {len(test)} test images; "
+            "need at least 2 of each"
+        )
     components = min(n_components, features.shape[1], len(train) - 1)
     model = PLSRegression(n_components=components, scale=False)
     model.fit(features[train], responses[train])

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import base64
 import html
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -30,11 +30,16 @@ from matplotlib.figure import Figure
 from neural_alignment.analysis.runs import Run, file_stem, load_runs
 from neural_alignment.core.errors import UserError
 
-LAYER_PANELS = (("angle", "weight angle (degrees)"), ("grad_angle", "gradient angle (degrees)"),
-                ("norm_ratio", "norm ratio ||B|| / ||W||"))
-MEAN_PANELS = (("mean_weight_angle", "mean weight angle (degrees)"),
-               ("mean_grad_angle", "mean gradient angle (degrees)"),
-               ("mean_norm_ratio", "mean norm ratio ||B|| / ||W||"))
+LAYER_PANELS = (
+    ("angle", "weight angle (degrees)"),
+    ("grad_angle", "gradient angle (degrees)"),
+    ("norm_ratio", "norm ratio ||B|| / ||W||"),
+)
+MEAN_PANELS = (
+    ("mean_weight_angle", "mean weight angle (degrees)"),
+    ("mean_grad_angle", "mean gradient angle (degrees)"),
+    ("mean_norm_ratio", "mean norm ratio ||B|| / ||W||"),
+)
 DPI = 110
 HEADING = "<h1>nalign report</h1>"  # how an earlier report's index.html is recognised
 
@@ -124,8 +129,14 @@ def weights_figure(run: Run, layers: Sequence[str], steps: Sequence[int]) -> Fig
             ax.scatter(pairs[:, 0], pairs[:, 1], s=2, alpha=0.5, color=f"C{row % 10}", rasterized=True)
             limit = float(np.abs(pairs).max()) * 1.05 or 1.0
             ax.plot([-limit, limit], [-limit, limit], linestyle=":", color="black", linewidth=1)
-            ax.set(xlim=(-limit, limit), ylim=(-limit, limit), aspect="equal",
-                   title=f"layer {layer}, step {step}", xlabel="W", ylabel="B")
+            ax.set(
+                xlim=(-limit, limit),
+                ylim=(-limit, limit),
+                aspect="equal",
+                title=f"layer {layer}, step {step}",
+                xlabel="W",
+                ylabel="B",
+            )
     figure.suptitle(f"{run.label}: forward vs backward weights (sampled entries; dotted: B = W)")
     return figure
 
@@ -147,48 +158,61 @@ def chosen(run: Run, requested: Sequence | None, available: Sequence, missing: s
     return list(requested)
 
 
-def scatter_choice(run: Run, layers: Sequence[str] | None,
-                   steps: Sequence[int] | None) -> tuple[list[str], list[int]] | None:
+def scatter_choice(
+    run: Run, layers: Sequence[str] | None, steps: Sequence[int] | None
+) -> tuple[list[str], list[int]] | None:
     """(layers, steps) of ``run``'s W-versus-B scatter, or None when it has no snapshots."""
     available = run.snapshot_steps()
     if not available:
         return None
-    return (chosen(run, layers, list(run.snapshot(available[0])), "no weight snapshots of layer(s)", "layers"),
-            chosen(run, steps, available, "no weight snapshot at step(s)", "snapshot steps"))
+    return (
+        chosen(run, layers, list(run.snapshot(available[0])), "no weight snapshots of layer(s)", "layers"),
+        chosen(run, steps, available, "no weight snapshot at step(s)", "snapshot steps"),
+    )
 
 
 def summary_table(runs: Sequence[Run]) -> str:
     """An HTML table: per run its folder, rule, steps and final metrics (from summary.json)."""
-    columns = (("rule", "rule", "{}"), ("steps", "steps", "{}"), ("test_acc", "test acc", "{:.4f}"),
-               ("mean_weight_angle", "mean weight angle", "{:.1f}"),
-               ("mean_grad_angle", "mean gradient angle", "{:.1f}"),
-               ("mean_norm_ratio", "norm ratio", "{:.2f}"))
+    columns = (
+        ("rule", "rule", "{}"),
+        ("steps", "steps", "{}"),
+        ("test_acc", "test acc", "{:.4f}"),
+        ("mean_weight_angle", "mean weight angle", "{:.1f}"),
+        ("mean_grad_angle", "mean gradient angle", "{:.1f}"),
+        ("mean_norm_ratio", "norm ratio", "{:.2f}"),
+    )
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
     rows = []
     for run in runs:
         cells = "".join(
             f"<td>{html.escape(fmt.format(run.summary[key]) if run.summary.get(key) is not None else '-')}</td>"
-            for key, _, fmt in columns)
-        rows.append(f"<tr><td>{html.escape(run.label)}</td>"
-                    f"<td><code>{html.escape(str(run.path))}</code></td>{cells}</tr>")
+            for key, _, fmt in columns
+        )
+        rows.append(
+            f"<tr><td>{html.escape(run.label)}</td><td><code>{html.escape(str(run.path))}</code></td>{cells}</tr>"
+        )
     return f"<table><tr><th>run</th><th>folder</th>{head}</tr>{''.join(rows)}</table>"
 
 
 def page(runs: Sequence[Run], figures: Sequence[Figured], out: Path, notes: Sequence[str]) -> str:
     """The self-contained HTML: the table, notes, then every figure inline (data: URIs)."""
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>nalign report</title>',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>nalign report</title>',
         "<style>body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}img{max-width:100%}"
         "figure{margin:1.5em 0}figcaption{color:#444}</style></head><body>",
-        HEADING, summary_table(runs),
+        HEADING,
+        summary_table(runs),
     ]
     parts += [f"<p><em>{html.escape(note)}</em></p>" for note in notes]
     for fig in figures:
         data = base64.b64encode((out / fig.name).read_bytes()).decode("ascii")
-        parts.append(f"<figure><h2>{html.escape(fig.title)}</h2><img alt=\"{html.escape(fig.title)}\" "
-                     f"src=\"data:image/png;base64,{data}\"><figcaption>{html.escape(fig.caption)} "
-                     f"({html.escape(fig.name)})</figcaption></figure>")
+        parts.append(
+            f'<figure><h2>{html.escape(fig.title)}</h2><img alt="{html.escape(fig.title)}" '
+            f'src="data:image/png;base64,{data}"><figcaption>{html.escape(fig.caption)} '
+            f"({html.escape(fig.name)})</figcaption></figure>"
+        )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -203,12 +227,18 @@ def check_output_folder(out: Path) -> None:
         raise UserError(f"report folder {out} is a file; give a new or empty folder")
     index = out / "index.html"
     if any(out.iterdir()) and not (index.is_file() and HEADING in index.read_text(encoding="utf-8", errors="replace")):
-        raise UserError(f"report folder {out} holds files that are not an earlier nalign report; "
-                        f"give a new or empty folder (nothing was written)")
+        raise UserError(
+            f"report folder {out} holds files that are not an earlier nalign report; "
+            f"give a new or empty folder (nothing was written)"
+        )
 
 
-def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[str] | None = None,
-                 steps: Sequence[int] | None = None) -> list[Figured]:
+def build_report(
+    paths: Sequence[str | Path],
+    out: str | Path,
+    layers: Sequence[str] | None = None,
+    steps: Sequence[int] | None = None,
+) -> list[Figured]:
     """Write the figures and ``index.html`` for the runs of ``paths`` into ``out``; returns the figures.
 
     ``layers``/``steps`` choose the rows/columns of the weight scatter (default: first, middle and
@@ -223,24 +253,39 @@ def build_report(paths: Sequence[str | Path], out: str | Path, layers: Sequence[
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create report folder {out}: {exc.strerror}") from None
-    figures = [Figured("curves.png", "Accuracy and loss", "test (solid) and training (dashed) against the step"),
-               Figured("alignment.png", "Alignment, mean over layers",
-                       "weight angle, gradient angle and norm ratio ||B||/||W|| averaged over layers")]
+    figures = [
+        Figured("curves.png", "Accuracy and loss", "test (solid) and training (dashed) against the step"),
+        Figured(
+            "alignment.png",
+            "Alignment, mean over layers",
+            "weight angle, gradient angle and norm ratio ||B||/||W|| averaged over layers",
+        ),
+    ]
     _save(curves_figure(runs), out, "curves.png")
     _save(alignment_figure(runs), out, "alignment.png")
     notes = []
     for run in runs:
         stem = file_stem(run.label)
-        figures.append(Figured(f"layers-{stem}.png", f"{run.label}: per-layer metrics (Fig. S4)",
-                               "weight angle, gradient angle and norm ratio per layer, coloured by depth"))
+        figures.append(
+            Figured(
+                f"layers-{stem}.png",
+                f"{run.label}: per-layer metrics (Fig. S4)",
+                "weight angle, gradient angle and norm ratio per layer, coloured by depth",
+            )
+        )
         _save(layers_figure(run), out, figures[-1].name)
         if scatter[run.label] is None:
             notes.append(f"{run.label}: no weight snapshots in {run.path}, so no W-versus-B scatter.")
             continue
         layer_choice, step_choice = scatter[run.label]
-        figures.append(Figured(f"weights-{stem}.png", f"{run.label}: forward vs backward weights (Fig. S3)",
-                               f"sampled (W, B) entry pairs of layers {', '.join(layer_choice)} at steps "
-                               f"{', '.join(map(str, step_choice))}; dotted: B = W"))
+        figures.append(
+            Figured(
+                f"weights-{stem}.png",
+                f"{run.label}: forward vs backward weights (Fig. S3)",
+                f"sampled (W, B) entry pairs of layers {', '.join(layer_choice)} at steps "
+                f"{', '.join(map(str, step_choice))}; dotted: B = W",
+            )
+        )
         _save(weights_figure(run, layer_choice, step_choice), out, figures[-1].name)
     (out / "index.html").write_text(page(runs, figures, out, notes), encoding="utf-8")
     return figures

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-from neural_alignment.runtime import snapshots
 from neural_alignment.core.errors import UserError
+from neural_alignment.runtime import snapshots
 from neural_alignment.runtime.logger import LAYER_SEPARATOR, METRICS_FILE, SUMMARY_FILE
 
 COMPARISON_FILE = "comparison.json"  # written by nalign compare
@@ -54,7 +54,7 @@ class Run:
         for row in self.history:
             for key in row:
                 if key.startswith(prefix):
-                    names[key[len(prefix):]] = None
+                    names[key[len(prefix) :]] = None
         return list(names)
 
     def snapshot_steps(self) -> list[int]:
@@ -84,11 +84,13 @@ def expand(path: str | Path) -> list[tuple[Path, str]]:
         rules = json.loads((path / COMPARISON_FILE).read_text(encoding="utf-8")).get("rules", [])
         found = [(path / rule, rule) for rule in rules if (path / rule / METRICS_FILE).is_file()]
         if not found:
-            raise UserError(f"{path} is a compare folder but none of its rules' folders ({', '.join(rules)}) "
-                            f"holds a {METRICS_FILE}")
+            raise UserError(
+                f"{path} is a compare folder but none of its rules' folders ({', '.join(rules)}) holds a {METRICS_FILE}"
+            )
         return found
-    raise UserError(f"{path} is not a run folder (no {METRICS_FILE}) nor a 'nalign compare' output folder "
-                    f"(no {COMPARISON_FILE})")
+    raise UserError(
+        f"{path} is not a run folder (no {METRICS_FILE}) nor a 'nalign compare' output folder (no {COMPARISON_FILE})"
+    )
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:

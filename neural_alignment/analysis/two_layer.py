@@ -27,9 +27,9 @@ fa's planes b = b(0).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ class ScalarData:
         return float(np.mean(self.x**2))
 
     @classmethod
-    def sample(cls, n: int = 32, slope: float = 1.5, noise: float = 0.3, seed: int = 0) -> "ScalarData":
+    def sample(cls, n: int = 32, slope: float = 1.5, noise: float = 0.3, seed: int = 0) -> ScalarData:
         """x ~ N(0, 1), y = slope x + noise N(0, 1), seeded."""
         rng = np.random.default_rng(seed)
         x = rng.standard_normal(n)
@@ -160,8 +160,13 @@ class FixedPoint:
         return "saddle" if positive and negative else "source" if positive else "sink"
 
 
-def fixed_points(rule: Rule, data: ScalarData, rate: float = DEFAULT_RATE,
-                 w1s: Sequence[float] = DEFAULT_W1, fa_bs: Sequence[float] = (0.5, -1.0)) -> list[FixedPoint]:
+def fixed_points(
+    rule: Rule,
+    data: ScalarData,
+    rate: float = DEFAULT_RATE,
+    w1s: Sequence[float] = DEFAULT_W1,
+    fa_bs: Sequence[float] = (0.5, -1.0),
+) -> list[FixedPoint]:
     """D.2 at points of the hyperbola: on the plane b = w2, and for a rule that does not train B
     (fa) also at b = each of ``fa_bs`` (D.2: only some minima are sinks of fa's flow)."""
     flow = TwoLayerFlow(rule, data, rate)
@@ -181,8 +186,15 @@ def format_fixed_points(rule: Rule, points: Sequence[FixedPoint]) -> str:
     for p in points:
         closed = "n/a" if p.closed_form is None else ", ".join(f"{v:.5g}" for v in p.closed_form)
         rounded = np.where(np.abs(p.eigenvalues) < 1e-9, 0.0, p.eigenvalues)  # differencing noise (~1e-13) shown as 0
-        rows.append((*(f"{v:.4g}" for v in p.state), f"{np.abs(p.flow).max():.1e}",
-                     ", ".join(f"{v:.5g}" for v in rounded), closed, p.kind))
+        rows.append(
+            (
+                *(f"{v:.4g}" for v in p.state),
+                f"{np.abs(p.flow).max():.1e}",
+                ", ".join(f"{v:.5g}" for v in rounded),
+                closed,
+                p.kind,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     implicit = "" if rule.has_backward_weight else " (no b: b = w2 implicitly; state (w1, w2))"
     lines = [f"rule {rule.name}{implicit}"]
@@ -209,8 +221,9 @@ def starts(count: int = 4, seed: int = 0, scale: float = 1.5) -> np.ndarray:
     return np.random.default_rng(seed).uniform(-scale, scale, size=(count, 3))
 
 
-def trajectories(rule: Rule, data: ScalarData, initial: np.ndarray, rate: float = DEFAULT_RATE,
-                 t_end: float = 8.0, steps: int = 200) -> list[np.ndarray]:
+def trajectories(
+    rule: Rule, data: ScalarData, initial: np.ndarray, rate: float = DEFAULT_RATE, t_end: float = 8.0, steps: int = 200
+) -> list[np.ndarray]:
     """One [steps + 1, 3] path of (w1, w2, b) per initial point (bp: b = w2 along the path)."""
     flow = TwoLayerFlow(rule, data, rate)
     paths = []
@@ -237,8 +250,14 @@ def flow_figure(paths_by_rule: dict[str, list[np.ndarray]], data: ScalarData, fr
         ax = figure.add_subplot(1, len(paths_by_rule), index, projection="3d")
         ax.plot_surface(G1, G2, G2, alpha=0.12, color="grey")  # b = w2
         for sign in (1, -1):
-            ax.plot(sign * branch, sign * ratio / branch, sign * ratio / branch, color="black", lw=1.5,
-                    label="minima on b = w2" if sign == 1 else None)
+            ax.plot(
+                sign * branch,
+                sign * ratio / branch,
+                sign * ratio / branch,
+                color="black",
+                lw=1.5,
+                label="minima on b = w2" if sign == 1 else None,
+            )
         for k, path in enumerate(paths):
             colour = f"C{k % 10}"
             if name in frozen_b:
@@ -246,14 +265,23 @@ def flow_figure(paths_by_rule: dict[str, list[np.ndarray]], data: ScalarData, fr
             ax.plot(path[:, 0], path[:, 1], path[:, 2], color=colour, lw=1.2)
             ax.scatter(*path[0], color=colour, marker="o", s=12)
             ax.scatter(*path[-1], color=colour, marker="x", s=20)
-        ax.set(xlim=(-lim, lim), ylim=(-lim, lim), zlim=(-lim, lim), xlabel="w1", ylabel="w2", zlabel="b",
-               title=f"{name}")
+        ax.set(
+            xlim=(-lim, lim), ylim=(-lim, lim), zlim=(-lim, lim), xlabel="w1", ylabel="w2", zlabel="b", title=f"{name}"
+        )
         ax.legend(fontsize="small", loc="upper left")
     return figure
 
 
-def plot_flows(rules: Sequence[Rule], data: ScalarData, path: str | Path, rate: float = DEFAULT_RATE,
-               count: int = 4, seed: int = 0, t_end: float = 8.0, steps: int = 200) -> Path:
+def plot_flows(
+    rules: Sequence[Rule],
+    data: ScalarData,
+    path: str | Path,
+    rate: float = DEFAULT_RATE,
+    count: int = 4,
+    seed: int = 0,
+    t_end: float = 8.0,
+    steps: int = 200,
+) -> Path:
     """Integrate ``count`` seeded trajectories per rule and write ``flow_figure`` as a PNG at ``path``."""
     initial = starts(count, seed)
     paths = {rule.name: trajectories(rule, data, initial, rate, t_end, steps) for rule in rules}

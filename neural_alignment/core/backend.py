@@ -6,5 +6,7 @@ import warnings
 
 from neural_alignment.runtime import backend
 
-warnings.warn("neural_alignment.core.backend moved to neural_alignment.runtime.backend", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "neural_alignment.core.backend moved to neural_alignment.runtime.backend", DeprecationWarning, stacklevel=2
+)
 sys.modules[__name__] = backend

@@ -93,8 +93,14 @@ class AlignmentContext:
         x = self.layer.last_input.detach()
         if self.rule.noise_std > 0:
             x = input_noise(x, self.rule.noise_std, self.rule.noise_dist)
-        return _apply(x, [op for flag, op in ((self.flags.bi_fwmc, feature_centre),
-                                               (self.flags.bi_fwl2n, feature_l2_normalise)) if flag])
+        return _apply(
+            x,
+            [
+                op
+                for flag, op in ((self.flags.bi_fwmc, feature_centre), (self.flags.bi_fwl2n, feature_l2_normalise))
+                if flag
+            ],
+        )
 
     @cached_property
     def x_b(self) -> Tensor:
@@ -136,8 +142,11 @@ class AlignmentContext:
     @cached_property
     def _fp(self) -> Tensor:
         """Steps 4-5, forward path: project(x, W, b?) (or the layer's output), ReLU if FO ReLU."""
-        fp = self.layer.last_output if self.reuses_output else self.layer.project(
-            self.x, self.W, self._bias(self.flags.fo_bias))
+        fp = (
+            self.layer.last_output
+            if self.reuses_output
+            else self.layer.project(self.x, self.W, self._bias(self.flags.fo_bias))
+        )
         return F.relu(fp) if self.flags.fo_relu else fp
 
     @cached_property
@@ -149,8 +158,15 @@ class AlignmentContext:
     # -- step 7: the output operations --------------------------------------------------
     def _forward_ops(self):
         f = self.flags
-        return [op for flag, op in ((f.fo_fwmc, feature_centre), (f.fo_fwl2n, feature_l2_normalise),
-                                    (f.fo_bwmc, self.batch_centre)) if flag]
+        return [
+            op
+            for flag, op in (
+                (f.fo_fwmc, feature_centre),
+                (f.fo_fwl2n, feature_l2_normalise),
+                (f.fo_bwmc, self.batch_centre),
+            )
+            if flag
+        ]
 
     def _backward_ops(self):
         f = self.flags

@@ -10,7 +10,8 @@ names or none of them).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -57,8 +58,9 @@ def convert_modules(
     return model
 
 
-def _check_names(exclude: set[str], overrides: Mapping[str, Any], convertible: list[str],
-                 shared: list[list[str]]) -> None:
+def _check_names(
+    exclude: set[str], overrides: Mapping[str, Any], convertible: list[str], shared: list[list[str]]
+) -> None:
     """Every excluded or overridden name must be a convertible layer, and not both at once; the
     names of one ``shared`` module are excluded (or overridden) all together or not at all
     (excluding some names only would untie the copies; an override of some only was ignored)."""

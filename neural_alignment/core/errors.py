@@ -7,7 +7,7 @@ Every message names the bad thing and what would be valid.
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class UserError(Exception):

@@ -28,12 +28,12 @@ object, and so one feedback object, is shared by every layer it builds.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from torch import Tensor
 
-__all__ = ["Feedback", "native_backward", "feedback_active"]
+__all__ = ["Feedback", "feedback_active", "native_backward"]
 
 
 class Feedback:

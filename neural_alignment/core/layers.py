@@ -21,8 +21,9 @@ latest forward), ``project``, ``reconstruct``, ``angle_scale`` (0-dim, not persi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from torch import Tensor, nn
 from neural_alignment.core.feedback import feedback_active
 from neural_alignment.core.ops import InputGradient, aligned_conv2d, aligned_linear
 
-__all__ = ["AlignedLayer", "AlignedLinear", "AlignedConv2d", "OpSpec"]
+__all__ = ["AlignedConv2d", "AlignedLayer", "AlignedLinear", "OpSpec"]
 
 
 @dataclass(frozen=True)
@@ -113,8 +114,9 @@ class AlignedLayer:
         self.last_output = y.detach()
         return y
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         """Load torch's own state dicts: a missing ``backward_weight`` (or state its rule's feedback
         attached) keeps its init."""
         before = len(missing_keys)
@@ -154,11 +156,12 @@ class AlignedLinear(AlignedLayer, nn.Linear):
         return y.matmul(kernel)
 
     @classmethod
-    def from_module(cls, module: nn.Linear, rule) -> "AlignedLinear":
+    def from_module(cls, module: nn.Linear, rule) -> AlignedLinear:
         """The aligned twin of an ``nn.Linear``, W and bias copied, B at W's scale."""
         W = module.weight
-        layer = cls(module.in_features, module.out_features, module.bias is not None,
-                    device=W.device, dtype=W.dtype, rule=rule)
+        layer = cls(
+            module.in_features, module.out_features, module.bias is not None, device=W.device, dtype=W.dtype, rule=rule
+        )
         return _copy_parameters(module, layer)
 
 
@@ -171,10 +174,25 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
     ``nn.Conv2d`` does.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *, rule):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         padding_mode, device, dtype)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+        *,
+        rule,
+    ):
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
+        )
         self._init_aligned(rule)
         self._explicit_pad, self._op_padding = self._resolve_padding()
 
@@ -203,8 +221,18 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
             y = self.project(x, self.weight, self.bias)
         else:
             input_gradient = self._feedback_path()
-            y = aligned_conv2d(self._padded(x), self.weight, self.bias, self._backward_kernel(), self.angle_scale,
-                               self.stride, self._op_padding, self.dilation, self.groups, input_gradient)
+            y = aligned_conv2d(
+                self._padded(x),
+                self.weight,
+                self.bias,
+                self._backward_kernel(),
+                self.angle_scale,
+                self.stride,
+                self._op_padding,
+                self.dilation,
+                self.groups,
+                input_gradient,
+            )
         return self._remember(x, y)
 
     def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -219,24 +247,37 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
         target = (like.shape[-2] + top_h + bottom_h, like.shape[-1] + left_w + right_w)
         output_padding = [
             size - ((n - 1) * s - 2 * p + d * (k - 1) + 1)
-            for size, n, s, p, d, k in zip(target, y.shape[-2:], self.stride, self._op_padding, self.dilation,
-                                           self.kernel_size)
+            for size, n, s, p, d, k in zip(
+                target, y.shape[-2:], self.stride, self._op_padding, self.dilation, self.kernel_size
+            )
         ]
-        x = F.conv_transpose2d(y, kernel, None, self.stride, self._op_padding, output_padding, self.groups,
-                               self.dilation)
-        return x[..., top_h:top_h + like.shape[-2], left_w:left_w + like.shape[-1]]
+        x = F.conv_transpose2d(
+            y, kernel, None, self.stride, self._op_padding, output_padding, self.groups, self.dilation
+        )
+        return x[..., top_h : top_h + like.shape[-2], left_w : left_w + like.shape[-1]]
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, rule) -> "AlignedConv2d":
+    def from_module(cls, module: nn.Conv2d, rule) -> AlignedConv2d:
         """The aligned twin of an ``nn.Conv2d``, every argument kept, W and bias copied, B at W's scale."""
         W = module.weight
-        layer = cls(module.in_channels, module.out_channels, module.kernel_size, module.stride, module.padding,
-                    module.dilation, module.groups, module.bias is not None, module.padding_mode,
-                    device=W.device, dtype=W.dtype, rule=rule)
+        layer = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            module.stride,
+            module.padding,
+            module.dilation,
+            module.groups,
+            module.bias is not None,
+            module.padding_mode,
+            device=W.device,
+            dtype=W.dtype,
+            rule=rule,
+        )
         return _copy_parameters(module, layer)
 
 
-def aligned_layers(model: nn.Module) -> list[tuple[str, "AlignedLayer"]]:
+def aligned_layers(model: nn.Module) -> list[tuple[str, AlignedLayer]]:
     """(qualified name, layer) for every aligned layer of ``model`` (itself included), in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, AlignedLayer)]
 

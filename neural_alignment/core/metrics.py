@@ -12,8 +12,9 @@ ratio 1 by definition. These functions read tensors on the host; call them betwe
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from torch.func import functional_call
 from neural_alignment.core.feedback import native_backward
 from neural_alignment.core.layers import aligned_layers
 
-__all__ = ["angle_degrees", "layer_metrics", "gradient_angle"]
+__all__ = ["angle_degrees", "gradient_angle", "layer_metrics"]
 
 
 def angle_degrees(a: Tensor, b: Tensor) -> float:
@@ -58,8 +59,11 @@ def gradient_angle(model: nn.Module, batch: Any, loss_fn: Callable[[Tensor, Tens
     ``last_output`` and the random number generators are as they were.
     """
     inputs, targets = batch
-    tied = {f"{name}.backward_weight": layer.weight for name, layer in aligned_layers(model)
-            if layer.backward_weight is not None}
+    tied = {
+        f"{name}.backward_weight": layer.weight
+        for name, layer in aligned_layers(model)
+        if layer.backward_weight is not None
+    }
     with _state_kept(model):
         propagated = _input_gradients(model, inputs, targets, loss_fn, {})
         with native_backward():
@@ -76,6 +80,7 @@ def _input_gradients(model, inputs, targets, loss_fn, replaced: dict[str, Tensor
             x = args[0] if args[0].requires_grad else args[0].detach().requires_grad_()
             seen[name] = x
             return (x, *args[1:])
+
         return hook
 
     handles = [layer.register_forward_pre_hook(capture(name)) for name, layer in aligned_layers(model)]

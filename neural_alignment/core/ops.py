@@ -31,13 +31,13 @@ Gradients nobody asked for (``ctx.needs_input_grad``) are not computed.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["aligned_linear", "aligned_conv2d", "InputGradient"]
+__all__ = ["InputGradient", "aligned_conv2d", "aligned_linear"]
 
 InputGradient = Callable[[Tensor, tuple], "Tensor | None"]
 """``(dy, input_shape) -> dx | None``: an op's replacement for its input gradient dy B."""
@@ -114,7 +114,16 @@ class AlignedConv2dFunction(torch.autograd.Function):
         stride, padding, dilation, groups = ctx.conv_args
         replaced = _replaced_input_gradient(ctx, dy)
         dx, dW, db = torch.ops.aten.convolution_backward(
-            dy, x, B, ctx.bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+            dy,
+            x,
+            B,
+            ctx.bias_sizes,
+            stride,
+            padding,
+            dilation,
+            False,
+            [0, 0],
+            groups,
             [need_x and replaced is None, need_W or need_B, need_b],
         )
         dB = _transported(dW, angle_scale, need_B)
@@ -122,7 +131,13 @@ class AlignedConv2dFunction(torch.autograd.Function):
             replaced if replaced is not None else (dx if need_x else None),
             dW if need_W else None,
             db if need_b else None,
-            dB, None, None, None, None, None, None,
+            dB,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
         )
 
 
@@ -153,8 +168,9 @@ def _pair(value) -> list[int]:
     return [int(first), int(second)]
 
 
-def aligned_linear(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor,
-                   input_gradient: InputGradient | None = None) -> Tensor:
+def aligned_linear(
+    x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor, input_gradient: InputGradient | None = None
+) -> Tensor:
     """``F.linear(x, W, b)`` whose backward uses B for dx (see the module docstring).
 
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.

@@ -30,9 +30,9 @@ A list of configs is the product of its schedules. Unknown kinds or keys raise
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Union
+from typing import Any, Union
 
 from neural_alignment.core.errors import UserError
 

@@ -12,7 +12,7 @@ mean for a single run).
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from neural_alignment.grids.executor import FINISHED
 from neural_alignment.grids.grid import GridPoint
@@ -38,8 +38,9 @@ def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / n)
 
 
-def aggregate(results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)
-              ) -> list[dict]:
+def aggregate(
+    results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)
+) -> list[dict]:
     """One row per (rule, value), in first-seen order: ``n``, ``failed``, ``seeds`` and per metric
     ``<metric>`` (the mean) and ``<metric>_sem``."""
     cells: dict[tuple[str, str | None], list[tuple[int, dict]]] = {}
@@ -48,8 +49,13 @@ def aggregate(results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] 
     rows = []
     for (rule, value), runs in cells.items():
         done = [s for _, s in runs if s.get("status") == FINISHED]
-        row = {"rule": rule, "value": value, "n": len(done), "failed": len(runs) - len(done),
-               "seeds": [seed for seed, _ in runs]}
+        row = {
+            "rule": rule,
+            "value": value,
+            "n": len(done),
+            "failed": len(runs) - len(done),
+            "seeds": [seed for seed, _ in runs],
+        }
         for metric in metrics:
             mean, sem = mean_sem([s[metric] for s in done if s.get(metric) is not None])
             row[metric], row[f"{metric}_sem"] = mean, sem
@@ -68,8 +74,10 @@ def cell(row: dict, key: str, fmt: str) -> str:
 def markdown(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     """A Markdown table with padded columns."""
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(headers)]
-    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
-             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines = [
+        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+        "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in body]
     return "\n".join(lines)
 
@@ -80,6 +88,12 @@ def grid_table(rows: Sequence[dict], vary_key: str | None) -> str:
     body = []
     for row in rows:
         runs = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
-        body.append([row["rule"], *([row["value"]] if vary_key else []), runs,
-                     *(cell(row, key, fmt) for key, _, fmt in METRICS)])
+        body.append(
+            [
+                row["rule"],
+                *([row["value"]] if vary_key else []),
+                runs,
+                *(cell(row, key, fmt) for key, _, fmt in METRICS),
+            ]
+        )
     return markdown(headers, body)

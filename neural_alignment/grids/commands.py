@@ -22,12 +22,27 @@ def register(subparsers) -> None:
     comp = subparsers.add_parser("compare", help="train a recipe once per rule (x seed x varied value) and compare")
     add_recipe_arguments(comp)
     comp.add_argument("--rules", default="bp,fa,wm,ia,sa,aa,kp", help="comma-separated rule names")
-    comp.add_argument("--seeds", type=int, default=1, metavar="K",
-                      help="train every cell with K seeds (train.seed, +1, ...); the table gives mean ± s.e.m.")
-    comp.add_argument("--vary", metavar="KEY=V1,V2,...",
-                      help="train every rule at each value of a recipe key (lists in brackets: model.options.channels=[8],[8,8])")
-    comp.add_argument("--backend", choices=("local", "ray"), default="local",
-                      help="run the grid one run after another (local) or as parallel tasks on Ray (RAY_ADDRESS, else a local cluster)")
-    comp.add_argument("--out", metavar="DIR",
-                      help="output folder (default runs/compare-<recipe>-<timestamp>); finished runs in it are reused")
+    comp.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="train every cell with K seeds (train.seed, +1, ...); the table gives mean ± s.e.m.",
+    )
+    comp.add_argument(
+        "--vary",
+        metavar="KEY=V1,V2,...",
+        help="train every rule at each value of a recipe key (lists in brackets: model.options.channels=[8],[8,8])",
+    )
+    comp.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="run the grid one run after another (local) or as parallel tasks on Ray (RAY_ADDRESS, else a local cluster)",
+    )
+    comp.add_argument(
+        "--out",
+        metavar="DIR",
+        help="output folder (default runs/compare-<recipe>-<timestamp>); finished runs in it are reused",
+    )
     comp.set_defaults(func=cmd_compare)

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from torch.utils.data import default_collate
@@ -74,8 +74,9 @@ def dataset_overrides(name: str, overrides: Sequence[str]) -> tuple[list[str], s
         return [f"data.dataset={FALLBACK_DATASET}", "data.root=null", "data.options={}"], notice
 
 
-def interleaved_step_seconds(trainers: dict[str, Trainer], rounds: int = TIMING_ROUNDS,
-                             steps: int = TIMING_STEPS) -> dict[str, float]:
+def interleaved_step_seconds(
+    trainers: dict[str, Trainer], rounds: int = TIMING_ROUNDS, steps: int = TIMING_STEPS
+) -> dict[str, float]:
     """Median seconds per training step of each trainer on the same batch, timed in interleaved rounds."""
     first = next(iter(trainers.values()))
     x, y = default_collate([first.splits.train[i] for i in range(first.recipe.data.batch_size)])
@@ -93,8 +94,9 @@ def markdown_table(rows: list[dict], base: str) -> str:
     return markdown(headers, body)
 
 
-def plan(name: str, rules: Sequence[str], overrides: Sequence[str], seeds: int, vary: Vary | None,
-         out: Path) -> tuple[list[GridPoint], list[RunSpec]]:
+def plan(
+    name: str, rules: Sequence[str], overrides: Sequence[str], seeds: int, vary: Vary | None, out: Path
+) -> tuple[list[GridPoint], list[RunSpec]]:
     """The grid's points and run specs; every run's recipe is loaded (and so checked) here, before any training."""
     if not rules:
         raise UserError("compare needs at least one rule, e.g. --rules bp,fa,kp")
@@ -139,7 +141,9 @@ def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[Run
     rules = [row["rule"] for row in rows]
     base = "bp" if "bp" in trainers else next(iter(trainers), rules[0])
     if trainers:
-        print(f"timing {TIMING_ROUNDS} interleaved rounds of {TIMING_STEPS} steps per rule", file=sys.stderr, flush=True)
+        print(
+            f"timing {TIMING_ROUNDS} interleaved rounds of {TIMING_STEPS} steps per rule", file=sys.stderr, flush=True
+        )
         timed = interleaved_step_seconds(trainers)
         for row in rows:
             if row["rule"] in timed:
@@ -148,8 +152,15 @@ def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[Run
     return markdown_table(rows, base), rows, histories
 
 
-def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out: str | Path | None = None,
-            seeds: int = 1, vary: str | Vary | None = None, backend: str = "local") -> dict:
+def compare(
+    name: str,
+    rules: Sequence[str],
+    overrides: Sequence[str] = (),
+    out: str | Path | None = None,
+    seeds: int = 1,
+    vary: str | Vary | None = None,
+    backend: str = "local",
+) -> dict:
     """Train ``name`` for every rule x ``vary`` value x seed; print and write the comparison
     (see the module docstring); returns what ``comparison.json`` holds."""
     vary = parse_vary(vary) if isinstance(vary, str) else vary
@@ -160,11 +171,19 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
     points, specs = plan(name, rules, [*overrides, *extra], seeds, vary, out)
     results = list(zip(points, run_grid(specs, backend)))
     failed = [(spec, summary) for spec, (_, summary) in zip(specs, results) if summary.get("status") != FINISHED]
-    report = {"recipe": name, "dataset": next((s["dataset"] for _, s in results if s.get("dataset")), None),
-              "rules": list(rules), "seeds": sorted({p.seed for p in points}), "notice": notice,
-              "overrides": list(overrides), "vary": {"key": vary.key, "values": list(vary.values)} if vary else None,
-              "runs": [{"rule": p.rule, "value": p.value, "seed": p.seed, "run_dir": str(spec.run_dir), **summary}
-                       for (p, summary), spec in zip(results, specs)]}
+    report = {
+        "recipe": name,
+        "dataset": next((s["dataset"] for _, s in results if s.get("dataset")), None),
+        "rules": list(rules),
+        "seeds": sorted({p.seed for p in points}),
+        "notice": notice,
+        "overrides": list(overrides),
+        "vary": {"key": vary.key, "values": list(vary.values)} if vary else None,
+        "runs": [
+            {"rule": p.rule, "value": p.value, "seed": p.seed, "run_dir": str(spec.run_dir), **summary}
+            for (p, summary), spec in zip(results, specs)
+        ],
+    }
     out.mkdir(parents=True, exist_ok=True)
     if seeds == 1 and vary is None:
         table, report["rows"], histories = single_run_report(results, specs)
@@ -176,8 +195,14 @@ def compare(name: str, rules: Sequence[str], overrides: Sequence[str] = (), out:
             plot_grid(report["rows"], vary.key, out / "comparison.png")
         else:
             first = min(p.seed for p in points)
-            plot_comparison({p.rule: read_history(spec.run_dir) for p, spec in zip(points, specs)
-                             if p.seed == first and (spec.run_dir / METRICS_FILE).is_file()}, out / "comparison.png")
+            plot_comparison(
+                {
+                    p.rule: read_history(spec.run_dir)
+                    for p, spec in zip(points, specs)
+                    if p.seed == first and (spec.run_dir / METRICS_FILE).is_file()
+                },
+                out / "comparison.png",
+            )
     print(table)
     for spec, summary in failed:
         print(f"nalign: warning: {spec.run_dir} {summary['status']}: {summary.get('error', '')}", file=sys.stderr)

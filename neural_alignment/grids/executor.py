@@ -21,9 +21,9 @@ import json
 import os
 import time
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_recipe
@@ -74,7 +74,7 @@ def run_one(spec: RunSpec) -> dict:
         summary = {"status": "diverged", "error": str(exc)}
     except UserError as exc:
         summary = {"status": "failed", "error": str(exc)}
-    except Exception as exc:  # noqa: BLE001 - a trial's bug is recorded, the search goes on
+    except Exception as exc:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
         summary = {"status": "failed", "error": last}
     summary["seconds"] = time.perf_counter() - started
@@ -92,8 +92,9 @@ def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] |
     return summaries
 
 
-def run_all_on_ray(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None,
-                   num_cpus: int | None = None) -> list[dict]:
+def run_all_on_ray(
+    specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None, num_cpus: int | None = None
+) -> list[dict]:
     """Run ``specs`` as Ray tasks (``run_one`` each, one CPU per task) on the cluster of
     :func:`~neural_alignment.grids.ray_cluster.ray_cluster` (``num_cpus``: a local cluster's size);
     ``on_done`` in the order runs finish; the summaries are returned in the order of ``specs``."""
@@ -108,7 +109,7 @@ def run_all_on_ray(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], 
             index = pending.pop(done)
             try:
                 summaries[index] = ray.get(done)
-            except Exception as exc:  # noqa: BLE001 - the worker itself died (killed, out of memory)
+            except Exception as exc:
                 summaries[index] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
             if on_done is not None:
                 on_done(specs[index], summaries[index])
@@ -118,8 +119,9 @@ def run_all_on_ray(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], 
 EXECUTORS: dict[str, Callable[..., list[dict]]] = {"local": run_all, "ray": run_all_on_ray}
 
 
-def run_specs(specs: Sequence[RunSpec], backend: str = "local",
-              on_done: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:
+def run_specs(
+    specs: Sequence[RunSpec], backend: str = "local", on_done: Callable[[RunSpec, dict], None] | None = None
+) -> list[dict]:
     """Run ``specs`` with the executor named ``backend`` (``local`` or ``ray``)."""
     if backend not in EXECUTORS:
         raise UserError(f"unknown executor backend {backend!r}; valid: {', '.join(EXECUTORS)}")

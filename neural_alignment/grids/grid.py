@@ -13,9 +13,9 @@ overrides) and the run folder::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.grids.executor import RunSpec
@@ -96,7 +96,8 @@ def safe_name(text: str) -> str:
     return "".join("_" if c in '/\\ :*?"<>|' else c for c in text)
 
 
-def grid_specs(name: str, overrides: Sequence[str], points: Sequence[GridPoint], vary: Vary | None,
-               out: Path, seeded: bool) -> list[RunSpec]:
+def grid_specs(
+    name: str, overrides: Sequence[str], points: Sequence[GridPoint], vary: Vary | None, out: Path, seeded: bool
+) -> list[RunSpec]:
     """One :class:`RunSpec` per point, in the order of ``points``."""
     return [RunSpec(name, (*overrides, *point_overrides(p, vary)), point_dir(out, p, vary, seeded)) for p in points]

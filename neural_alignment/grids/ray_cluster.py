@@ -14,8 +14,8 @@ and left running.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from neural_alignment.core.errors import UserError
 

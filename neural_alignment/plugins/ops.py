@@ -14,5 +14,8 @@ from neural_alignment.registry.markers import hookimpl
 @hookimpl
 def register_ops(register):
     register("linear", OpSpec(nn.Linear, AlignedLinear.from_module), "nn.Linear -> AlignedLinear (dx = dy B)")
-    register("conv2d", OpSpec(nn.Conv2d, AlignedConv2d.from_module),
-             "nn.Conv2d -> AlignedConv2d (dx = conv_transpose2d(dy, B))")
+    register(
+        "conv2d",
+        OpSpec(nn.Conv2d, AlignedConv2d.from_module),
+        "nn.Conv2d -> AlignedConv2d (dx = conv_transpose2d(dy, B))",
+    )

@@ -28,8 +28,12 @@ def allow_intermixed(parser: argparse.ArgumentParser) -> None:
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
     allow_intermixed(parser)
-    parser.add_argument("recipe", metavar="NAME", nargs="?" if optional else None,
-                        help="a recipe name (see 'nalign show') or a YAML file")
+    parser.add_argument(
+        "recipe",
+        metavar="NAME",
+        nargs="?" if optional else None,
+        help="a recipe name (see 'nalign show') or a YAML file",
+    )
     parser.add_argument("overrides", metavar="KEY=VALUE", nargs="*", help="recipe overrides, e.g. rule.name=kp")
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -51,8 +51,11 @@ def _recipe_paths() -> dict[str, tuple[Path, str]]:
 def recipe_entries(pattern: str | None = None) -> list[Entry]:
     """Every registered recipe as a catalog entry (name, YAML file, plugin of its folder, its
     ``description``), natural order, optionally filtered by a glob; first registered folder wins."""
-    return [Entry(name, path, plugin, _description(path)) for name, (path, plugin) in _recipe_paths().items()
-            if pattern is None or fnmatch.fnmatchcase(name, pattern)]
+    return [
+        Entry(name, path, plugin, _description(path))
+        for name, (path, plugin) in _recipe_paths().items()
+        if pattern is None or fnmatch.fnmatchcase(name, pattern)
+    ]
 
 
 def _description(path: Path) -> str:
@@ -95,8 +98,9 @@ def _read(path: Path) -> DictConfig:
     if top is None:
         raise RecipeError(f"recipe file {path} is empty; it must hold a mapping of sections (train:, data:, ...)")
     if not isinstance(top, dict) or not isinstance(cfg, DictConfig):
-        raise RecipeError(f"recipe file {path} must hold a mapping of sections (train:, data:, ...), "
-                          f"not a {type(top).__name__}")
+        raise RecipeError(
+            f"recipe file {path} must hold a mapping of sections (train:, data:, ...), not a {type(top).__name__}"
+        )
     return cfg
 
 
@@ -128,16 +132,21 @@ def validate(cfg, where: str) -> DictConfig:
         raise _error(exc, where) from None
     except TypeError:  # OmegaConf merges a list into a mapping (or back) with a bare TypeError
         key = _shape_mismatch(schema, cfg)
-        raise RecipeError(f"bad value for recipe key {key!r} in {where}: a list where a mapping belongs, "
-                          "or a mapping where a list belongs") from None
+        raise RecipeError(
+            f"bad value for recipe key {key!r} in {where}: a list where a mapping belongs, "
+            "or a mapping where a list belongs"
+        ) from None
 
 
 def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
     """The first key where ``cfg`` holds a list and ``schema`` a mapping, or the other way round."""
     for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else ():
         below = schema._get_node(key) if key in schema else None
-        if isinstance(value, ListConfig) and isinstance(below, DictConfig) or (
-                isinstance(value, DictConfig) and isinstance(below, ListConfig)):
+        if (
+            (isinstance(value, ListConfig)
+            and isinstance(below, DictConfig))
+            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        ):
             return f"{prefix}{key}"
         if isinstance(value, DictConfig) and isinstance(below, DictConfig):
             found = _shape_mismatch(below, value, f"{prefix}{key}.")
@@ -158,10 +167,17 @@ def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
         if key not in base:
             continue
         below = base._get_node(key)
-        mixed = isinstance(value, ListConfig) and isinstance(below, DictConfig) or (
-            isinstance(value, DictConfig) and isinstance(below, ListConfig))
-        if mixed or (isinstance(value, DictConfig) and isinstance(below, DictConfig)
-                     and "kind" in value and below.get("kind") != value.get("kind")):
+        mixed = (
+            (isinstance(value, ListConfig)
+            and isinstance(below, DictConfig))
+            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        )
+        if mixed or (
+            isinstance(value, DictConfig)
+            and isinstance(below, DictConfig)
+            and "kind" in value
+            and below.get("kind") != value.get("kind")
+        ):
             base[key] = None
         elif isinstance(value, DictConfig) and isinstance(below, DictConfig):
             _clear_replaced(below, value)
@@ -263,8 +279,10 @@ def check_values(recipe: DictConfig, where: str) -> DictConfig:
     if t.steps is None and t.epochs is None:
         raise RecipeError(f"set train.steps or train.epochs in {where} (both are null)")
     if recipe.data.batch_size % t.accumulate:
-        raise RecipeError(f"bad value for recipe key 'train.accumulate' in {where}: {t.accumulate} does not divide "
-                          f"data.batch_size={recipe.data.batch_size}")
+        raise RecipeError(
+            f"bad value for recipe key 'train.accumulate' in {where}: {t.accumulate} does not divide "
+            f"data.batch_size={recipe.data.batch_size}"
+        )
     return _check_schedules(recipe, where)
 
 

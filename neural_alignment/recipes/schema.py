@@ -13,8 +13,9 @@ Learning-rate schedules (``optim.*.schedule``) and rule coefficient schedules
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from neural_alignment.core.rules import NOISE_DISTRIBUTIONS
 from neural_alignment.runtime.optim import OPTIMIZERS
@@ -39,8 +40,11 @@ class Range(Check):
 
     def problem(self, value: Any) -> str | None:
         number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        ok = number and (self.low is None or (value > self.low if self.low_open else value >= self.low)) and (
-            self.high is None or (value <= self.high if self.high_closed else value < self.high))
+        ok = (
+            number
+            and (self.low is None or (value > self.low if self.low_open else value >= self.low))
+            and (self.high is None or (value <= self.high if self.high_closed else value < self.high))
+        )
         return None if ok else f"{value!r} is out of range; valid: {self}"
 
     def __str__(self) -> str:
@@ -124,7 +128,7 @@ class ModelConfig:
     """``arch``: a registered architecture; ``options``: keyword arguments of its builder."""
 
     arch: str = field(default="mlp", metadata=valid(Registered("architectures")))
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,13 +139,13 @@ class RuleConfig:
     """
 
     name: str = field(default="bp", metadata=valid(Registered("rules")))
-    weights: Dict[str, float] = field(default_factory=dict)
-    flags: Dict[str, bool] = field(default_factory=dict)
-    noise_std: Optional[float] = field(default=None, metadata=valid(at_least(0)))
-    noise_dist: Optional[str] = field(default=None, metadata=valid(OneOf(NOISE_DISTRIBUTIONS)))
-    schedules: Dict[str, Any] = field(default_factory=dict)
-    align_forward_weight: Optional[bool] = None
-    exclude: List[str] = field(default_factory=list, metadata=valid(Text()))
+    weights: dict[str, float] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+    noise_std: float | None = field(default=None, metadata=valid(at_least(0)))
+    noise_dist: str | None = field(default=None, metadata=valid(OneOf(NOISE_DISTRIBUTIONS)))
+    schedules: dict[str, Any] = field(default_factory=dict)
+    align_forward_weight: bool | None = None
+    exclude: list[str] = field(default_factory=list, metadata=valid(Text()))
 
 
 @dataclass
@@ -154,14 +158,14 @@ class DataConfig:
     """
 
     dataset: str = field(default="digits", metadata=valid(Registered("datasets")))
-    root: Optional[str] = None
+    root: str | None = None
     batch_size: int = field(default=128, metadata=valid(at_least(1)))
     eval_batch_size: int = field(default=1000, metadata=valid(at_least(1)))
-    train_limit: Optional[int] = field(default=None, metadata=valid(at_least(1)))
-    test_limit: Optional[int] = field(default=None, metadata=valid(at_least(1)))
-    val_split: Optional[float] = field(default=None, metadata=valid(above(0)))
+    train_limit: int | None = field(default=None, metadata=valid(at_least(1)))
+    test_limit: int | None = field(default=None, metadata=valid(at_least(1)))
+    val_split: float | None = field(default=None, metadata=valid(above(0)))
     num_workers: int = field(default=0, metadata=valid(at_least(0)))
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -221,22 +225,22 @@ class TrainConfig:
     ``dtype``: the model's and inputs' torch dtype (float64 for exact tests).
     """
 
-    epochs: Optional[float] = field(default=1.0, metadata=valid(above(0)))
-    steps: Optional[int] = field(default=None, metadata=valid(at_least(1)))
+    epochs: float | None = field(default=1.0, metadata=valid(above(0)))
+    steps: int | None = field(default=None, metadata=valid(at_least(1)))
     loss_rate: float = field(default=1.0, metadata=valid(above(0)))
     alignment_rate: float = field(default=1.0, metadata=valid(at_least(0)))
     model_l2: float = field(default=0.0, metadata=valid(at_least(0)))
     delay_epochs: float = field(default=0.0, metadata=valid(at_least(0)))
     alternating: bool = False
     accumulate: int = field(default=1, metadata=valid(at_least(1)))
-    clip_grad_norm: Optional[float] = field(default=None, metadata=valid(above(0)))
+    clip_grad_norm: float | None = field(default=None, metadata=valid(above(0)))
     seed: int = field(default=0, metadata=valid(Range(0, MAX_SEED, high_closed=True)))
     deterministic: bool = False
     eval_every: int = field(default=0, metadata=valid(at_least(0)))
     metrics_every: int = field(default=50, metadata=valid(at_least(0)))
     checkpoint_every: int = field(default=0, metadata=valid(at_least(0)))
-    check_finite_every: Optional[int] = field(default=None, metadata=valid(at_least(0)))
-    topk: List[int] = field(default_factory=lambda: [1, 5], metadata=valid(at_least(1)))
+    check_finite_every: int | None = field(default=None, metadata=valid(at_least(0)))
+    topk: list[int] = field(default_factory=lambda: [1, 5], metadata=valid(at_least(1)))
     dtype: str = field(default="float32", metadata=valid(FloatDtype()))
     progress: bool = True
 
@@ -246,15 +250,15 @@ class BackendConfig:
     """``name``: a registered backend (cpu, cuda...); ``options``: its constructor arguments."""
 
     name: str = field(default="cpu", metadata=valid(Registered("backends")))
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class LogConfig:
     """``loggers``: registered logger names (jsonl is always added); ``options``: per logger name."""
 
-    loggers: List[str] = field(default_factory=lambda: ["jsonl", "console"], metadata=valid(Registered("loggers")))
-    options: Dict[str, Any] = field(default_factory=dict, metadata=valid(OptionsByName()))
+    loggers: list[str] = field(default_factory=lambda: ["jsonl", "console"], metadata=valid(Registered("loggers")))
+    options: dict[str, Any] = field(default_factory=dict, metadata=valid(OptionsByName()))
 
 
 @dataclass
@@ -266,7 +270,7 @@ class SearchConfig:
     ``startup_trials``: random trials before TPE models the scores (hyperopt's n_startup_jobs).
     """
 
-    space: Dict[str, Any] = field(default_factory=dict)
+    space: dict[str, Any] = field(default_factory=dict)
     max_evals: int = field(default=0, metadata=valid(at_least(0)))
     metric: str = "val_acc"
     goal: str = field(default="max", metadata=valid(OneOf(("max", "min"))))
@@ -283,7 +287,7 @@ class Recipe:
     """
 
     name: str = "unnamed"
-    base: Optional[str] = None
+    base: str | None = None
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     rule: RuleConfig = field(default_factory=RuleConfig)
@@ -293,5 +297,5 @@ class Recipe:
     backend: BackendConfig = field(default_factory=BackendConfig)
     log: LogConfig = field(default_factory=LogConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    by_rule: Dict[str, Any] = field(default_factory=dict)
-    resumed: List[Any] = field(default_factory=list)
+    by_rule: dict[str, Any] = field(default_factory=dict)
+    resumed: list[Any] = field(default_factory=list)

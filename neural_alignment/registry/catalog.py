@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from neural_alignment.core.errors import UserError, did_you_mean
 

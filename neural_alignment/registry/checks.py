@@ -14,7 +14,8 @@ plugin it warns, naming the plugin, and leaves the entry out, so the rest still 
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from neural_alignment.core.errors import did_you_mean
 from neural_alignment.core.primitives import NEEDS
@@ -26,8 +27,9 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\Z")
 def entry_problem(kind: str, name: Any, obj: Any) -> str | None:
     """Why ``obj`` cannot be registered as ``name`` in catalog ``kind``, or ``None``."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        return (f"{kind} name {name!r} is not a valid name: letters, digits, '_' and '-', "
-                "starting with a letter or digit")
+        return (
+            f"{kind} name {name!r} is not a valid name: letters, digits, '_' and '-', starting with a letter or digit"
+        )
     if kind in ("primitives", "rules"):
         own = getattr(obj, "name", None)
         if own != name:
@@ -40,12 +42,16 @@ def entry_problem(kind: str, name: Any, obj: Any) -> str | None:
 
 def _needs_problem(name: str, needs: Any) -> str | None:
     if not isinstance(needs, (set, frozenset)):
-        return (f"primitive {name!r} has needs={needs!r}: it must be a set of "
-                f"{', '.join(sorted(NEEDS))}, e.g. frozenset({{'weights'}})")
+        return (
+            f"primitive {name!r} has needs={needs!r}: it must be a set of "
+            f"{', '.join(sorted(NEEDS))}, e.g. frozenset({{'weights'}})"
+        )
     unknown = sorted(str(need) for need in needs if need not in NEEDS)
     if unknown:
-        return (f"primitive {name!r} needs unknown category {unknown[0]!r}.{did_you_mean(unknown[0], NEEDS)} "
-                f"Valid: {', '.join(sorted(NEEDS))}")
+        return (
+            f"primitive {name!r} needs unknown category {unknown[0]!r}.{did_you_mean(unknown[0], NEEDS)} "
+            f"Valid: {', '.join(sorted(NEEDS))}"
+        )
     return None
 
 
@@ -56,6 +62,12 @@ def rule_problems(rules: Catalog, primitives: Catalog) -> Iterator[tuple[str, st
         for primitive in getattr(entry.obj, "weights", {}) or {}:
             if primitive not in primitives:
                 closest = did_you_mean(primitive, known, cutoff=0.0)
-                yield entry.plugin, entry.name, (f"rule {entry.name!r} weighs unknown primitive {primitive!r}."
-                                                 f"{closest} Known primitives: {', '.join(known) or '(none)'}")
+                yield (
+                    entry.plugin,
+                    entry.name,
+                    (
+                        f"rule {entry.name!r} weighs unknown primitive {primitive!r}."
+                        f"{closest} Known primitives: {', '.join(known) or '(none)'}"
+                    ),
+                )
                 break

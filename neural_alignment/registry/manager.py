@@ -20,9 +20,10 @@ from __future__ import annotations
 import importlib
 import os
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 import pluggy
 
@@ -122,8 +123,11 @@ def build_plugin_manager(
             distributions[name] = distribution
 
     for plugin in extra_plugins:
-        register(lambda plugin=plugin: plugin, getattr(plugin, "__name__", None) or type(plugin).__name__,
-                 "(registered in process)")
+        register(
+            lambda plugin=plugin: plugin,
+            getattr(plugin, "__name__", None) or type(plugin).__name__,
+            "(registered in process)",
+        )
 
     if autoload:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -215,8 +219,15 @@ class Registry:
             infos.append(PluginInfo(name, dist, _version_of(dist), self._registered.get(name, {}), error))
         for failure in self.failures:
             if failure.name in errors:  # never loaded
-                infos.append(PluginInfo(failure.name, failure.distribution, _version_of(failure.distribution),
-                                        {}, "; ".join(errors.pop(failure.name))))
+                infos.append(
+                    PluginInfo(
+                        failure.name,
+                        failure.distribution,
+                        _version_of(failure.distribution),
+                        {},
+                        "; ".join(errors.pop(failure.name)),
+                    )
+                )
         return infos
 
     def add_commands(self, subparsers) -> None:

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
-from neural_alignment.runtime import checkpoint
 from neural_alignment.core.errors import UserError
+from neural_alignment.runtime import checkpoint
 
 
 def to_cpu(value: Any) -> Any:
@@ -63,14 +64,15 @@ class Backend:
     rank = 0
     world_size = 1
 
-    def __init__(self, *, autocast_dtype: str | None = None, channels_last: bool = False,
-                 compile: bool | str = False):
+    def __init__(self, *, autocast_dtype: str | None = None, channels_last: bool = False, compile: bool | str = False):
         self.device = self.make_device()
         self.autocast_dtype = self._dtype(autocast_dtype)
         self.channels_last = bool(channels_last)
         if compile and not self.supports_compile:
-            raise UserError(f"backend option compile={compile!r}: backend {type(self).__name__} does not "
-                            "support torch.compile; remove the option")
+            raise UserError(
+                f"backend option compile={compile!r}: backend {type(self).__name__} does not "
+                "support torch.compile; remove the option"
+            )
         self.compile = compile
 
     def make_device(self) -> torch.device:

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from neural_alignment.runtime.atomic import replaced_atomically
 from neural_alignment.core.errors import UserError
+from neural_alignment.runtime.atomic import replaced_atomically
 
 
 def previous_path(path: str | os.PathLike) -> Path:
@@ -32,7 +32,9 @@ def previous_path(path: str | os.PathLike) -> Path:
 def temporary_files(path: str | os.PathLike) -> list[Path]:
     """The temporary files a :func:`save` of ``path`` killed mid-write left behind."""
     path = Path(path)
-    return sorted(path.parent.glob(f".{path.name}.*.tmp")) + sorted(path.parent.glob(f".{previous_path(path).name}.*.tmp"))
+    return sorted(path.parent.glob(f".{path.name}.*.tmp")) + sorted(
+        path.parent.glob(f".{previous_path(path).name}.*.tmp")
+    )
 
 
 def save(state: dict[str, Any], path: str | os.PathLike, keep_previous: bool = True) -> Path:
@@ -98,8 +100,10 @@ def load_good(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[
         return state, f"checkpoint {path} is damaged ({why}); using the previous one, {previous} (step {state['step']})"
     if why == "missing" and why_previous == "missing":
         raise UserError(f"cannot resume: {path} does not exist (was the run folder given?)")
-    raise UserError(f"checkpoint {path} is damaged ({why}) and there is no good previous one "
-                    f"({previous}: {why_previous}); start the run again in a new folder or with --overwrite")
+    raise UserError(
+        f"checkpoint {path} is damaged ({why}) and there is no good previous one "
+        f"({previous}: {why_previous}); start the run again in a new folder or with --overwrite"
+    )
 
 
 def rng_state() -> dict[str, Any]:
@@ -109,8 +113,13 @@ def rng_state() -> dict[str, Any]:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next},
     }
 

@@ -124,5 +124,6 @@ class DataSplits:
         held = stratified_indices(labels, holdout_count(size, len(labels)), seed)
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[held] = False
-        return dataclasses.replace(self, train=Subset(self.train, keep.nonzero().flatten().tolist()),
-                                   val=Subset(self.train, held.tolist()))
+        return dataclasses.replace(
+            self, train=Subset(self.train, keep.nonzero().flatten().tolist()), val=Subset(self.train, held.tolist())
+        )

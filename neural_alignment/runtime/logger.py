@@ -21,7 +21,8 @@ the trainer, the executor and the analyses read them by these names.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 LAYER_SEPARATOR = "/"
 METRICS_FILE = "metrics.jsonl"

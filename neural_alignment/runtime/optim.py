@@ -14,8 +14,9 @@ is positive, every parameter in ``noisy`` receives Gaussian noise of std ``noise
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -58,8 +59,9 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
 }
 
 
-def make_optimizer(name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Iterable[torch.nn.Parameter], lr: float, momentum: float = 0.0, weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
     """A torch optimizer by name: sgd, nesterov, gd (SGD without momentum), adam, adamw (both ignore ``momentum``)."""
     if name not in OPTIMIZERS:
         raise UserError(f"unknown optimizer {name!r}; valid optimizers: {', '.join(OPTIMIZERS)}")
@@ -83,11 +85,14 @@ class LRSchedule:
         return self.base_lr * self.scale * self.schedule(self.epoch(step))
 
 
-def make_lr_schedule(lr: float, schedule: Any, steps_per_epoch: int, batch_size: int, rescale_lr: bool = False,
-                     shift: float = 0.0) -> LRSchedule:
+def make_lr_schedule(
+    lr: float, schedule: Any, steps_per_epoch: int, batch_size: int, rescale_lr: bool = False, shift: float = 0.0
+) -> LRSchedule:
     """An :class:`LRSchedule` from recipe values (``schedule`` is a ``make_schedule`` config)."""
     if steps_per_epoch < 1:
-        raise UserError(f"steps per epoch must be at least 1, got {steps_per_epoch} (is the batch larger than the data?)")
+        raise UserError(
+            f"steps per epoch must be at least 1, got {steps_per_epoch} (is the batch larger than the data?)"
+        )
     scale = batch_size / REFERENCE_BATCH if rescale_lr else 1.0
     return LRSchedule(float(lr), make_schedule(schedule), steps_per_epoch, scale, float(shift))
 
@@ -95,8 +100,13 @@ def make_lr_schedule(lr: float, schedule: Any, steps_per_epoch: int, batch_size:
 class ComponentOptimizer:
     """The optimizer of one loss component: torch optimizer + lr schedule + update noise."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, lr: LRSchedule, noise_std: float = 0.0,
-                 noisy: Sequence[torch.Tensor] = ()):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr: LRSchedule,
+        noise_std: float = 0.0,
+        noisy: Sequence[torch.Tensor] = (),
+    ):
         self.optimizer = optimizer
         self.lr = lr
         self.noise_std = float(noise_std)

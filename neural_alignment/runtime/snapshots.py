@@ -33,7 +33,7 @@ def sample_indices(model: nn.Module, seed: int, limit: int = DEFAULT_LIMIT) -> d
     for position, (name, layer) in enumerate(aligned_layers(model)):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + position)
         n = layer.weight.numel()
-        out[name] = torch.randperm(n, generator=generator)[:min(limit, n)].sort().values
+        out[name] = torch.randperm(n, generator=generator)[: min(limit, n)].sort().values
     return out
 
 

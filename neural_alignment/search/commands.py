@@ -60,8 +60,10 @@ def cmd_search_report(args: argparse.Namespace) -> int:
     table = importance_table(ranked, objective.metric)
     print(table)
     (out / "importance.md").write_text(table + "\n", encoding="utf-8")
-    print(f"figures: {save(importance_figure(ranked, objective.metric), out / 'importance.png')}, "
-          f"{save(scores_figure(records, objective.metric, objective.goal), out / 'scores.png')}")
+    print(
+        f"figures: {save(importance_figure(ranked, objective.metric), out / 'importance.png')}, "
+        f"{save(scores_figure(records, objective.metric, objective.goal), out / 'scores.png')}"
+    )
     return 0
 
 
@@ -72,13 +74,21 @@ def register(subparsers) -> None:
     folder = search.add_mutually_exclusive_group()
     folder.add_argument("--out", metavar="DIR", help="search folder (default runs/search-<recipe>-<timestamp>)")
     folder.add_argument("--resume", metavar="DIR", help="continue the search in DIR without repeating a finished trial")
-    search.add_argument("--max-evals", type=int, metavar="N", help="number of trials (default: the recipe's search.max_evals)")
-    search.add_argument("--backend", choices=("local", "ray"), default="local",
-                        help="local: hyperopt.fmin here; ray: Ray Tune on RAY_ADDRESS's cluster or a local one")
+    search.add_argument(
+        "--max-evals", type=int, metavar="N", help="number of trials (default: the recipe's search.max_evals)"
+    )
+    search.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: hyperopt.fmin here; ray: Ray Tune on RAY_ADDRESS's cluster or a local one",
+    )
     search.add_argument("--parallelism", type=int, default=1, metavar="K", help="trials at once (ray)")
     search.add_argument("--seed", type=int, default=0, help="seed of TPE's draws")
     search.set_defaults(func=cmd_search)
 
-    report = subparsers.add_parser("search-report", help="rank a search's categorical choices by their effect on the score")
+    report = subparsers.add_parser(
+        "search-report", help="rank a search's categorical choices by their effect on the score"
+    )
     report.add_argument("dir", metavar="DIR", help="a search folder")
     report.set_defaults(func=cmd_search_report)

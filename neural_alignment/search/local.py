@@ -20,8 +20,7 @@ def seeded_tpe(seed: int, startup_trials: int, new_ids, domain, trials, _seed):
     """hyperopt's TPE, its draw for trial ``t`` seeded by (``seed``, t) rather than by fmin's running RNG."""
     from hyperopt import tpe
 
-    return tpe.suggest(new_ids, domain, trials, seed=seed * 1_000_003 + int(new_ids[0]),
-                       n_startup_jobs=startup_trials)
+    return tpe.suggest(new_ids, domain, trials, seed=seed * 1_000_003 + int(new_ids[0]), n_startup_jobs=startup_trials)
 
 
 def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog) -> None:
@@ -46,7 +45,14 @@ def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLo
     evaluate.fmin_pass_expr_memo_ctrl = True
     algo = partial(seeded_tpe, plan.seed, objective.startup_trials)
     while len(trials.trials) < plan.max_evals:
-        fmin(evaluate, space, algo=algo, max_evals=len(trials.trials) + 1, trials=trials,
-             rstate=np.random.default_rng(plan.seed), show_progressbar=False)
+        fmin(
+            evaluate,
+            space,
+            algo=algo,
+            max_evals=len(trials.trials) + 1,
+            trials=trials,
+            rstate=np.random.default_rng(plan.seed),
+            show_progressbar=False,
+        )
         with replaced_atomically(pickled) as tmp:
             tmp.write_bytes(pickle.dumps(trials))

@@ -64,19 +64,30 @@ def search_ray(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog)
     out = out.resolve()
     experiment = out / EXPERIMENT
     trainable = tune.with_resources(
-        tune.with_parameters(ray_trial, plan=plan, objective=objective, out=str(out)), {"cpu": 1})
+        tune.with_parameters(ray_trial, plan=plan, objective=objective, out=str(out)), {"cpu": 1}
+    )
     with ray_cluster(num_cpus=plan.parallelism):
         if tune.Tuner.can_restore(str(experiment)):
             tuner = tune.Tuner.restore(str(experiment), trainable, resume_unfinished=True, resume_errored=True)
         else:
-            searcher = HyperOptSearch(hyperopt_space(objective.space), metric="loss", mode="min",
-                                      n_initial_points=objective.startup_trials, random_state_seed=plan.seed)
+            searcher = HyperOptSearch(
+                hyperopt_space(objective.space),
+                metric="loss",
+                mode="min",
+                n_initial_points=objective.startup_trials,
+                random_state_seed=plan.seed,
+            )
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.parallelism),
-                                            num_samples=plan.max_evals),
-                run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(out), verbose=0,
-                                          callbacks=[record_callback(out, objective, plan.max_evals)]),
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=plan.parallelism), num_samples=plan.max_evals
+                ),
+                run_config=tune.RunConfig(
+                    name=EXPERIMENT,
+                    storage_path=str(out),
+                    verbose=0,
+                    callbacks=[record_callback(out, objective, plan.max_evals)],
+                ),
             )
         tuner.fit()
     log.reload()  # what the callback wrote

@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import find_recipe, load_recipe, to_yaml
@@ -33,7 +33,9 @@ def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print)
     return finish(plan, objective, out, log, echo)
 
 
-def finish(plan: SearchPlan, objective: Objective, out: Path, log: TrialLog, echo: Callable[[str], None]) -> dict | None:
+def finish(
+    plan: SearchPlan, objective: Objective, out: Path, log: TrialLog, echo: Callable[[str], None]
+) -> dict | None:
     """Write ``summary.md`` (the trials table) and ``best.yaml``; echo both's whereabouts."""
     table = trials_table(list(log.records.values()), objective)
     (out / TABLE).write_text(table + "\n", encoding="utf-8")
@@ -63,17 +65,25 @@ def trials_table(records: list[dict], objective: Objective) -> str:
     keys = list(dict.fromkeys(k for r in records for k in r["values"]))
     ordered = sorted(records, key=objective.loss)
     head = ["trial", "status", objective.metric, "mean angle", "s", *keys]
-    rows = [[str(r["trial"]), r["status"], "" if r["score"] is None else f"{r['score']:.4f}",
-             format_value(r["mean_weight_angle"]) if "mean_weight_angle" in r else "",
-             f"{r.get('seconds') or 0:.0f}", *(format_value(r["values"].get(k, "")) for k in keys)]
-            for r in ordered]
+    rows = [
+        [
+            str(r["trial"]),
+            r["status"],
+            "" if r["score"] is None else f"{r['score']:.4f}",
+            format_value(r["mean_weight_angle"]) if "mean_weight_angle" in r else "",
+            f"{r.get('seconds') or 0:.0f}",
+            *(format_value(r["values"].get(k, "")) for k in keys),
+        ]
+        for r in ordered
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def plan_for(name: str, overrides: list[str], max_evals: int | None, backend: str, parallelism: int,
-             seed: int = 0) -> SearchPlan:
+def plan_for(
+    name: str, overrides: list[str], max_evals: int | None, backend: str, parallelism: int, seed: int = 0
+) -> SearchPlan:
     """A new search's plan: the recipe made an absolute path if it is a file; ``max_evals``
     defaults to the recipe's ``search.max_evals``."""
     path = Path(name)

@@ -71,8 +71,10 @@ def check_distribution(key: str, spec: Mapping, where: str) -> None:
     unknown = sorted(set(spec) - {"dist", "times", *required})
     missing = [k for k in required if k not in spec]
     if unknown or missing:
-        raise UserError(f"{where}.{key}: dist {name} takes {', '.join(required)} (and times); "
-                        f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+        raise UserError(
+            f"{where}.{key}: dist {name} takes {', '.join(required)} (and times); "
+            f"missing {missing or 'none'}, unknown {unknown or 'none'}"
+        )
     if name == "choice":
         if not isinstance(spec["options"], (list, tuple)) or not spec["options"]:
             raise UserError(f"{where}.{key}: choice needs a non-empty list of options")
@@ -105,11 +107,17 @@ def hyperopt_space(space: Mapping[str, Any], where: str = "search.space", prefix
         name = spec["dist"]
         if is_branch_label(key):
             if name != "choice" or not all(isinstance(o, Mapping) for o in spec["options"]):
-                raise UserError(f"{where}.{key}: a key without a dot is a conditional choice: "
-                                "dist choice with options that are mappings of recipe keys")
-            out[key] = hp.choice(label, [
-                {BRANCH: i, **hyperopt_space(option, f"{where}.{key}.options[{i}]", f"{label}/{i}/")}
-                for i, option in enumerate(spec["options"])])
+                raise UserError(
+                    f"{where}.{key}: a key without a dot is a conditional choice: "
+                    "dist choice with options that are mappings of recipe keys"
+                )
+            out[key] = hp.choice(
+                label,
+                [
+                    {BRANCH: i, **hyperopt_space(option, f"{where}.{key}.options[{i}]", f"{label}/{i}/")}
+                    for i, option in enumerate(spec["options"])
+                ],
+            )
         elif name == "uniform":
             out[key] = hp.uniform(label, spec["low"], spec["high"])
         elif name == "loguniform":

@@ -29,16 +29,17 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from omegaconf import OmegaConf
 
-from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.core.errors import UserError
 from neural_alignment.grids.executor import FINISHED, RunSpec, run_one
 from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.search.space import Sample, hyperopt_space
 
 PLAN = "search.json"
@@ -50,8 +51,15 @@ BEST = "best.yaml"
 TABLE = "summary.md"
 WORST_LOSS = 1e12
 """The loss TPE is told for a failed or diverged trial (worse than any real score)."""
-RECORDED_METRICS = ("val_loss", "val_acc", "val_top5", "mean_weight_angle", "last_weight_angle",
-                    "mean_norm_ratio", "steps")
+RECORDED_METRICS = (
+    "val_loss",
+    "val_acc",
+    "val_top5",
+    "mean_weight_angle",
+    "last_weight_angle",
+    "mean_norm_ratio",
+    "steps",
+)
 """Summary values copied into ``trials.jsonl`` beside the score (never a ``test_*`` one)."""
 
 
@@ -79,8 +87,9 @@ class SearchPlan:
         try:
             return cls(**json.loads((Path(out) / PLAN).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError) as exc:
-            raise UserError(f"cannot resume: {Path(out) / PLAN} is missing or unreadable ({exc}); "
-                            "give the folder a search wrote") from None
+            raise UserError(
+                f"cannot resume: {Path(out) / PLAN} is missing or unreadable ({exc}); give the folder a search wrote"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -102,8 +111,7 @@ class Objective:
             raise UserError(f"recipe {recipe.name!r} has no search.space to search; see the search-* recipes")
         check_metric(search.metric, recipe.data.val_split)  # the schema checks goal and startup_trials
         hyperopt_space(space)  # checks every entry
-        return cls(space, search.metric, search.goal, search.startup_trials, recipe.name,
-                   "wandb" in recipe.log.loggers)
+        return cls(space, search.metric, search.goal, search.startup_trials, recipe.name, "wandb" in recipe.log.loggers)
 
     def loss(self, record: dict) -> float:
         """What TPE minimises for ``record``: -score (goal max), score (min), WORST_LOSS if it failed."""
@@ -120,8 +128,10 @@ class Objective:
 def check_metric(metric: str, val_split) -> None:
     """A search chooses on validation data: a ``test_*`` metric is refused, a ``val_*`` one needs ``data.val_split``."""
     if metric.startswith("test_"):
-        raise UserError(f"search.metric={metric!r} reads the test set; a search chooses on the validation "
-                        "split: use val_acc or val_loss (with data.val_split)")
+        raise UserError(
+            f"search.metric={metric!r} reads the test set; a search chooses on the validation "
+            "split: use val_acc or val_loss (with data.val_split)"
+        )
     if metric.startswith("val_") and val_split is None:
         raise UserError(f"search.metric={metric!r} needs a validation set: set data.val_split (e.g. 0.1)")
 
@@ -147,14 +157,23 @@ def run_trial(plan: SearchPlan, objective: Objective, sample: Sample, run_dir: P
     if objective.wandb:
         overrides.append(override("log.options.wandb.group", run_dir.parent.parent.name))
     summary = run_one(RunSpec(plan.recipe, tuple(overrides), run_dir))
-    record = {"trial": trial, **given, "score": None, "status": summary.get("status"),
-              "error": summary.get("error"), "seconds": summary.get("seconds"),
-              "run_dir": f"{TRIAL_FOLDERS}/{run_dir.name}"}
+    record = {
+        "trial": trial,
+        **given,
+        "score": None,
+        "status": summary.get("status"),
+        "error": summary.get("error"),
+        "seconds": summary.get("seconds"),
+        "run_dir": f"{TRIAL_FOLDERS}/{run_dir.name}",
+    }
     record.update({k: summary[k] for k in RECORDED_METRICS if k in summary})
     if record["status"] == FINISHED:
         if objective.metric not in summary:
-            record.update(status="failed", error=f"search.metric {objective.metric!r} is not in the run's summary "
-                          f"(it has {', '.join(k for k in summary if not k.startswith('test_'))})")
+            record.update(
+                status="failed",
+                error=f"search.metric {objective.metric!r} is not in the run's summary "
+                f"(it has {', '.join(k for k in summary if not k.startswith('test_'))})",
+            )
         else:
             record["score"] = summary[objective.metric]
     return record
@@ -194,12 +213,17 @@ class TrialLog:
 
     def progress_line(self, record: dict) -> str:
         values = "  ".join(f"{k}={format_value(v)}" for k, v in record["values"].items())
-        outcome = (f"{self.objective.metric} {record['score']:.4f}" if record["score"] is not None
-                   else f"{record['status']}: {record.get('error')}")
+        outcome = (
+            f"{self.objective.metric} {record['score']:.4f}"
+            if record["score"] is not None
+            else f"{record['status']}: {record.get('error')}"
+        )
         best = self.best()
         best_text = f"best {best['score']:.4f} (trial {best['trial']})" if best else "best: none yet"
-        return (f"[search] trial {record['trial']} ({len(self.records)}/{self.total}, {record.get('seconds') or 0:.0f} s)"
-                f"  {values}  -> {outcome};  {best_text}")
+        return (
+            f"[search] trial {record['trial']} ({len(self.records)}/{self.total}, {record.get('seconds') or 0:.0f} s)"
+            f"  {values}  -> {outcome};  {best_text}"
+        )
 
 
 def format_value(value: Any) -> str:

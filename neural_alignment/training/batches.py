@@ -3,7 +3,7 @@ step's global batch sliced among the processes of a data-parallel run."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
@@ -19,8 +19,7 @@ class StepBatches(Sampler):
     batches depends on neither the number of processes nor where a run resumed.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0,
-                 world_size: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, total: int, rank: int = 0, world_size: int = 1):
         if batch_size % world_size:
             raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
         self.n, self.batch_size, self.seed, self.start, self.total = n, batch_size, seed, start, total
@@ -39,7 +38,7 @@ class StepBatches(Sampler):
             if e != epoch:
                 epoch, perm = e, self.permutation(e)
             first = i * self.batch_size + self.offset
-            yield perm[first:first + self.local].tolist()
+            yield perm[first : first + self.local].tolist()
 
     def __len__(self) -> int:
         return self.total - self.start

@@ -77,8 +77,11 @@ def launch_processes(recipe: DictConfig, command: list[str]) -> int | None:
 
 def backward_weights(model: nn.Module) -> list[nn.Parameter]:
     """Every aligned layer's trainable backward weight B."""
-    return [m.backward_weight for _, m in aligned_layers(model)
-            if m.backward_weight is not None and m.backward_weight.requires_grad]
+    return [
+        m.backward_weight
+        for _, m in aligned_layers(model)
+        if m.backward_weight is not None and m.backward_weight.requires_grad
+    ]
 
 
 def forward_weights(model: nn.Module) -> list[nn.Parameter]:
@@ -86,14 +89,21 @@ def forward_weights(model: nn.Module) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.dim() >= 2]
 
 
-def make_component(cfg: DictConfig, params: list, steps_per_epoch: int, batch_size: int, shift: float,
-                   noisy: list) -> ComponentOptimizer | None:
+def make_component(
+    cfg: DictConfig, params: list, steps_per_epoch: int, batch_size: int, shift: float, noisy: list
+) -> ComponentOptimizer | None:
     """One loss component's :class:`ComponentOptimizer`, or ``None`` when it has no parameters."""
     if not params:
         return None
     optimizer = make_optimizer(cfg.name, params, cfg.lr, cfg.momentum, cfg.weight_decay)
-    lr = make_lr_schedule(cfg.lr, OmegaConf.to_container(cfg, resolve=True)["schedule"], steps_per_epoch,
-                          batch_size, cfg.rescale_lr, shift)
+    lr = make_lr_schedule(
+        cfg.lr,
+        OmegaConf.to_container(cfg, resolve=True)["schedule"],
+        steps_per_epoch,
+        batch_size,
+        cfg.rescale_lr,
+        shift,
+    )
     # absolute noise: std per unit of lr(step) is std / base lr, so the first update's noise is std itself
     noise_std = cfg.noise.std / (lr.base_lr * lr.scale) if cfg.noise.absolute and cfg.noise.std else cfg.noise.std
     return ComponentOptimizer(optimizer, lr, noise_std, noisy)

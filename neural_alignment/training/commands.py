@@ -50,8 +50,10 @@ def resume_recipe(run_dir: str, name: str | None, overrides: list[str]):
         raise UserError(f"cannot resume: {recipe_file} does not exist (was the run folder given?)")
     recipe = load_resolved_recipe(recipe_file, overrides)
     if name is not None and name != recipe.name and Path(name).stem != recipe.name:
-        raise UserError(f"{run_dir} holds a run of recipe {recipe.name!r}, not {name!r}; "
-                        f"resume it with 'nalign run --resume {run_dir}' (no NAME needed)")
+        raise UserError(
+            f"{run_dir} holds a run of recipe {recipe.name!r}, not {name!r}; "
+            f"resume it with 'nalign run --resume {run_dir}' (no NAME needed)"
+        )
     return recipe
 
 
@@ -61,7 +63,11 @@ def register(subparsers) -> None:
     add_recipe_arguments(run, optional=True)  # --resume DIR takes the folder's recipe
     folder = run.add_mutually_exclusive_group()  # a resumed run stays in its folder
     folder.add_argument("--out", metavar="DIR", help="a new or empty run folder (default runs/<recipe>-<timestamp>)")
-    folder.add_argument("--resume", metavar="DIR", help="continue the run in DIR with its recipe; only the length, "
-                        "logging/checkpoint intervals and loggers may be changed with KEY=VALUE")
+    folder.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="continue the run in DIR with its recipe; only the length, "
+        "logging/checkpoint intervals and loggers may be changed with KEY=VALUE",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace what the --out folder holds")
     run.set_defaults(func=cmd_run)

@@ -15,8 +15,11 @@ class TrainingDiverged(UserError):
 
 def weight_norms(model: nn.Module) -> list[tuple[str, float]]:
     """(``<layer>.weight``/``<layer>.backward_weight``, Frobenius norm) of every W and B."""
-    return [(name, p.detach().double().norm().item()) for name, p in model.named_parameters()
-            if name.rpartition(".")[2] in ("weight", "backward_weight") and p.dim() >= 2]
+    return [
+        (name, p.detach().double().norm().item())
+        for name, p in model.named_parameters()
+        if name.rpartition(".")[2] in ("weight", "backward_weight") and p.dim() >= 2
+    ]
 
 
 def blown_up_layer(model: nn.Module) -> str:

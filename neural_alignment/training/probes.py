@@ -33,7 +33,7 @@ GRADIENT_BATCH = 256
 def fixed_batch(dataset: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``min(size, len(dataset))`` items drawn without replacement by a generator seeded with ``seed``, collated."""
     generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(dataset), generator=generator)[:min(size, len(dataset))]
+    indices = torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))]
     return default_collate([dataset[i] for i in indices.tolist()])
 
 
@@ -51,8 +51,16 @@ def gradient_angle_metrics(model: nn.Module, batch: tuple[torch.Tensor, torch.Te
 class EvaluationProbes:
     """Gradient angles and a weight snapshot of ``model`` at each evaluation step of a run."""
 
-    def __init__(self, model: nn.Module, held_out: Dataset, run_dir: str | Path, seed: int,
-                 device: torch.device, dtype: torch.dtype, step: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        held_out: Dataset,
+        run_dir: str | Path,
+        seed: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        step: int,
+    ):
         x, y = fixed_batch(held_out, GRADIENT_BATCH, seed)
         self.batch = (x.to(device=device, dtype=dtype), y.to(device))
         self.indices = snapshots.sample_indices(model, seed)

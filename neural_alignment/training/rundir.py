@@ -43,9 +43,15 @@ RECIPE = "recipe.yaml"
 HISTORY_KEY = "resumed"  # the recipe key that records what each resume changed
 
 SAFE_ON_RESUME = (
-    "train.steps", "train.epochs",  # the run's length (never before the checkpoint's step)
-    "train.metrics_every", "train.eval_every", "train.checkpoint_every", "train.check_finite_every",
-    "train.progress", "log.loggers", "log.options",
+    "train.steps",
+    "train.epochs",  # the run's length (never before the checkpoint's step)
+    "train.metrics_every",
+    "train.eval_every",
+    "train.checkpoint_every",
+    "train.check_finite_every",
+    "train.progress",
+    "log.loggers",
+    "log.options",
     "backend",  # where the steps run: a checkpoint of N processes or of XLA resumes on M or on the CPU
 )
 """Recipe keys a resumed run may change: none of them changes what a step computes."""
@@ -97,12 +103,17 @@ def resume_changes(stored: DictConfig, recipe: DictConfig, run_dir: str | os.Pat
     """
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (stored, recipe))
     missing = object()
-    changed = {key: {"from": old.get(key), "to": new.get(key)} for key in sorted(old.keys() | new.keys())
-               if key.split(".")[0] != HISTORY_KEY and old.get(key, missing) != new.get(key, missing)}
+    changed = {
+        key: {"from": old.get(key), "to": new.get(key)}
+        for key in sorted(old.keys() | new.keys())
+        if key.split(".")[0] != HISTORY_KEY and old.get(key, missing) != new.get(key, missing)
+    }
     unsafe = [f"{key} ({change['from']!r} -> {change['to']!r})" for key, change in changed.items() if not _safe(key)]
     if unsafe:
-        raise UserError(f"cannot resume {run_dir} with {', '.join(unsafe)}: a resumed run keeps its recipe except "
-                        f"{', '.join(SAFE_ON_RESUME)}; start a new run folder to change it")
+        raise UserError(
+            f"cannot resume {run_dir} with {', '.join(unsafe)}: a resumed run keeps its recipe except "
+            f"{', '.join(SAFE_ON_RESUME)}; start a new run folder to change it"
+        )
     return changed
 
 
@@ -144,8 +155,10 @@ class RunFolder:
         if not resume and held and not overwrite:
             self.release()
             shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-            raise UserError(f"run folder {self.path} is not empty ({shown}); continue that run with "
-                            f"--resume {self.path}, choose a new folder, or replace it with --overwrite")
+            raise UserError(
+                f"run folder {self.path} is not empty ({shown}); continue that run with "
+                f"--resume {self.path}, choose a new folder, or replace it with --overwrite"
+            )
 
     def _create(self) -> None:
         if self.path.exists() and not self.path.is_dir():
@@ -166,8 +179,10 @@ class RunFolder:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise UserError(f"run folder {self.path} is in use by another run (it holds the folder's lock); "
-                            "wait for it to end or choose another folder") from None
+            raise UserError(
+                f"run folder {self.path} is in use by another run (it holds the folder's lock); "
+                "wait for it to end or choose another folder"
+            ) from None
         self._unlock = weakref.finalize(self, os.close, fd)  # closing the descriptor drops the lock
 
     def release(self) -> None:

@@ -43,9 +43,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -91,9 +91,15 @@ class RunResult:
 class Trainer:
     """Builds everything a recipe names and trains it; see the module docstring for the step."""
 
-    def __init__(self, recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 on_step: Callable[["Trainer", int], None] | None = None, overwrite: bool = False,
-                 splits: DataSplits | None = None):
+    def __init__(
+        self,
+        recipe: DictConfig,
+        run_dir: str | os.PathLike,
+        resume: bool = False,
+        on_step: Callable[[Trainer, int], None] | None = None,
+        overwrite: bool = False,
+        splits: DataSplits | None = None,
+    ):
         """Claim ``run_dir`` (``training.rundir``: locked, empty unless ``overwrite``; with ``resume``
         its checkpoint and recipe, of which ``recipe`` may change only the safe keys), build
         everything (``splits``: a dataset already built for this recipe, shared), then write the folder."""
@@ -113,12 +119,20 @@ class Trainer:
             if self.backend.is_main:
                 self.folder.begin(to_yaml(self.recipe), self.step if resume else None, overwrite)
                 config = OmegaConf.to_container(self.recipe, resolve=True)
-                self.loggers = [make(self.run_dir, self.run_dir.name, config, **options)
-                                for make, options in self._logger_factories]
+                self.loggers = [
+                    make(self.run_dir, self.run_dir.name, config, **options) for make, options in self._logger_factories
+                ]
                 # rank 0's gradient angles and weight snapshots: every process holds the same weights
                 held_out = self.splits.val if self.splits.val is not None else self.splits.test  # a search may read it
-                self.probes = EvaluationProbes(self.model, held_out, self.run_dir, self.recipe.train.seed,
-                                               self.backend.device, self.dtype, self.step)
+                self.probes = EvaluationProbes(
+                    self.model,
+                    held_out,
+                    self.run_dir,
+                    self.recipe.train.seed,
+                    self.backend.device,
+                    self.dtype,
+                    self.step,
+                )
         except BaseException:
             self.folder.release()
             raise
@@ -129,12 +143,16 @@ class Trainer:
         seed_everything(t.seed, t.deterministic)
         world = self.backend.world_size
         if recipe.data.batch_size % (t.accumulate * world):
-            raise UserError(f"train.accumulate={t.accumulate} times {world} processes must divide "
-                            f"data.batch_size={recipe.data.batch_size}")
+            raise UserError(
+                f"train.accumulate={t.accumulate} times {world} processes must divide "
+                f"data.batch_size={recipe.data.batch_size}"
+            )
         self.splits = splits if splits is not None else build_data(recipe)
         self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
-            raise UserError(f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples")
+            raise UserError(
+                f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples"
+            )
         self.total_steps = t.steps if t.steps is not None else max(1, round(t.epochs * self.steps_per_epoch))
         self.dtype = getattr(torch, t.dtype)
         self.model = self.backend.prepare(build_model(recipe, self.splits), self.dtype)
@@ -146,8 +164,11 @@ class Trainer:
         self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
         self.seen = 0  # examples since the last log (a host count: no device read)
         self.nonfinite = torch.zeros((), device=self.backend.device)  # > 0 once a loss was NaN/inf
-        self.check_every = (t.check_finite_every if t.check_finite_every is not None
-                            else self.backend.check_finite_every(t.metrics_every))
+        self.check_every = (
+            t.check_finite_every
+            if t.check_finite_every is not None
+            else self.backend.check_finite_every(t.metrics_every)
+        )
         self._logger_factories = self._loggers()
 
     def _resume(self) -> None:
@@ -160,8 +181,10 @@ class Trainer:
             print(f"nalign: notice: {notice}", file=sys.stderr, flush=True)
         self._load(state)
         if self.total_steps < self.step:
-            raise UserError(f"cannot resume {self.run_dir} with {self.total_steps} steps: its checkpoint is at step "
-                            f"{self.step}; set train.steps (or train.epochs) to at least that")
+            raise UserError(
+                f"cannot resume {self.run_dir} with {self.total_steps} steps: its checkpoint is at step "
+                f"{self.step}; set train.steps (or train.epochs) to at least that"
+            )
         self.recipe = with_history(self.recipe, stored, self.step, changed)
 
     # -- building -------------------------------------------------------------------------
@@ -171,7 +194,9 @@ class Trainer:
         taken = {id(p) for p in backward}
         task_params = [p for p in self.model.parameters() if p.requires_grad and id(p) not in taken]
         noisy_task = [] if o.task.noise.only_backward_weights else task_params
-        task = make_component(o.task, task_params, self.steps_per_epoch, batch, self.recipe.train.delay_epochs, noisy_task)
+        task = make_component(
+            o.task, task_params, self.steps_per_epoch, batch, self.recipe.train.delay_epochs, noisy_task
+        )
         alignment = make_component(o.alignment, backward, self.steps_per_epoch, batch, 0.0, backward)
         return task, alignment
 
@@ -193,16 +218,21 @@ class Trainer:
         states, the running stats summed over the processes, step. Every process calls it."""
         self.saved_step = self.step
         running = torch.tensor(self.backend.sum_across(self.running))
-        self.backend.save({
-            "step": self.step,
-            "model": self.model.state_dict(),
-            "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
-            "schedules": {k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
-                          for k, c in self.components.items()},
-            "rng": checkpoint.rng_state(),
-            "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
-            "recipe": to_yaml(self.recipe),
-        }, self.run_dir / CHECKPOINT)
+        self.backend.save(
+            {
+                "step": self.step,
+                "model": self.model.state_dict(),
+                "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
+                "schedules": {
+                    k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
+                    for k, c in self.components.items()
+                },
+                "rng": checkpoint.rng_state(),
+                "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
+                "recipe": to_yaml(self.recipe),
+            },
+            self.run_dir / CHECKPOINT,
+        )
         return self.run_dir / CHECKPOINT
 
     def _load(self, state: dict) -> None:
@@ -266,8 +296,9 @@ class Trainer:
                 component.set_step(step)
         self.backend.end_step()
 
-    def time_steps(self, x: torch.Tensor, y: torch.Tensor, repeats: int,
-                   clock: Callable[[], float] = time.perf_counter) -> list[float]:
+    def time_steps(
+        self, x: torch.Tensor, y: torch.Tensor, repeats: int, clock: Callable[[], float] = time.perf_counter
+    ) -> list[float]:
         """Seconds (wall, or ``clock``) of each of ``repeats`` extra training steps on (x, y), device
         synchronised.
 
@@ -315,8 +346,12 @@ class Trainer:
         self.model.eval()
         share = process_share(dataset, self.backend.rank, self.backend.world_size)
         # its own generator: a loader draws its worker seed from the global RNG, which training uses
-        loader = DataLoader(share, batch_size=self.recipe.data.eval_batch_size,
-                            num_workers=self.recipe.data.num_workers, generator=torch.Generator())
+        loader = DataLoader(
+            share,
+            batch_size=self.recipe.data.eval_batch_size,
+            num_workers=self.recipe.data.num_workers,
+            generator=torch.Generator(),
+        )
         sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
         for x, y in loader:
             x, y = self.backend.to_device((x.to(self.dtype), y))
@@ -340,8 +375,12 @@ class Trainer:
         angles = [v["weight_angle"] for v in per_layer.values()]
         ratios = [v["norm_ratio"] for v in per_layer.values()]
         last = per_layer[list(per_layer)[-1]]
-        out.update(mean_weight_angle=sum(angles) / len(angles), last_weight_angle=last["weight_angle"],
-                   mean_norm_ratio=sum(ratios) / len(ratios), last_norm_ratio=last["norm_ratio"])
+        out.update(
+            mean_weight_angle=sum(angles) / len(angles),
+            last_weight_angle=last["weight_angle"],
+            mean_norm_ratio=sum(ratios) / len(ratios),
+            last_norm_ratio=last["norm_ratio"],
+        )
         return out
 
     def train_metrics(self) -> dict[str, float]:
@@ -368,12 +407,23 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------
     def batches(self) -> DataLoader:
         seed = self.recipe.train.seed
-        sampler = StepBatches(len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps,
-                              self.backend.rank, self.backend.world_size)
+        sampler = StepBatches(
+            len(self.splits.train),
+            self.recipe.data.batch_size,
+            seed,
+            self.step,
+            self.total_steps,
+            self.backend.rank,
+            self.backend.world_size,
+        )
         # the generator only seeds the workers (their augmentation draws): from the run's seed and start step,
         # not the global RNG (a resumed run must not shift it) nor a fixed seed (every run alike)
-        return DataLoader(self.splits.train, batch_sampler=sampler, num_workers=self.recipe.data.num_workers,
-                          generator=torch.Generator().manual_seed(seed * 1_000_003 + self.step))
+        return DataLoader(
+            self.splits.train,
+            batch_sampler=sampler,
+            num_workers=self.recipe.data.num_workers,
+            generator=torch.Generator().manual_seed(seed * 1_000_003 + self.step),
+        )
 
     def run(self) -> RunResult:
         from tqdm import tqdm
@@ -381,8 +431,12 @@ class Trainer:
         t = self.recipe.train
         self.model.train()
         # disable=None: tqdm shows the bar only on a terminal
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=self.recipe.name,
-                   disable=None if t.progress and self.backend.is_main else True)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=self.recipe.name,
+            disable=None if t.progress and self.backend.is_main else True,
+        )
         start_step, step_seconds, summary = self.step, [], {}
         try:
             clock = time.perf_counter()
@@ -400,8 +454,9 @@ class Trainer:
                         metrics.update(self.evaluate())
                     metrics["seconds_per_step"] = float(np.median(step_seconds))
                     self.log(metrics)
-                    bar.set_postfix({k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle")
-                                     if k in metrics})
+                    bar.set_postfix(
+                        {k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle") if k in metrics}
+                    )
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0:
                     self.check_finite(self.step - 1, weights=True)
                     self.save()
@@ -429,16 +484,27 @@ class Trainer:
     def summary(self, step_seconds: list[float], status: str) -> dict:
         """Final record: test metrics, layer metrics, median seconds per step (robust to load spikes)."""
         r = self.recipe
-        return {"status": status, "recipe": r.name, "rule": r.rule.name, "dataset": self.splits.name,
-                "steps": self.step, "epochs": self.step / self.steps_per_epoch,
-                "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
-                "train_seconds": sum(step_seconds),
-                **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k},
-                **self.backend.summary()}
+        return {
+            "status": status,
+            "recipe": r.name,
+            "rule": r.rule.name,
+            "dataset": self.splits.name,
+            "steps": self.step,
+            "epochs": self.step / self.steps_per_epoch,
+            "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
+            "train_seconds": sum(step_seconds),
+            **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k},
+            **self.backend.summary(),
+        }
 
 
-def train(recipe: DictConfig, run_dir: str | os.PathLike, resume: bool = False,
-          on_step: Callable[[Trainer, int], None] | None = None, overwrite: bool = False) -> RunResult:
+def train(
+    recipe: DictConfig,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    on_step: Callable[[Trainer, int], None] | None = None,
+    overwrite: bool = False,
+) -> RunResult:
     """Train ``recipe`` into ``run_dir`` (continuing its checkpoint when ``resume``; replacing what
     the folder holds when ``overwrite``, else refusing a non-empty folder)."""
     return Trainer(recipe, run_dir, resume, on_step, overwrite).run()

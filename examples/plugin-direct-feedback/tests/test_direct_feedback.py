@@ -9,12 +9,12 @@ steps and restored from a checkpoint.
 
 import math
 
+import neural_alignment_direct_feedback as plugin
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import neural_alignment_direct_feedback as plugin
 from neural_alignment.core.convert import convert_modules
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.rules import build_rule
@@ -36,9 +36,17 @@ def mlp() -> nn.Module:
 
 def convnet() -> nn.Module:
     torch.manual_seed(0)
-    return dfa(nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                             nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Tanh(), nn.Flatten(),
-                             nn.Linear(4 * 2 * 2, 3)).double())
+    return dfa(
+        nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(3, 4, 3, stride=2, padding=1),
+            nn.Tanh(),
+            nn.Flatten(),
+            nn.Linear(4 * 2 * 2, 3),
+        ).double()
+    )
 
 
 def input_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor):
@@ -49,6 +57,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor):
         def hook(module, args):
             args[0].retain_grad()
             inputs[name] = args[0]
+
         return hook
 
     handles = [layer.register_forward_pre_hook(keep(name)) for name, layer in aligned_layers(model)]
@@ -56,7 +65,7 @@ def input_gradients(model: nn.Module, x: torch.Tensor, targets: torch.Tensor):
     for handle in handles:
         handle.remove()
     loss = F.cross_entropy(logits, targets)
-    e, = torch.autograd.grad(loss, logits, retain_graph=True)
+    (e,) = torch.autograd.grad(loss, logits, retain_graph=True)
     loss.backward()
     return e, {name: (inputs[name].detach(), inputs[name].grad) for name in inputs}
 
@@ -85,8 +94,8 @@ def test_mlp_input_gradients_are_e_d_and_weight_gradients_follow():
     e, seen = check_every_input_gradient_is_e_times_d(model, x, targets)
     first, second, last = model[0], model[2], model[4]
     h1, h2 = seen["2"][0], seen["4"][0]
-    d2 = (e @ last.direct_feedback_matrix) * (h2 > 0)                # ReLU': error of the second layer
-    d1 = (e @ second.direct_feedback_matrix) * (1 - h1 ** 2)         # tanh': error of the first layer
+    d2 = (e @ last.direct_feedback_matrix) * (h2 > 0)  # ReLU': error of the second layer
+    d1 = (e @ second.direct_feedback_matrix) * (1 - h1**2)  # tanh': error of the first layer
     torch.testing.assert_close(last.weight.grad, e.t() @ h2, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(second.weight.grad, d2.t() @ h1, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(first.weight.grad, d1.t() @ x.detach(), rtol=1e-12, atol=1e-15)
@@ -99,12 +108,13 @@ def test_convnet_input_gradients_are_e_d_including_conv_layers():
     targets = torch.tensor([0, 1, 2, 1, 0])
     e, seen = check_every_input_gradient_is_e_times_d(model, x, targets)
     conv2 = model[3]
-    h = seen["3"][0]                                                     # pooled ReLU output, [5, 3, 4, 4]
+    h = seen["3"][0]  # pooled ReLU output, [5, 3, 4, 4]
     assert conv2.direct_feedback_matrix.shape == (3, 3 * 4 * 4)
     a2 = conv2(h).detach()
     d2 = (e @ model[6].direct_feedback_matrix).view_as(a2) * (1 - torch.tanh(a2) ** 2)
-    torch.testing.assert_close(conv2.weight.grad, torch.nn.grad.conv2d_weight(h, conv2.weight.shape, d2, 2, 1),
-                               rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(
+        conv2.weight.grad, torch.nn.grad.conv2d_weight(h, conv2.weight.shape, d2, 2, 1), rtol=1e-12, atol=1e-15
+    )
 
 
 def test_feedback_matrices_are_fixed_and_restored_from_a_checkpoint():
@@ -120,7 +130,7 @@ def test_feedback_matrices_are_fixed_and_restored_from_a_checkpoint():
         matrices = [feedback_matrix(layer).clone() for _, layer in aligned_layers(model)]
         first = first or matrices
         assert all(torch.equal(a, b) for a, b in zip(first, matrices))
-    assert not torch.allclose(first[0][:, :first[1].shape[1]], first[1])  # each layer its own D
+    assert not torch.allclose(first[0][:, : first[1].shape[1]], first[1])  # each layer its own D
     restored = convnet()
     restored.load_state_dict(model.state_dict())
     F.cross_entropy(restored(x), targets).backward()

@@ -13,7 +13,6 @@ import torch
 from neural_alignment import hookimpl
 from neural_alignment.core.primitives import Primitive, sum_of_squares
 from neural_alignment.core.rules import RuleSpec
-
 from neural_alignment_sign_symmetry.feedback import SignConcordantFeedback
 
 __version__ = "0.2.0"
@@ -38,14 +37,25 @@ SIGN_SYMMETRY = RuleSpec(
 )
 
 SIGN_CONCORDANT_RULES = (
-    RuleSpec("usf", trains_backward_weight=False, feedback=SignConcordantFeedback("uniform"),
-             doc="Uniform sign-concordant feedback: B = RMS(W) sign(W), set before every training forward."),
-    RuleSpec("brsf", trains_backward_weight=False, feedback=SignConcordantFeedback("batch_random"),
-             doc="Batchwise random magnitude sign-concordant feedback: B = |M| sign(W) at W's norm, "
-                 "M ~ U(0, 1) redrawn every batch."),
-    RuleSpec("frsf", trains_backward_weight=False, feedback=SignConcordantFeedback("fixed_random"),
-             doc="Fixed random magnitude sign-concordant feedback: B = |B0| sign(W) at W's norm, "
-                 "|B0| drawn once per layer."),
+    RuleSpec(
+        "usf",
+        trains_backward_weight=False,
+        feedback=SignConcordantFeedback("uniform"),
+        doc="Uniform sign-concordant feedback: B = RMS(W) sign(W), set before every training forward.",
+    ),
+    RuleSpec(
+        "brsf",
+        trains_backward_weight=False,
+        feedback=SignConcordantFeedback("batch_random"),
+        doc="Batchwise random magnitude sign-concordant feedback: B = |M| sign(W) at W's norm, "
+        "M ~ U(0, 1) redrawn every batch.",
+    ),
+    RuleSpec(
+        "frsf",
+        trains_backward_weight=False,
+        feedback=SignConcordantFeedback("fixed_random"),
+        doc="Fixed random magnitude sign-concordant feedback: B = |B0| sign(W) at W's norm, |B0| drawn once per layer.",
+    ),
 )
 
 

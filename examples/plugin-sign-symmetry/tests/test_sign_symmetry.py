@@ -6,11 +6,11 @@ with M = 1 (usf), a U(0, 1) draw per forward reproduced from the seed (brsf), |B
 conversion (frsf); and the backward used it (dx = dy B). sign: the learned rule's primitive.
 """
 
+import neural_alignment_sign_symmetry as plugin
 import pytest
 import torch
 from torch import nn
 
-import neural_alignment_sign_symmetry as plugin
 from neural_alignment.core.alignment import alignment_loss
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.convert import convert_modules
@@ -31,8 +31,9 @@ def rule(name: str, **overrides):
 
 def convnet() -> nn.Module:
     """Conv -> ReLU -> Linear -> ReLU -> Linear, float64."""
-    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.ReLU(),
-                         nn.Linear(5, 4)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 5), nn.ReLU(), nn.Linear(5, 4)
+    ).double()
 
 
 def converted(name: str) -> nn.Module:
@@ -67,7 +68,7 @@ def train_steps(model, steps: int, seed_of_step=None):
         h = model[:5](x).detach().requires_grad_()
         logits = model[5](h)
         loss = nn.functional.cross_entropy(logits, targets)
-        dy, = torch.autograd.grad(loss, logits, retain_graph=True)
+        (dy,) = torch.autograd.grad(loss, logits, retain_graph=True)
         optimizer.zero_grad()
         loss.backward()
         seen.append((weights, dy, h.grad))

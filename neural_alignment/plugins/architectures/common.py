@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from neural_alignment.core.errors import UserError
 
@@ -24,5 +25,7 @@ def positive_ints(value: Any, option: str, arch: str) -> tuple[int, ...]:
     except TypeError:
         sizes = None
     if sizes is None or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes):
-        raise UserError(f"option {option!r} of architecture {arch!r} must be a list of positive integers, got {value!r}")
+        raise UserError(
+            f"option {option!r} of architecture {arch!r} must be a list of positive integers, got {value!r}"
+        )
     return sizes

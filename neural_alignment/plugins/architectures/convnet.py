@@ -15,7 +15,7 @@ while B drifts from W, which is what lets SA/KP train as well as backprop here.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
@@ -76,5 +76,7 @@ def convnet(
         )
     sizes = positive_ints(hidden, "hidden", "convnet")
     if isinstance(blocks_per_stage, bool) or not isinstance(blocks_per_stage, int) or blocks_per_stage < 1:
-        raise UserError(f"option 'blocks_per_stage' of architecture 'convnet' must be a positive integer, got {blocks_per_stage!r}")
+        raise UserError(
+            f"option 'blocks_per_stage' of architecture 'convnet' must be a positive integer, got {blocks_per_stage!r}"
+        )
     return ConvNet(num_classes, shape, widths, sizes, bool(batchnorm), blocks_per_stage)

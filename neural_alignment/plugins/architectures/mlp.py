@@ -1,12 +1,12 @@
 """``mlp``: a fully connected network, input flattened.
 
-    h_0 = flatten(x),  h_k = act(W_k h_{k-1} + b_k) for each hidden width,  logits = W_out h_K + b_out
+h_0 = flatten(x),  h_k = act(W_k h_{k-1} + b_k) for each hidden width,  logits = W_out h_K + b_out
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import nn
 

@@ -23,7 +23,7 @@ relu(0 + beta=0) = 0 feeds a bias-free conv).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 

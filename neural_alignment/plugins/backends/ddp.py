@@ -54,12 +54,22 @@ class DDPBackend(Backend):
     """Data-parallel processes (``nproc_per_node`` when nalign launches them; ``device`` cpu or
     cuda, default cuda when present, one GPU per local rank; ``sync_batchnorm``)."""
 
-    def __init__(self, *, nproc_per_node: int = 1, device: str | None = None, sync_batchnorm: bool = False,
-                 sync_alignment_means: bool = False, autocast_dtype: str | None = None, channels_last: bool = False,
-                 compile: bool | str = False):
+    def __init__(
+        self,
+        *,
+        nproc_per_node: int = 1,
+        device: str | None = None,
+        sync_batchnorm: bool = False,
+        sync_alignment_means: bool = False,
+        autocast_dtype: str | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
+    ):
         if not launched():
-            raise UserError("backend 'ddp' runs in processes torchrun starts (or 'nalign run', which starts "
-                            "them itself); LOCAL_RANK is not set here")
+            raise UserError(
+                "backend 'ddp' runs in processes torchrun starts (or 'nalign run', which starts "
+                "them itself); LOCAL_RANK is not set here"
+            )
         self.device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if self.device_type not in DEVICES:
             raise UserError(f"backend 'ddp' option device={device!r}: use one of {', '.join(DEVICES)}")
@@ -69,8 +79,10 @@ class DDPBackend(Backend):
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         if sync_batchnorm and self.device.type != "cuda":
-            raise UserError("backend 'ddp' option sync_batchnorm needs device cuda (torch's SyncBatchNorm "
-                            "runs on GPUs only); remove it on CPU")
+            raise UserError(
+                "backend 'ddp' option sync_batchnorm needs device cuda (torch's SyncBatchNorm "
+                "runs on GPUs only); remove it on CPU"
+            )
         self.sync_batchnorm = bool(sync_batchnorm)
         self.sync_alignment_means = bool(sync_alignment_means)
         self._ddp: DistributedDataParallel | None = None

@@ -13,8 +13,7 @@ class CPUBackend(Backend):
 
     device_type = "cpu"
 
-    def __init__(self, *, autocast_dtype: str | None = None, channels_last: bool = False,
-                 compile: bool | str = False):
+    def __init__(self, *, autocast_dtype: str | None = None, channels_last: bool = False, compile: bool | str = False):
         super().__init__(autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile)
 
 
@@ -33,8 +32,14 @@ class CUDABackend(Backend):
 
     device_type = "cuda"
 
-    def __init__(self, *, index: int = 0, autocast_dtype: str | None = None, channels_last: bool = False,
-                 compile: bool | str = False):
+    def __init__(
+        self,
+        *,
+        index: int = 0,
+        autocast_dtype: str | None = None,
+        channels_last: bool = False,
+        compile: bool | str = False,
+    ):
         self.index = index
         super().__init__(autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile)
 

@@ -21,7 +21,7 @@ the ``xla`` extra; this module imports it only when the backend is built.
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -35,8 +35,10 @@ def _xla():
     try:
         import torch_xla
     except ImportError as exc:
-        raise UserError("backend 'xla' needs torch-xla, which lives in its own environment "
-                        "(make xla-env, or pip install 'neural-alignment[xla]' next to its torch)") from exc
+        raise UserError(
+            "backend 'xla' needs torch-xla, which lives in its own environment "
+            "(make xla-env, or pip install 'neural-alignment[xla]' next to its torch)"
+        ) from exc
     return torch_xla
 
 

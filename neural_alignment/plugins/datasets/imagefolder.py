@@ -52,7 +52,12 @@ def image_folder_builder(name: str, how_to_get: str, description: str):
         folder = find_folder(name, candidate_roots(name, root), (train_dir, test_dir), how_to_get)
         normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
         train_transform = transforms.Compose(
-            [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), transforms.ToTensor(), normalize]
+            [
+                transforms.RandomResizedCrop(image_size),
+                transforms.RandomHorizontalFlip(),
+                transforms.ToTensor(),
+                normalize,
+            ]
         )
         test_transform = transforms.Compose(
             [transforms.Resize(resize), transforms.CenterCrop(image_size), transforms.ToTensor(), normalize]

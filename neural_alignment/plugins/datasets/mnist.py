@@ -70,7 +70,9 @@ def idx_dataset(name: str, system_folder: str, how_to_get: str, description: str
         limit_train: int | None = None,
         limit_test: int | None = None,
     ) -> DataSplits:
-        folder = find_folder(name, candidate_roots(name, root, system_folder), FILES["train"] + FILES["test"], how_to_get)
+        folder = find_folder(
+            name, candidate_roots(name, root, system_folder), FILES["train"] + FILES["test"], how_to_get
+        )
         return load_idx_splits(name, folder, normalize).limited(limit_train, limit_test)
 
     build.__name__ = build.__qualname__ = name

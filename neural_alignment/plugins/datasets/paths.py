@@ -7,8 +7,8 @@ variable is set, then the dataset's system folder (the Debian dataset package's,
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from neural_alignment.core.errors import UserError
 

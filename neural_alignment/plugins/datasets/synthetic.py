@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.utils.data import TensorDataset
@@ -34,7 +34,11 @@ def synthetic(
 ) -> DataSplits:
     """Synthetic classification: Gaussian inputs of any shape, labels from a fixed random linear teacher (``root`` unused)."""
     in_shape = tuple(int(d) for d in shape)
-    for option, value, least in (("num_classes", num_classes, 2), ("train_size", train_size, 1), ("test_size", test_size, 1)):
+    for option, value, least in (
+        ("num_classes", num_classes, 2),
+        ("train_size", train_size, 1),
+        ("test_size", test_size, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise UserError(f"option {option!r} of dataset 'synthetic' must be an integer >= {least}, got {value!r}")
     if not in_shape or min(in_shape) < 1:

@@ -9,8 +9,9 @@ run-level metrics are shown (per-layer ones, ``<metric>/<layer>``, would not fit
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from tqdm import tqdm
 

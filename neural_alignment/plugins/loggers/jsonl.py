@@ -9,8 +9,9 @@ rename). Non-finite values are written as ``NaN``/``Infinity`` (Python's json re
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from neural_alignment.core.options import checked_options
 from neural_alignment.runtime.atomic import write_text_atomically

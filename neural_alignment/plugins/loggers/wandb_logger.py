@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import netrc
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from neural_alignment.core.errors import UserError
