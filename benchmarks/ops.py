@@ -94,8 +94,8 @@ def bound(model: nn.Module, x: torch.Tensor) -> float:
         hook.remove()
     native = [2 + needs_dx[m] for m in layers]
     macs = [m.last_output.numel() * m.weight[0].numel() for m in layers]
-    total = sum(c * (n + extra_products(m)) for c, n, m in zip(macs, native, layers))
-    return total / sum(c * n for c, n in zip(macs, native))
+    total = sum(c * (n + extra_products(m)) for c, n, m in zip(macs, native, layers, strict=True))
+    return total / sum(c * n for c, n in zip(macs, native, strict=True))
 
 
 def clear_grads(model: nn.Module) -> None:
@@ -130,7 +130,7 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     all_ok = True
     for name in RULES:
         model = variants[name][0]
-        ratio = statistics.median(t / n for t, n in zip(times[name], times["native"]))
+        ratio = statistics.median(t / n for t, n in zip(times[name], times["native"], strict=True))
         b = bound(model, x)
         limit = 1.10 if name == "fa" else 1.15 * b
         ok = ratio <= limit

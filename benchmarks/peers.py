@@ -91,10 +91,10 @@ def load_data(train_limit: int, test_limit: int | None):
     else:
         splits, name = datasets.get("digits")(), "digits"
     train_x, train_y = (
-        torch.stack(t) for t in zip(*[splits.train[i] for i in range(min(train_limit, len(splits.train)))])
+        torch.stack(t) for t in zip(*[splits.train[i] for i in range(min(train_limit, len(splits.train)))], strict=True)
     )
     test_count = len(splits.test) if test_limit is None else min(test_limit, len(splits.test))
-    test_x, test_y = (torch.stack(t) for t in zip(*[splits.test[i] for i in range(test_count)]))
+    test_x, test_y = (torch.stack(t) for t in zip(*[splits.test[i] for i in range(test_count)], strict=True))
     return train_x, train_y, test_x, test_y, name, splits.num_classes
 
 
@@ -242,7 +242,7 @@ def main(argv=None) -> int:
     for rule in args.rules.split(","):
         results = [run(rule, seed, data, args, registry, BioModule) for seed in seeds]
 
-        def values(side, key):
+        def values(side, key, results=results):
             return [r[side][key] for r in results if side in r and r[side][key] is not None]
 
         def mean(side, key):

@@ -73,7 +73,7 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         rule: Trainer(load_recipe(recipe_name, [*common, f"rule.name={rule}"]), folder / f"{arch}-{rule}")
         for rule in RULES
     }
-    x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch))))
+    x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch)), strict=True))
     times = {rule: [] for rule in RULES}
     order = list(RULES)
     shuffle = random.Random(0).shuffle
@@ -90,7 +90,7 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     all_ok = True
     for rule in RULES:
         trainer = trainers[rule]
-        ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"]))
+        ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"], strict=True))
         with torch.no_grad():
             b = bound(trainer.model, trainer.backend.to_device(x.to(trainer.dtype)))
         limit = 1.10 if rule == "fa" else 1.15 * b

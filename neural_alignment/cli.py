@@ -30,9 +30,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _print_rows(rows: list[dict], columns: Sequence[str]) -> None:
     widths = [max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
     for row in rows:
-        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths)).rstrip())
+        print("  ".join(str(row[c]).ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
 
 
 def cmd_list(args: argparse.Namespace, registry: Registry) -> int:

@@ -46,7 +46,7 @@ def reference_resnet_params(depth: int, version: int, num_classes: int, in_chann
 
     total = (7 * 7 if stem == "imagenet" else 3 * 3) * in_channels * 64 + (bn(64) if version == 1 else 0)
     c_in = 64
-    for stage, (w, n) in enumerate(zip((64, 128, 256, 512), counts)):
+    for stage, (w, n) in enumerate(zip((64, 128, 256, 512), counts, strict=True)):
         for i in range(n):
             if kind == "basic":
                 c_out = w

@@ -34,11 +34,11 @@ def test_step_batches_split_each_global_batch_among_processes():
     single = list(StepBatches(100, 8, seed=3, start=2, total=30))
     parts = [list(StepBatches(100, 8, seed=3, start=2, total=30, rank=r, world_size=4)) for r in range(4)]
     for step, batch in enumerate(single):
-        assert sum((p[step] for p in parts), []) == batch
+        assert [index for p in parts for index in p[step]] == batch
     with pytest.raises(ValueError, match="not divisible"):
         StepBatches(100, 6, seed=0, start=0, total=1, world_size=4)
     shares = [list(process_share(range(10), r, 3)) for r in range(3)]
-    assert sorted(sum(shares, [])) == list(range(10)) and shares[1] == [1, 4, 7]
+    assert sorted(index for share in shares for index in share) == list(range(10)) and shares[1] == [1, 4, 7]
 
 
 def test_check_finite_every_defaults_to_the_backend_choice(tmp_path):
@@ -47,7 +47,7 @@ def test_check_finite_every_defaults_to_the_backend_choice(tmp_path):
 
 
 def test_backend_option_mistakes_are_user_errors(tmp_path):
-    with pytest.raises(UserError, match="unknown option 'channel_last'.*channels_last"):
+    with pytest.raises(UserError, match=r"unknown option 'channel_last'.*channels_last"):
         Trainer(recipe("backend.options={channel_last: true}"), tmp_path / "a")
     with pytest.raises(UserError, match="backend 'xla' needs torch-xla"):
         Trainer(recipe("backend.name=xla"), tmp_path / "b")

@@ -1,5 +1,6 @@
 """Atomic checkpoints loadable with weights_only=True, and RNG state round trips."""
 
+import pickle
 import random
 
 import numpy as np
@@ -34,7 +35,7 @@ def test_save_load_round_trip_with_weights_only(tmp_path):
 def test_failed_save_keeps_the_previous_file(tmp_path):
     path = tmp_path / "ck.pt"
     checkpoint.save({"step": 1}, path)
-    with pytest.raises(Exception):
+    with pytest.raises((AttributeError, pickle.PicklingError)):  # which one depends on the Python version
         checkpoint.save({"step": 2, "bad": lambda: None}, path)  # a lambda cannot be pickled
     assert checkpoint.load(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
@@ -74,5 +75,5 @@ def test_load_good_names_a_damaged_checkpoint_and_falls_back(tmp_path):
     state, notice = checkpoint.load_good(path)
     assert state == {"step": 1} and f"checkpoint {path} is damaged" in notice and "ck.prev.pt (step 1)" in notice
     checkpoint.previous_path(path).write_bytes(b"\x00" * 8)
-    with pytest.raises(UserError, match="ck.pt is damaged .* no good previous one"):
+    with pytest.raises(UserError, match=r"ck\.pt is damaged .* no good previous one"):
         checkpoint.load_good(path)

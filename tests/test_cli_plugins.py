@@ -124,7 +124,7 @@ def test_installed_usf_trains_by_name(plugin_site, tmp_path):
 
 
 def test_installed_dfa_trains_by_name_and_checkpoints_its_feedback(plugin_site, tmp_path):
-    summary, state = train_installed("dfa", plugin_site, tmp_path / "run")
+    _summary, state = train_installed("dfa", plugin_site, tmp_path / "run")
     layers = {k.rpartition(".")[0] for k in state if k.endswith(".weight")}
     assert {k.rpartition(".")[0] for k in state if k.endswith(".direct_feedback_seed")} == layers
 

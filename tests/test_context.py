@@ -238,7 +238,7 @@ def test_fields_are_computed_once(monkeypatch):
     layer = dense_layer(rule)
     calls = spy(monkeypatch, layer)
     ctx = AlignmentContext(layer, rule)
-    ctx.bp, ctx.bp, ctx.br, ctx.br
+    _ = ctx.bp, ctx.bp, ctx.br, ctx.br  # each field read twice
     assert calls == {"project": 1, "reconstruct": 1}
 
 

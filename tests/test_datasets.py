@@ -82,7 +82,7 @@ def test_read_idx_rejects_bad_files(tmp_path):
     with pytest.raises(UserError, match="promises 5"):
         read_idx(tmp_path / "short")
     (tmp_path / "broken.gz").write_bytes(b"not gzip at all")
-    with pytest.raises(UserError, match="broken.gz"):
+    with pytest.raises(UserError, match=r"broken\.gz"):
         read_idx(tmp_path / "broken.gz")
 
 

@@ -106,7 +106,7 @@ def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
         assert_same_weights(state, single.model.state_dict(), tol=1e-12)
         logged, expected = records(tmp_path / "ddp" / name), records(tmp_path / "one" / name)
         assert [r["step"] for r in logged] == list(range(1, 7))  # rank 0 alone logs
-        for got, want in zip(logged, expected):
+        for got, want in zip(logged, expected, strict=True):
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)  # running sums are float32
             assert got["train_acc"] == want["train_acc"]
         assert logged[2]["test_loss"] == pytest.approx(expected[2]["test_loss"], rel=1e-6)  # float32 logits

@@ -52,7 +52,7 @@ def test_grid_figure_draws_each_rule_against_the_value_with_its_error_bars():
         {"rule": "bp", "value": "4", "test_acc": 0.7, "test_acc_sem": 0.02, "mean_weight_angle": 0.0},
         {"rule": "fa", "value": "4", "test_acc": 0.6, "test_acc_sem": None, "mean_weight_angle": 90.0},
     ]
-    accuracy, angle = grid_figure(rows, "depth").axes
+    accuracy, _angle = grid_figure(rows, "depth").axes
     bp, fa = accuracy.containers  # one errorbar container per rule
     assert [bp.get_label(), fa.get_label()] == ["bp", "fa"]
     assert list(bp.lines[0].get_xdata()) == [0, 1] and list(bp.lines[0].get_ydata()) == [0.8, 0.7]

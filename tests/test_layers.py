@@ -65,11 +65,11 @@ def test_conv_layer_matches_native_for_every_argument(args, seed):
     dy = torch.randn_like(y)
     got = torch.autograd.grad(y, [x, layer.weight] + ([layer.bias] if layer.bias is not None else []), dy)
     # dy flows back through B: the native input gradient of the same conv with weight B
-    ref_y, ref_dx_B, *_ = native_grads(native, layer.backward_weight, x, dy)
+    _ref_y, ref_dx_B, *_ = native_grads(native, layer.backward_weight, x, dy)
     _, _, ref_dW, *ref_db = native_grads(native, native.weight, x, dy)
     assert torch.equal(y, native(x))
     torch.testing.assert_close(got[0], ref_dx_B, rtol=0, atol=1e-10)
-    for g, r in zip(got[1:], [ref_dW, *ref_db]):
+    for g, r in zip(got[1:], [ref_dW, *ref_db], strict=True):
         torch.testing.assert_close(g, r, rtol=0, atol=1e-10)
     # tied: B == W is exact backprop
     with torch.no_grad():
@@ -143,7 +143,7 @@ def two_layer_step(rule_name: str, **overrides):
 def test_fa_and_wm_task_loss_gives_B_no_gradient():
     for layer in two_layer_step("fa"):
         assert layer.backward_weight.grad is None and layer.weight.grad is not None
-    lin, conv = make_layers("wm")
+    lin, _conv = make_layers("wm")
     x = torch.randn(2, 6, dtype=F64)
     lin(x).sum().backward()
     assert lin.backward_weight.grad is None
@@ -163,7 +163,7 @@ def natives():
 
 def test_state_dicts_load_both_ways():
     torch.manual_seed(2)
-    for native, layer, back in zip(natives(), make_layers("kp"), natives()):
+    for native, layer, back in zip(natives(), make_layers("kp"), natives(), strict=True):
         B0 = layer.backward_weight.detach().clone()
         layer.load_state_dict(native.state_dict(), strict=True)
         assert torch.equal(layer.weight, native.weight) and torch.equal(layer.bias, native.bias)
@@ -172,7 +172,7 @@ def test_state_dicts_load_both_ways():
         result = back.load_state_dict(layer.state_dict(), strict=False)
         assert result.unexpected_keys == ["backward_weight"] and not result.missing_keys
         assert torch.equal(back.weight, layer.weight)
-    for bp_layer, native in zip(make_layers("bp"), natives()):
+    for bp_layer, native in zip(make_layers("bp"), natives(), strict=True):
         native.load_state_dict(bp_layer.state_dict(), strict=True)
     source, target = make_layers("kp")[1], AlignedConv2d(3, 4, 3, padding=1, rule=get_rule("kp"), dtype=F64)
     target.load_state_dict(source.state_dict(), strict=True)

@@ -55,7 +55,7 @@ def test_no_module_imports_itself_back_through_others():
         stack.append(node)
         for target in sorted(edges.get(node, ())):
             if state.get(target) == 1:
-                cycle = stack[stack.index(target) :] + [target]
+                cycle = [*stack[stack.index(target) :], target]
                 pytest.fail("import circle: " + " -> ".join(cycle))
             if target not in state:
                 visit(target)

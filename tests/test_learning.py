@@ -95,7 +95,7 @@ def test_fa_leaves_b_unchanged():
     fresh = nn.Sequential(
         AlignedLinear(IN, HIDDEN, bias=False, rule=rule), AlignedLinear(HIDDEN, OUT, bias=False, rule=rule)
     )
-    for trained, initial in zip(net, fresh):
+    for trained, initial in zip(net, fresh, strict=True):
         assert torch.equal(trained.backward_weight, initial.backward_weight)
         assert trained.backward_weight.grad is None
         assert not torch.equal(trained.weight, initial.weight)  # W did train

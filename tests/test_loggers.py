@@ -80,16 +80,16 @@ def test_console_lines_keep_a_progress_bar_intact(tmp_path, loggers, capsys):
 def test_logger_option_errors(tmp_path, loggers):
     with pytest.raises(UserError, match="unknown option 'path' for logger 'jsonl'"):
         loggers.get("jsonl")(tmp_path, "r", CONFIG, path="x")
-    with pytest.raises(UserError, match="'stream'.*stderr, stdout"):
+    with pytest.raises(UserError, match=r"'stream'.*stderr, stdout"):
         loggers.get("console")(tmp_path, "r", CONFIG, stream="file")
 
 
 def test_wandb_mode_resolution(wandb_env, monkeypatch):
     assert resolve_mode(None) == "offline"
     assert resolve_mode("disabled") == "disabled"
-    with pytest.raises(UserError, match="no credentials.*wandb login"):
+    with pytest.raises(UserError, match=r"no credentials.*wandb login"):
         resolve_mode("online")
-    with pytest.raises(UserError, match="'sometimes'.*online, offline, disabled"):
+    with pytest.raises(UserError, match=r"'sometimes'.*online, offline, disabled"):
         resolve_mode("sometimes")
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert resolve_mode(None) == "disabled" and resolve_mode("offline") == "offline"

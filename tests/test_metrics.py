@@ -102,7 +102,7 @@ def test_gradient_angle_is_zero_when_tied_and_leaves_no_state():
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(b, stats[n]) for n, b in net.named_buffers())
     assert torch.equal(torch.get_rng_state(), rng)
-    for m, (x_seen, y_seen) in zip((net[0], net[5]), remembered):
+    for m, (x_seen, y_seen) in zip((net[0], net[5]), remembered, strict=True):
         assert m.last_input is x_seen and m.last_output is y_seen
     assert not net[0]._forward_pre_hooks
 

@@ -46,7 +46,7 @@ def test_category_split_is_75_25_within_each_category_and_seeded():
     labels = np.repeat(np.arange(4), [8, 12, 4, 20])
     train, test = neural_fit.category_split(labels, seed=1)
     assert not set(train) & set(test) and len(train) + len(test) == len(labels)
-    for category, n in zip(range(4), [8, 12, 4, 20]):
+    for category, n in zip(range(4), [8, 12, 4, 20], strict=True):
         assert (labels[train] == category).sum() == round(0.75 * n)
     again = neural_fit.category_split(labels, seed=1)
     other = neural_fit.category_split(labels, seed=2)

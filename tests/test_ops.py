@@ -57,7 +57,7 @@ def test_conv_with_B_equal_W_is_exact_backprop(cfg, seed):
     assert torch.equal(y, y_ref)
     dy = torch.randn_like(y)
     wrt = [t for t in (x, W, b) if t is not None]
-    for got, ref in zip(torch.autograd.grad(y, wrt, dy), torch.autograd.grad(y_ref, wrt, dy)):
+    for got, ref in zip(torch.autograd.grad(y, wrt, dy), torch.autograd.grad(y_ref, wrt, dy), strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
 
 
@@ -69,7 +69,7 @@ def test_linear_with_B_equal_W_is_exact_backprop(x_shape):
     y_ref = F.linear(x, W, b)
     assert torch.equal(y, y_ref)
     dy = torch.randn_like(y)
-    for got, ref in zip(torch.autograd.grad(y, (x, W, b), dy), torch.autograd.grad(y_ref, (x, W, b), dy)):
+    for got, ref in zip(torch.autograd.grad(y, (x, W, b), dy), torch.autograd.grad(y_ref, (x, W, b), dy), strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
 
 
@@ -197,7 +197,7 @@ def test_low_precision_matches_native(op, case, dtype, tol, device):
     y_ref = F.linear(x, W, b) if op == "linear" else F.conv2d(x, W, b, 1, 1)
     assert y.dtype == dtype and torch.equal(y, y_ref)
     dy = torch.randn_like(y)
-    for got, ref in zip(torch.autograd.grad(y, (x, W, b), dy), torch.autograd.grad(y_ref, (x, W, b), dy)):
+    for got, ref in zip(torch.autograd.grad(y, (x, W, b), dy), torch.autograd.grad(y_ref, (x, W, b), dy), strict=True):
         assert got.dtype == dtype
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol)
 
@@ -213,7 +213,7 @@ def test_autocast_casts_like_native_and_returns_float32_gradients(op, case):
     dy = torch.randn_like(y)
     got = torch.autograd.grad(y, (x, W, b, B), dy)
     ref = torch.autograd.grad(y_ref, (x, W, b), dy)
-    for g, r in zip(got, ref):
+    for g, r in zip(got, ref, strict=True):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, r, rtol=0, atol=0)
     torch.testing.assert_close(got[3], got[1], rtol=0, atol=0)
@@ -255,5 +255,5 @@ def test_torch_compile_gives_eager_gradients():
     eager = grads(net)
     compiled = grads(torch.compile(net, backend="aot_eager", fullgraph=True))
     assert compiled[3] is None and eager[3] is None  # B2 detached: no task gradient
-    for got, ref in zip(compiled[:3], eager[:3]):
+    for got, ref in zip(compiled[:3], eager[:3], strict=True):
         torch.testing.assert_close(got, ref)

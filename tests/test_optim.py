@@ -72,7 +72,7 @@ def test_optimizers_by_name():
         make_optimizer("gd", p, 0.1, momentum=0.9)
     with pytest.raises(UserError, match="momentum > 0"):
         make_optimizer("nesterov", p, 0.1)
-    with pytest.raises(UserError, match="unknown optimizer 'sdg'.*sgd"):
+    with pytest.raises(UserError, match=r"unknown optimizer 'sdg'.*sgd"):
         make_optimizer("sdg", p, 0.1)
 
 

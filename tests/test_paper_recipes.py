@@ -29,7 +29,8 @@ FLAG_ROWS = (
     "bi_fwmc",
     "bi_fwl2n",
 )  # Table 5's row order
-TABLE5 = {  # column: alternating, delay, batch, SGDM lr, alignment optimizer, eta, sigma, alpha/beta, beta, gamma, flags
+# column: alternating, delay, batch, SGDM lr, alignment optimizer, eta, sigma, alpha/beta, beta, gamma, flags
+TABLE5 = {
     "imagenet-resnet18-wm-tpe": (
         T,
         2,
@@ -113,7 +114,7 @@ def test_table5_columns(name):
     assert rule.name == ("ia" if gamma is not None else "wm")
     assert rule.weights == expected
     assert rule.noise_std == sigma
-    assert {f: getattr(rule.flags, f) for f in FLAG_ROWS} == dict(zip(FLAG_ROWS, flags))
+    assert {f: getattr(rule.flags, f) for f in FLAG_ROWS} == dict(zip(FLAG_ROWS, flags, strict=True))
     assert set(FLAG_ROWS) == set(FLAG_NAMES)
     t, o = recipe.train, recipe.optim
     assert (t.alternating, t.delay_epochs, recipe.data.batch_size) == (alternating, delay, batch)

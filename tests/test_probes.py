@@ -123,5 +123,7 @@ def test_probes_do_not_change_training_with_batchnorm(tmp_path):
     ]
     quiet = train(load_recipe("digits-mlp", [*TINY, *common, "train.eval_every=0"]), tmp_path / "q").model
     probed = train(load_recipe("digits-mlp", [*TINY, *common, "train.eval_every=1"]), tmp_path / "p").model
-    assert all(torch.equal(a, b) for a, b in zip(quiet.state_dict().values(), probed.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(quiet.state_dict().values(), probed.state_dict().values(), strict=True)
+    )
     assert snapshots.snapshot_steps(tmp_path / "p") == [0, 1, 2, 3]

@@ -93,8 +93,9 @@ def test_unknown_names_are_caught_at_load(capsys):
 
 
 # -- the property test ------------------------------------------------------------------------
-def schema_keys(schema=Recipe(), prefix=""):
+def schema_keys(schema=None, prefix=""):
     """Every leaf key of the recipe schema, dotted (``train.steps``, ``optim.task.noise.std``...)."""
+    schema = Recipe() if schema is None else schema
     for field in dataclasses.fields(schema):
         value = getattr(schema, field.name)
         if dataclasses.is_dataclass(value):

@@ -1,5 +1,7 @@
 """The catalogs and the plugin manager, with throwaway plugins registered in process."""
 
+import re
+
 import pytest
 
 from neural_alignment import hookimpl
@@ -94,7 +96,7 @@ def test_two_plugins_with_one_name_is_an_error():
     class Other(_DatasetPlugin):
         pass
 
-    with pytest.raises(DuplicateNameError, match="_DatasetPlugin.*Other"):
+    with pytest.raises(DuplicateNameError, match=r"_DatasetPlugin.*Other"):
         Registry(autoload=False, extra_plugins=[_DatasetPlugin("same"), Other("same")])
 
 
@@ -143,7 +145,7 @@ def test_blocked_builtin_plugin_registers_nothing():
 def test_unknown_kind_is_a_user_error_listing_kinds():
     registry = Registry(autoload=False)
     with pytest.raises(
-        RegistryError, match="unknown kind 'rule'. Did you mean 'rules'\\? Valid kinds: ops, primitives"
+        RegistryError, match=r"unknown kind 'rule'\. Did you mean 'rules'\? Valid kinds: ops, primitives"
     ):
         registry.catalog("rule")
 
@@ -213,7 +215,9 @@ def test_a_builtin_rule_weighing_an_unknown_primitive_stops_the_registry(monkeyp
     monkeypatch.setattr(plugins, "BUILTIN_PLUGINS", [*plugins.BUILTIN_PLUGINS, module.__name__])
     with pytest.raises(
         RegistryError,
-        match="built-in plugin 'nalign_test_builtin_typo': rule 'typo' weighs "
-        "unknown primitive 'sefl'. Did you mean 'self'?",
+        match=re.escape(
+            "built-in plugin 'nalign_test_builtin_typo': rule 'typo' weighs "
+            "unknown primitive 'sefl'. Did you mean 'self'?"
+        ),
     ):
         Registry(autoload=False)

@@ -265,7 +265,7 @@ def test_set_epoch_fills_angle_scale_in_place():
     set_epoch(model, 2.5, angle_factor=0.5)
     assert [m.angle_scale.item() for m in model] == [0.5, 0.0]
     assert [m.epoch for m in model] == [2.5, 2.5]
-    assert all(m.angle_scale is b for m, b in zip(model, buffers))
+    assert all(m.angle_scale is b for m, b in zip(model, buffers, strict=True))
     assert [b.data_ptr() for b in buffers] == pointers
 
 

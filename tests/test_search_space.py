@@ -75,7 +75,7 @@ def check_ranges(values, expected):
 
 @pytest.mark.parametrize("name", [*SPACES, *FMNIST])
 def test_samples_fall_in_the_appendix_ranges(name):
-    recipe, space, drawn = samples(name)
+    recipe, _space, drawn = samples(name)
     expected = {**SPACES, **FMNIST}[name]
     check_ranges({key: [s.values[key] for s in drawn] for key in drawn[0].values}, expected)
     for s in drawn:  # P_amp's weight is (alpha/beta) * beta
@@ -106,7 +106,7 @@ def test_search_recipes_fix_b1_settings():
 
 
 def test_a_sample_is_a_valid_recipe():
-    recipe, space, drawn = samples("search-fmnist-ia")
+    _recipe, _space, drawn = samples("search-fmnist-ia")
     from neural_alignment.search.trials import override
 
     loaded = load_recipe("search-fmnist-ia", [override(k, v) for k, v in drawn[0].overrides.items()])
@@ -153,6 +153,6 @@ def test_quniform_whole_numbers_and_nested_distributions():
     ],
 )
 def test_bad_entries_are_user_errors(space, named):
-    with pytest.raises(UserError, match="search.space") as info:
+    with pytest.raises(UserError, match=r"search\.space") as info:
         hyperopt_space(space)
     assert named in str(info.value)

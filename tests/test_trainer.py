@@ -349,17 +349,17 @@ def test_cli_run_takes_out_or_resume_not_both(tmp_path, capsys):
 
 
 def test_resume_without_checkpoint_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="cannot resume.*checkpoint.pt does not exist"):
+    with pytest.raises(UserError, match=r"cannot resume.*checkpoint\.pt does not exist"):
         train(recipe("train.steps=1"), tmp_path / "empty", resume=True)
 
 
 def test_no_length_is_a_user_error(tmp_path):
-    with pytest.raises(UserError, match="train.steps or train.epochs"):
+    with pytest.raises(UserError, match=r"train\.steps or train\.epochs"):
         Trainer(recipe("train.epochs=null"), tmp_path / "run")
 
 
 def test_backend_errors_name_the_option(tmp_path):
-    with pytest.raises(UserError, match="unknown option 'autocast'.*autocast_dtype"):
+    with pytest.raises(UserError, match=r"unknown option 'autocast'.*autocast_dtype"):
         train(recipe("backend.options={autocast: bfloat16}"), tmp_path / "a")
     with pytest.raises(UserError, match="autocast_dtype='bfloat61'"):
         train(recipe("backend.options={autocast_dtype: bfloat61}"), tmp_path / "b")

@@ -66,7 +66,7 @@ def test_fraction_or_count(size, count):
 
 @pytest.mark.parametrize("size", [0, -0.5, 100, 250, 2.5, True, "a"])
 def test_bad_sizes_are_user_errors_naming_the_key(size):
-    with pytest.raises(UserError, match="data.val_split"):
+    with pytest.raises(UserError, match=r"data\.val_split"):
         holdout_count(size, 100)
 
 

@@ -61,7 +61,7 @@ def test_xla_trains_like_the_cpu_and_compiles_a_fixed_set_of_graphs(tmp_path, ru
     cpu_result = train(recipe(rule), tmp_path / "cpu")
     got, want = records(tmp_path / "xla"), records(tmp_path / "cpu")
     assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
-    for a, b in zip(got, want):
+    for a, b in zip(got, want, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], abs=5e-6)
         assert a["mean_weight_angle"] == pytest.approx(b["mean_weight_angle"], abs=1e-3)
     cpu_state = cpu_result.model.state_dict()

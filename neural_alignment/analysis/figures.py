@@ -28,11 +28,12 @@ def series(rows: Sequence[Mapping[str, float]], key: str) -> tuple[list[float], 
 
 
 def comparison_figure(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
-    """Two panels (see ``PANELS``), one line per history (legend: its name, e.g. the rule); rows lacking a key are skipped."""
+    """Two panels (see ``PANELS``), one line per history (legend: its name, e.g. the rule); rows lacking
+    a key are skipped."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(PANELS))
-    for ax, (key, label) in zip(axes, PANELS):
+    for ax, (key, label) in zip(axes, PANELS, strict=True):
         for index, (name, rows) in enumerate(histories.items()):
             steps, values = series(rows, key)
             if steps:  # colour fixed by position, so a rule keeps its colour in both panels
@@ -66,7 +67,7 @@ def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[s
     figure = Figure(figsize=(5 * len(panels), 4), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (key, label) in zip(axes, panels):
+    for ax, (key, label) in zip(axes, panels, strict=True):
         for index, rule in enumerate(rules):
             points = [
                 (values.index(r["value"]), r[key], r.get(f"{key}_sem") or 0.0)
@@ -74,7 +75,7 @@ def grid_figure(rows: Sequence[Mapping], vary_key: str, panels: Sequence[tuple[s
                 if r["rule"] == rule and r.get(key) is not None
             ]
             if points:
-                xs, ys, errors = zip(*points)
+                xs, ys, errors = zip(*points, strict=True)
                 ax.errorbar(
                     xs, ys, yerr=errors, color=f"C{index % 10}", marker="o", markersize=3, capsize=3, label=rule
                 )

@@ -82,7 +82,9 @@ def importance_figure(ranked: Sequence[KeyImportance], metric: str) -> Figure:
     figure = Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, columns, squeeze=False).flatten()
-    for ax, item in zip(axes, ranked):
+    for ax, item in zip(
+        axes, ranked, strict=False
+    ):  # the grid may hold more panels than keys; the rest are hidden below
         labels = [str(s.value) for s in item.values]
         errors = [0.0 if math.isnan(s.sem) else s.sem for s in item.values]
         ax.bar(labels, [s.mean for s in item.values], yerr=errors, capsize=3, color="C0")
@@ -101,15 +103,15 @@ def scores_figure(records: Sequence[dict], metric: str, goal: str) -> Figure:
     ax = figure.subplots()
     numbers = list(range(1, len(records) + 1))
     scores = [r.get("score") for r in records]
-    done = [(n, s) for n, s in zip(numbers, scores) if s is not None]
+    done = [(n, s) for n, s in zip(numbers, scores, strict=True) if s is not None]
     if done:
-        ax.plot(*zip(*done), "o", color="C0", label="trial")
+        ax.plot(*zip(*done, strict=True), "o", color="C0", label="trial")
         best, running = [], None
         for n, s in done:
             running = s if running is None else (max(running, s) if goal == "max" else min(running, s))
             best.append((n, running))
-        ax.step(*zip(*best), where="post", color="C1", label="best so far")
-    failed = [n for n, s in zip(numbers, scores) if s is None]
+        ax.step(*zip(*best, strict=True), where="post", color="C1", label="best so far")
+    failed = [n for n, s in zip(numbers, scores, strict=True) if s is None]
     if failed:
         bottom = min((s for _, s in done), default=0.0)
         ax.plot(failed, [bottom] * len(failed), "x", color="C3", label="failed")

@@ -201,7 +201,7 @@ def format_analysis(analysis: Analysis) -> str:
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     delivered = [name for name, p in rule.primitives.items() if p.in_backward and rule.weights[name]]
     if delivered:
         lines.append(f"  note: {', '.join(delivered)} is delivered by the op in the task backward, not part of R_l")

@@ -105,7 +105,7 @@ def category_split(
     train, test = [], []
     for category in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == category))
-        cut = int(round(fraction * len(members)))
+        cut = round(fraction * len(members))
         train.append(members[:cut])
         test.append(members[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))

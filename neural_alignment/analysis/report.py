@@ -84,7 +84,7 @@ def curves_figure(runs: Sequence[Run]) -> Figure:
 def alignment_figure(runs: Sequence[Run]) -> Figure:
     """The means over layers (``MEAN_PANELS``) against the step, one colour per run."""
     figure, axes = _figure(len(MEAN_PANELS))
-    for ax, (key, label) in zip(axes, MEAN_PANELS):
+    for ax, (key, label) in zip(axes, MEAN_PANELS, strict=True):
         for index, run in enumerate(runs):
             steps, values = run.series(key)
             if steps:
@@ -98,7 +98,7 @@ def layers_figure(run: Run) -> Figure:
     figure, axes = _figure(len(LAYER_PANELS))
     layers = run.layers("angle") or run.layers("grad_angle")
     colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 1)))
-    for ax, (metric, label) in zip(axes, LAYER_PANELS):
+    for ax, (metric, label) in zip(axes, LAYER_PANELS, strict=True):
         for depth, layer in enumerate(layers):
             steps, values = run.series(f"{metric}/{layer}")
             if steps:

@@ -101,7 +101,7 @@ def load_runs(paths: Sequence[str | Path]) -> list[Run]:
     labels = [label for _, label in found]
     unique = [f"{p.parent.name}/{label}" if labels.count(label) > 1 else label for p, label in found]
     unique = [f"{label}#{i}" if unique.count(label) > 1 else label for i, label in enumerate(unique, 1)]
-    return [_run(path, label) for (path, _), label in zip(found, unique)]
+    return [_run(path, label) for (path, _), label in zip(found, unique, strict=True)]
 
 
 def file_stem(label: str) -> str:

@@ -198,7 +198,7 @@ def format_fixed_points(rule: Rule, points: Sequence[FixedPoint]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     implicit = "" if rule.has_backward_weight else " (no b: b = w2 implicitly; state (w1, w2))"
     lines = [f"rule {rule.name}{implicit}"]
-    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     return "\n".join(lines)
 
 

@@ -248,7 +248,7 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
         output_padding = [
             size - ((n - 1) * s - 2 * p + d * (k - 1) + 1)
             for size, n, s, p, d, k in zip(
-                target, y.shape[-2:], self.stride, self._op_padding, self.dilation, self.kernel_size
+                target, y.shape[-2:], self.stride, self._op_padding, self.dilation, self.kernel_size, strict=True
             )
         ]
         x = F.conv_transpose2d(

@@ -64,7 +64,7 @@ class AlignedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, W, b, B, angle_scale, input_gradient = inputs
+        x, _W, _b, B, angle_scale, input_gradient = inputs
         need_x, need_W, _, need_B, _, _ = ctx.needs_input_grad
         ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.save_for_backward(
@@ -99,7 +99,7 @@ class AlignedConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups = inputs
+        x, _W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups = inputs
         ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.conv_args = (_pair(stride), _pair(padding), _pair(dilation), groups)
         ctx.bias_sizes = None if b is None else list(b.shape)

@@ -2,8 +2,8 @@
 
 A primitive is a small object with a ``name``, a formula in its docstring, what it
 ``needs`` (a set of the categories in ``NEEDS``, checked when a plugin registers it: a
-declaration for readers and tools; the pass does not read it) and ``__call__(ctx) -> scalar tensor``, where ``ctx`` is an
-:class:`~neural_alignment.core.context.AlignmentContext` (fields ``x, x_b, W, B, fp, bp,
+declaration for readers and tools; the pass does not read it) and ``__call__(ctx) -> scalar tensor``, where ``ctx``
+is an :class:`~neural_alignment.core.context.AlignmentContext` (fields ``x, x_b, W, B, fp, bp,
 fr, br, G``, computed lazily: a primitive only pays for the fields it reads).
 
 Conventions (docs/design.md): "mean" is the mean over the batch axis (axis 0), every other

@@ -32,14 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, Union
+from typing import Any
 
 from neural_alignment.core.errors import UserError
 
 Schedule = Callable[[float], float]
 """A schedule: ``epoch (float) -> multiplier (float)``."""
 
-ScheduleConfig = Union[None, str, Mapping[str, Any], Sequence[Any]]
+ScheduleConfig = None | str | Mapping[str, Any] | Sequence[Any]
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,8 @@ class Exponential:
 
 @dataclass(frozen=True)
 class Cyclic:
-    """Triangular wave of period ``period``: ``low + (high - low) * (1 - |2u - 1|)``, ``u = (epoch mod period) / period``."""
+    """Triangular wave of period ``period``: ``low + (high - low) * (1 - |2u - 1|)``,
+    ``u = (epoch mod period) / period``."""
 
     period: float = 1.0
     low: float = 0.0

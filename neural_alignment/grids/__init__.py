@@ -1,1 +1,2 @@
-"""How many runs are organised: the executor every grid and search trial trains through, comparison grids, Ray, ``nalign compare``."""
+"""How many runs are organised: the executor every grid and search trial trains through, comparison grids,
+Ray, ``nalign compare``."""

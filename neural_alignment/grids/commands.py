@@ -38,7 +38,8 @@ def register(subparsers) -> None:
         "--backend",
         choices=("local", "ray"),
         default="local",
-        help="run the grid one run after another (local) or as parallel tasks on Ray (RAY_ADDRESS, else a local cluster)",
+        help="run the grid one run after another (local) or as parallel tasks on Ray "
+        "(RAY_ADDRESS, else a local cluster)",
     )
     comp.add_argument(
         "--out",

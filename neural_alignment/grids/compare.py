@@ -128,7 +128,7 @@ def run_grid(specs: Sequence[RunSpec], backend: str) -> list[dict]:
 def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[RunSpec]) -> tuple[str, list[dict], dict]:
     """The one-run-per-rule table (with interleaved step times), its rows, and the histories to draw."""
     rows, trainers, histories, datasets = [], {}, {}, {}
-    for (point, summary), spec in zip(results, specs):
+    for (point, summary), spec in zip(results, specs, strict=True):
         rows.append({"rule": point.rule, **summary})
         if (spec.run_dir / METRICS_FILE).is_file():  # a run that failed before training has no record
             histories[point.rule] = read_history(spec.run_dir)
@@ -169,8 +169,10 @@ def compare(
         print(f"nalign: notice: {notice}", file=sys.stderr)
     out = Path(out) if out else default_run_dir(f"compare-{name}")
     points, specs = plan(name, rules, [*overrides, *extra], seeds, vary, out)
-    results = list(zip(points, run_grid(specs, backend)))
-    failed = [(spec, summary) for spec, (_, summary) in zip(specs, results) if summary.get("status") != FINISHED]
+    results = list(zip(points, run_grid(specs, backend), strict=True))
+    failed = [
+        (spec, summary) for spec, (_, summary) in zip(specs, results, strict=True) if summary.get("status") != FINISHED
+    ]
     report = {
         "recipe": name,
         "dataset": next((s["dataset"] for _, s in results if s.get("dataset")), None),
@@ -181,7 +183,7 @@ def compare(
         "vary": {"key": vary.key, "values": list(vary.values)} if vary else None,
         "runs": [
             {"rule": p.rule, "value": p.value, "seed": p.seed, "run_dir": str(spec.run_dir), **summary}
-            for (p, summary), spec in zip(results, specs)
+            for (p, summary), spec in zip(results, specs, strict=True)
         ],
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def compare(
             plot_comparison(
                 {
                     p.rule: read_history(spec.run_dir)
-                    for p, spec in zip(points, specs)
+                    for p, spec in zip(points, specs, strict=True)
                     if p.seed == first and (spec.run_dir / METRICS_FILE).is_file()
                 },
                 out / "comparison.png",

@@ -63,7 +63,8 @@ class Sparse(PairedPrimitive):
 
 
 class Null(Sparse):
-    """null = sum mean(P^2) + sum mean(Q^2), default (P, Q) = (fr, 0): fr = fp B, the forward output sent back through B."""
+    """null = sum mean(P^2) + sum mean(Q^2), default (P, Q) = (fr, 0): fr = fp B, the forward output sent
+    back through B."""
 
     name = "null"
 

@@ -1,1 +1,2 @@
-"""What a recipe is: its typed schema, the loader (names, ``base:`` chains, ``by_rule``, overrides) and the built-in YAML."""
+"""What a recipe is: its typed schema, the loader (names, ``base:`` chains, ``by_rule``, overrides) and the
+built-in YAML."""

@@ -142,10 +142,8 @@ def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
     """The first key where ``cfg`` holds a list and ``schema`` a mapping, or the other way round."""
     for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else ():
         below = schema._get_node(key) if key in schema else None
-        if (
-            (isinstance(value, ListConfig)
-            and isinstance(below, DictConfig))
-            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        if (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig)
         ):
             return f"{prefix}{key}"
         if isinstance(value, DictConfig) and isinstance(below, DictConfig):
@@ -167,10 +165,8 @@ def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
         if key not in base:
             continue
         below = base._get_node(key)
-        mixed = (
-            (isinstance(value, ListConfig)
-            and isinstance(below, DictConfig))
-            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        mixed = (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig)
         )
         if mixed or (
             isinstance(value, DictConfig)
@@ -196,7 +192,7 @@ def merge(*configs) -> DictConfig:
 def _chain(name: str, seen: tuple[str, ...]) -> DictConfig:
     """The raw merge of recipe ``name`` over its base chain, each file validated alone."""
     if name in seen:
-        raise RecipeError(f"recipe base cycle: {' -> '.join(seen + (name,))}")
+        raise RecipeError(f"recipe base cycle: {' -> '.join((*seen, name))}")
     path = find_recipe(name)
     raw = _read(path)
     validate(raw, f"recipe file {path}")
@@ -208,7 +204,7 @@ def _chain(name: str, seen: tuple[str, ...]) -> DictConfig:
         if Path(base).suffix in SUFFIXES:  # a path: from the folder of the file that names it
             base = str(path.parent / base)
         try:
-            raw = merge(_chain(base, seen + (name,)), raw)
+            raw = merge(_chain(base, (*seen, name)), raw)
         except RecipeError as exc:
             raise RecipeError(f"{exc} (base of recipe {name!r})") from None
     raw.name = own_name

@@ -31,7 +31,8 @@ class Check:
 
 @dataclass(frozen=True)
 class Range(Check):
-    """Finite numbers with ``low <= value`` (``<`` when ``low_open``) and ``value < high`` (``<=`` when ``high_closed``)."""
+    """Finite numbers with ``low <= value`` (``<`` when ``low_open``) and ``value < high``
+    (``<=`` when ``high_closed``)."""
 
     low: float | None = None
     high: float | None = None

@@ -1,1 +1,2 @@
-"""The machinery a run stands on: devices and processes (backend), data splits, loggers, checkpoints, snapshots, optimizers, atomic files."""
+"""The machinery a run stands on: devices and processes (backend), data splits, loggers, checkpoints,
+snapshots, optimizers, atomic files."""

@@ -84,7 +84,7 @@ def stratified_indices(labels: torch.Tensor, count: int, seed: int) -> torch.Ten
     for i in order[:remainder]:
         taken[i] += 1
     chosen = []
-    for label, k in zip(classes.tolist(), taken.tolist()):
+    for label, k in zip(classes.tolist(), taken.tolist(), strict=True):
         members = (labels == label).nonzero().flatten()
         chosen.append(members[torch.randperm(len(members), generator=generator)[:k]])
     return torch.cat(chosen).sort().values

@@ -57,7 +57,7 @@ class Logger(abc.ABC):
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Record ``metrics`` (name -> number) at global step ``step``."""
 
-    def close(self, summary: Mapping[str, Any]) -> None:
+    def close(self, summary: Mapping[str, Any]) -> None:  # noqa: B027 (optional, default no-op)
         """Record the run's final ``summary`` and release resources. Called once, at the end."""
 
 

@@ -9,7 +9,8 @@ the experiment (the searcher's state included) in ``DIR/ray``: a search started 
 same DIR restores it with Ray's experiment restore, finished trials are not run again and an
 interrupted one is started again with the same values (its run folder resumes from its
 checkpoint), and one Ray restarts although ``trials.jsonl`` already holds its record (an
-interruption between the two) reports that record without training. The number of trials of a restored experiment is the one it started with.
+interruption between the two) reports that record without training. The number of trials of a restored
+experiment is the one it started with.
 
 For a remote cluster DIR must be storage every node reaches at the same path.
 """

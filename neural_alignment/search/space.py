@@ -156,7 +156,7 @@ def resolve(space: Mapping[str, Any], point: Mapping[str, Any]) -> Sample:
                 continue
             if is_distribution(spec):
                 if spec["dist"] == "quniform" and float(spec["low"]).is_integer() and float(spec["q"]).is_integer():
-                    value = int(round(value))
+                    value = round(value)
                 if "times" in spec:
                     times[key] = spec["times"]
                 values[f"{key}/{spec['times']}" if "times" in spec else key] = value

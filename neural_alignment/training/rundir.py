@@ -199,7 +199,8 @@ class RunFolder:
 
     def load_checkpoint(self, map_location) -> tuple[dict, str | None]:
         """The newest good checkpoint and, when that is the previous one, a notice naming the damaged file
-        (which :meth:`begin` moves aside to ``checkpoint.pt.damaged``, so no later save keeps it as the previous one)."""
+        (which :meth:`begin` moves aside to ``checkpoint.pt.damaged``, so no later save keeps it as the previous
+        one)."""
         state, notice = checkpoint.load_good(self.path / CHECKPOINT, map_location)
         self._damaged = notice is not None and (self.path / CHECKPOINT).is_file()
         if self._damaged:

@@ -276,7 +276,7 @@ class Trainer:
         for component in self.components.values():
             if component is not None:
                 component.zero_grad()
-        for index, (xm, ym) in enumerate(zip(x.chunk(t.accumulate), y.chunk(t.accumulate))):
+        for index, (xm, ym) in enumerate(zip(x.chunk(t.accumulate), y.chunk(t.accumulate), strict=True)):
             with self.backend.micro_batch(self.net, last=index == t.accumulate - 1):
                 total, task, logits = self.losses(xm, ym)
                 (total / t.accumulate).backward()
@@ -285,7 +285,9 @@ class Trainer:
             self.nonfinite += (~torch.isfinite(total.detach())).float()
         if self.check_every and (step + 1) % self.check_every == 0:
             self.check_finite(step)
-        updates = [(c, active) for c, active in zip(self.components.values(), self.updates(step)) if c is not None]
+        updates = [
+            (c, active) for c, active in zip(self.components.values(), self.updates(step), strict=True) if c is not None
+        ]
         self.backend.reduce_gradients([p for component, active in updates if active for p in component.params])
         for component, active in updates:
             if active:
@@ -314,7 +316,8 @@ class Trainer:
         return seconds
 
     def check_finite(self, step: int, weights: bool = False) -> None:
-        """Raise :class:`TrainingDiverged` if a loss since the last check (with ``weights``: or a parameter) is NaN/inf."""
+        """Raise :class:`TrainingDiverged` if a loss since the last check (with ``weights``: or a parameter)
+        is NaN/inf."""
         loss_bad = self.backend.sum_across(self.nonfinite) > 0  # every process stops together
         if loss_bad or (weights and not bool(torch.stack([p.isfinite().all() for p in self.model.parameters()]).all())):
             last = self.run_dir / CHECKPOINT
@@ -322,7 +325,8 @@ class Trainer:
             raise TrainingDiverged(
                 f"{'loss' if loss_bad else 'weights'} became NaN/inf by step {step} "
                 f"(epoch {step / self.steps_per_epoch:.2f}); largest or "
-                f"non-finite weight: {blown_up_layer(self.model)}; {kept}. Lower the learning rates or the rule's weights."
+                f"non-finite weight: {blown_up_layer(self.model)}; {kept}. "
+                "Lower the learning rates or the rule's weights."
             )
 
     # -- evaluation and logging -----------------------------------------------------------
@@ -361,7 +365,10 @@ class Trainer:
             sums[1:] += topk_correct(logits, y, self.ks)
         self.model.train()
         values = [total / len(dataset) for total in self.backend.sum_across(sums)]
-        return {f"{split}_loss": values[0], **{metric_name(k, split): v for k, v in zip(self.ks, values[1:])}}
+        return {
+            f"{split}_loss": values[0],
+            **{metric_name(k, split): v for k, v in zip(self.ks, values[1:], strict=True)},
+        }
 
     def layer_summary(self) -> dict[str, float]:
         """Per-layer weight angles and norm ratios, their means, and the last layer's."""

@@ -129,12 +129,14 @@ def test_feedback_matrices_are_fixed_and_restored_from_a_checkpoint():
         optimizer.step()
         matrices = [feedback_matrix(layer).clone() for _, layer in aligned_layers(model)]
         first = first or matrices
-        assert all(torch.equal(a, b) for a, b in zip(first, matrices))
+        assert all(torch.equal(a, b) for a, b in zip(first, matrices, strict=True))
     assert not torch.allclose(first[0][:, : first[1].shape[1]], first[1])  # each layer its own D
     restored = convnet()
     restored.load_state_dict(model.state_dict())
     F.cross_entropy(restored(x), targets).backward()
-    assert all(torch.equal(a, feedback_matrix(layer)) for a, (_, layer) in zip(first, aligned_layers(restored)))
+    assert all(
+        torch.equal(a, feedback_matrix(layer)) for a, (_, layer) in zip(first, aligned_layers(restored), strict=True)
+    )
 
 
 def test_a_backward_without_the_output_layer_on_its_path_is_an_error_naming_it():
@@ -142,5 +144,5 @@ def test_a_backward_without_the_output_layer_on_its_path_is_an_error_naming_it()
     x = torch.randn(3, 6, dtype=F64, requires_grad=True)
     hidden = model[:4](x)  # the last layer to run forward is not on this loss's path
     model[4](torch.randn(2, 4, dtype=F64))
-    with pytest.raises(RuntimeError, match="the last aligned layer to run forward .the output layer. must be on"):
+    with pytest.raises(RuntimeError, match=r"the last aligned layer to run forward \(the output layer\) must be on"):
         hidden.sum().backward()

@@ -79,7 +79,7 @@ def train_steps(model, steps: int, seed_of_step=None):
 def test_usf_b_is_rms_of_w_times_its_sign_after_each_step():
     model = converted("usf")
     weights, dy, dh = train_steps(model, 3)[-1]  # after the last step
-    for layer, W in zip(layers(model), weights):
+    for layer, W in zip(layers(model), weights, strict=True):
         torch.testing.assert_close(layer.backward_weight, expected_b(W, torch.ones_like(W)), rtol=1e-12, atol=0)
         assert layer.backward_weight.abs().unique().numel() == 1
     torch.testing.assert_close(dh, dy @ model[5].backward_weight, rtol=1e-12, atol=1e-15)  # the backward used B
@@ -89,11 +89,11 @@ def test_brsf_redraws_uniform_magnitudes_every_batch():
     model = converted("brsf")
     seed = lambda step: 7 + step  # noqa: E731
     history = []
-    for step, (weights, dy, dh) in enumerate(train_steps(model, 2, seed_of_step=seed)):
+    for step, (weights, dy, dh) in enumerate(train_steps(model, 2, seed_of_step=seed)):  # noqa: B007 (used below)
         torch.manual_seed(seed(step))  # the draws of that forward, in layer order
         draws = [torch.rand(W.shape, dtype=F64) for W in weights]
-        history.append([expected_b(W, M) for W, M in zip(weights, draws)])
-    for layer, B in zip(layers(model), history[-1]):
+        history.append([expected_b(W, M) for W, M in zip(weights, draws, strict=True)])
+    for layer, B in zip(layers(model), history[-1], strict=True):
         torch.testing.assert_close(layer.backward_weight, B, rtol=1e-12, atol=0)
     assert not torch.allclose(history[0][2].abs() / history[0][2].norm(), history[1][2].abs() / history[1][2].norm())
     torch.testing.assert_close(dh, dy @ model[5].backward_weight, rtol=1e-12, atol=1e-15)
@@ -103,7 +103,7 @@ def test_frsf_keeps_the_magnitudes_drawn_at_conversion():
     model = converted("frsf")
     initial = [layer.backward_weight.detach().abs().clone() for layer in layers(model)]
     weights, dy, dh = train_steps(model, 3)[-1]  # after the last step
-    for layer, W, M in zip(layers(model), weights, initial):
+    for layer, W, M in zip(layers(model), weights, initial, strict=True):
         torch.testing.assert_close(layer.backward_weight, expected_b(W, M), rtol=1e-12, atol=0)
     torch.testing.assert_close(dh, dy @ model[5].backward_weight, rtol=1e-12, atol=1e-15)
 

@@ -66,7 +66,8 @@ def convnet(
     batchnorm: bool = True,
     blocks_per_stage: int = 1,
 ) -> ConvNet:
-    """Small ConvNet: per entry of ``channels`` ``blocks_per_stage`` conv3x3-BN-ReLU layers and a maxpool, then a Linear classifier."""
+    """Small ConvNet: per entry of ``channels`` ``blocks_per_stage`` conv3x3-BN-ReLU layers and a maxpool,
+    then a Linear classifier."""
     shape = image_shape(in_shape, "convnet")
     widths = positive_ints(channels, "channels", "convnet")
     if min(shape[1:]) < 2 ** len(widths):

@@ -200,7 +200,7 @@ class ResNet(nn.Module):
 
         channels = 64
         stages = []
-        for stage, (width, count) in enumerate(zip((64, 128, 256, 512), blocks_per_stage)):
+        for stage, (width, count) in enumerate(zip((64, 128, 256, 512), blocks_per_stage, strict=True)):
             stride = 1 if stage == 0 else 2
             layers = []
             for _ in range(count):
@@ -236,7 +236,8 @@ class ResNet(nn.Module):
 
 
 def resnet_builder(depth: int, version: int):
-    """The registered builder of ResNet-``depth`` v``version``: ``(num_classes, in_shape, *, stem, zero_init_residual)``."""
+    """The registered builder of ResNet-``depth`` v``version``:
+    ``(num_classes, in_shape, *, stem, zero_init_residual)``."""
     name = resnet_name(depth, version)
 
     @checked_options(f"architecture {name!r}")

@@ -25,7 +25,8 @@ def digits(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> DataSplits:
-    """scikit-learn digits: 1797 8x8 grey images, 10 classes (``root`` is not used: the data ships with scikit-learn)."""
+    """scikit-learn digits: 1797 8x8 grey images, 10 classes (``root`` is not used: the data ships with
+    scikit-learn)."""
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

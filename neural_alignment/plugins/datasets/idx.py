@@ -41,6 +41,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     count = math.prod(dims)
     if len(data) != header + count * dtype.itemsize:
         raise UserError(
-            f"IDX file {path} holds {len(data) - header} data bytes, its header {dims} promises {count * dtype.itemsize}"
+            f"IDX file {path} holds {len(data) - header} data bytes, "
+            f"its header {dims} promises {count * dtype.itemsize}"
         )
     return np.frombuffer(bytearray(data), dtype, count, offset=header).reshape(dims)

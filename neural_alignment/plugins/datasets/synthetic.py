@@ -32,7 +32,8 @@ def synthetic(
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> DataSplits:
-    """Synthetic classification: Gaussian inputs of any shape, labels from a fixed random linear teacher (``root`` unused)."""
+    """Synthetic classification: Gaussian inputs of any shape, labels from a fixed random linear teacher
+    (``root`` unused)."""
     in_shape = tuple(int(d) for d in shape)
     for option, value, least in (
         ("num_classes", num_classes, 2),

@@ -36,7 +36,7 @@ class JsonlLogger(Logger):
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")
+        self._file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115 (held until close)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         record = {name: to_scalar(value) for name, value in metrics.items()}
