@@ -7,11 +7,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import overload
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.runtime.atomic import write_text_atomically
 
 
+@overload
+def comma_list(text: str, kind=..., what: str = ...) -> list: ...
+@overload
+def comma_list(text: None, kind=..., what: str = ...) -> None: ...
 def comma_list(text: str | None, kind=str, what: str = "value") -> list | None:
     """``"a,b"`` -> [kind(a), kind(b)]; None stays None; a bad item is a ``UserError`` naming it."""
     if text is None:
@@ -23,10 +28,10 @@ def comma_list(text: str | None, kind=str, what: str = "value") -> list | None:
         raise UserError(f"{what} must be a comma-separated list of {kind.__name__}, got {text!r}") from None
 
 
-def new_output_file(path: str, option: str) -> Path:
+def new_output_file(name: str, option: str) -> Path:
     """``path`` checked before any work is done: a new file in an existing folder. An existing file
     is a ``UserError``: an output never replaces what a user has."""
-    path = Path(path)
+    path = Path(name)
     if path.exists():
         raise UserError(f"{option} {path} already exists; give a new file name (nalign does not overwrite it)")
     if not path.parent.is_dir():

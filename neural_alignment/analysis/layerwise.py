@@ -69,11 +69,13 @@ def regularizer_matrix(rule: Rule, w: float, b: float, x: float) -> np.ndarray:
     if not (rule.has_backward_weight and rule.trains_backward_weight):
         return np.zeros((2, 2))
     layer = AlignedLinear(1, 1, bias=False, dtype=torch.float64, rule=rule)
+    B = layer.backward_weight
+    assert B is not None  # the rule has a backward weight
     with torch.no_grad():
         layer.weight.fill_(w)
-        layer.backward_weight.fill_(b)
+        B.fill_(b)
     layer(torch.full((1, 1), float(x), dtype=torch.float64))
-    params = [layer.weight, layer.backward_weight]
+    params = [layer.weight, B]
     R = rule.regularizer(layer, epoch=0.0)
     if not R.requires_grad:  # every primitive the rule weighs is delivered by the op (angle) or weighed 0
         return np.zeros((2, 2))

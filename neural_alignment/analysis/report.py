@@ -274,10 +274,11 @@ def build_report(
             )
         )
         _save(layers_figure(run), out, figures[-1].name)
-        if scatter[run.label] is None:
+        choice = scatter[run.label]
+        if choice is None:
             notes.append(f"{run.label}: no weight snapshots in {run.path}, so no W-versus-B scatter.")
             continue
-        layer_choice, step_choice = scatter[run.label]
+        layer_choice, step_choice = choice
         figures.append(
             Figured(
                 f"weights-{stem}.png",

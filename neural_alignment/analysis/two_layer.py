@@ -92,29 +92,30 @@ class TwoLayerFlow:
     def names(self) -> tuple[str, ...]:
         return ("w1", "w2", "b") if self.has_b else ("w1", "w2")
 
-    def __call__(self, state: Sequence[float]) -> np.ndarray:
+    def __call__(self, state: Sequence[float] | np.ndarray) -> np.ndarray:
         """d/dt of ``state`` = (w1, w2, b) (bp: (w1, w2)): minus the gradients the trainer would apply."""
+        b = self.second.backward_weight  # not None exactly when has_b
         with torch.no_grad():
             self.first.weight.fill_(state[0])
             self.second.weight.fill_(state[1])
-            if self.has_b:
-                self.second.backward_weight.fill_(state[2])
-        for p in (self.first.weight, self.second.weight, self.second.backward_weight):
+            if b is not None:
+                b.fill_(state[2])
+        for p in (self.first.weight, self.second.weight, b):
             if p is not None:
                 p.grad = None
         out = self.second(self.first(self.x))
         loss = 0.5 * (self.y - out).pow(2).mean() + self.rate * self.rule.regularizer(self.second, 0.0)
         loss.backward()
-        params = [self.first.weight, self.second.weight] + ([self.second.backward_weight] if self.has_b else [])
+        params = [self.first.weight, self.second.weight] + ([b] if b is not None else [])
         return np.array([0.0 if p.grad is None else -p.grad.item() for p in params])
 
     def jacobian(self, state: Sequence[float]) -> np.ndarray:
         """J[i, j] = d(flow_i) / d(state_j), by central differences."""
-        state = np.asarray(state, dtype=float)
+        z = np.asarray(state, dtype=float)
         columns = []
-        for j in range(len(state)):
-            h = STEP * max(1.0, abs(state[j]))
-            up, down = state.copy(), state.copy()
+        for j in range(len(z)):
+            h = STEP * max(1.0, abs(z[j]))
+            up, down = z.copy(), z.copy()
             up[j] += h
             down[j] -= h
             columns.append((self(up) - self(down)) / (2 * h))
@@ -182,7 +183,9 @@ def fixed_points(
 
 
 def format_fixed_points(rule: Rule, points: Sequence[FixedPoint]) -> str:
-    rows = [("w1", "w2", "b", "|flow|", "eigenvalues (Jacobian of the layers' flow)", "eigenvalues (D.2)", "kind")]
+    rows: list[tuple[str, ...]] = [
+        ("w1", "w2", "b", "|flow|", "eigenvalues (Jacobian of the layers' flow)", "eigenvalues (D.2)", "kind")
+    ]
     for p in points:
         closed = "n/a" if p.closed_form is None else ", ".join(f"{v:.5g}" for v in p.closed_form)
         rounded = np.where(np.abs(p.eigenvalues) < 1e-9, 0.0, p.eigenvalues)  # differencing noise (~1e-13) shown as 0

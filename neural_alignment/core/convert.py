@@ -34,7 +34,8 @@ def convert_modules(
     objects (or a mapping whose values are). When ``model`` itself is convertible the aligned
     module is returned instead (it cannot be replaced in place).
     """
-    specs = {spec.source: spec for spec in (op_specs.values() if isinstance(op_specs, Mapping) else op_specs)}
+    given: Iterable[Any] = op_specs.values() if isinstance(op_specs, Mapping) else op_specs
+    specs = {spec.source: spec for spec in given}
     exclude = set(exclude)
     overrides = dict(overrides or {})
     names_of: dict[int, list[str]] = {}  # every name of each convertible module, in module order
@@ -65,8 +66,8 @@ def _check_names(
     names of one ``shared`` module are excluded (or overridden) all together or not at all
     (excluding some names only would untie the copies; an override of some only was ignored)."""
     known = set(convertible)
-    for what, names in (("exclude", exclude), ("overrides", overrides)):
-        for name in names:
+    for what, given in (("exclude", exclude), ("overrides", overrides)):
+        for name in given:
             if name not in known:
                 raise UserError(
                     f"{what}: {name!r} is not a convertible layer of this model.{did_you_mean(name, convertible)} "

@@ -30,6 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeGuard
 
 from torch import Tensor
 
@@ -65,6 +66,6 @@ def native_backward() -> Iterator[None]:
         _native.on = previous
 
 
-def feedback_active(feedback: Feedback | None) -> bool:
+def feedback_active(feedback: Feedback | None) -> TypeGuard[Feedback]:
     """Whether a layer calls ``feedback`` now: there is one and ``native_backward`` is not on."""
     return feedback is not None and not getattr(_native, "on", False)

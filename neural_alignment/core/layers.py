@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -45,11 +45,11 @@ class OpSpec:
     """
 
     source: type
-    from_module: Callable[[nn.Module, Any], nn.Module]
+    from_module: Callable[[Any, Any], nn.Module]  # called with a module of type ``source``
 
 
-class AlignedLayer:
-    """Mixin for a torch layer with a backward kernel B; the class names the layer contract.
+class AlignedLayer(nn.Module):
+    """Mixin (an ``nn.Module``) for a torch layer with a backward kernel B; the class names the layer contract.
 
     Subclasses call ``_init_aligned(rule)`` after the torch constructor and implement
     ``project``/``reconstruct``/``forward``.
@@ -59,9 +59,10 @@ class AlignedLayer:
     epoch: float
     last_input: Tensor | None
     last_output: Tensor | None
-    weight: nn.Parameter
+    weight: Tensor
     backward_weight: nn.Parameter | None
     angle_scale: Tensor
+    batch_mean: Callable[[Tensor], Tensor]  # optional: a data-parallel backend sets one (core/context.py)
 
     def _init_aligned(self, rule) -> None:
         self.rule = rule
@@ -107,6 +108,7 @@ class AlignedLayer:
     def _backward_kernel(self) -> Tensor:
         """B as the op receives it: attached only when the op must deliver the angle update."""
         B = self.backward_weight
+        assert B is not None  # called only by a layer's forward with a B
         return B if self.rule.uses_angle else B.detach()
 
     def _remember(self, x: Tensor, y: Tensor) -> Tensor:
@@ -184,7 +186,7 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
         dilation=1,
         groups: int = 1,
         bias: bool = True,
-        padding_mode: str = "zeros",
+        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
         device=None,
         dtype=None,
         *,
@@ -208,7 +210,8 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
             if (left_w, top_h) == (right_w, bottom_h):
                 return None, (top_h, left_w)
             return pads, (0, 0)
-        return None, tuple(self.padding)
+        assert not isinstance(self.padding, str)  # 'valid' and 'same' are the only strings torch accepts
+        return None, (self.padding[0], self.padding[1])
 
     def _padded(self, x: Tensor) -> Tensor:
         if self._explicit_pad is None:
@@ -282,13 +285,17 @@ def aligned_layers(model: nn.Module) -> list[tuple[str, AlignedLayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, AlignedLayer)]
 
 
-def _copy_parameters(module: nn.Module, layer: nn.Module) -> nn.Module:
+_Aligned = TypeVar("_Aligned", AlignedLinear, AlignedConv2d)
+
+
+def _copy_parameters(module: nn.Linear | nn.Conv2d, layer: _Aligned) -> _Aligned:
     """Copy W, bias and the training flag of ``module`` into ``layer``, then give B W's scale
     (``match_backward_scale``); returns ``layer``."""
     with torch.no_grad():
         layer.weight.copy_(module.weight)
         layer.weight.requires_grad_(module.weight.requires_grad)
         if module.bias is not None:
+            assert layer.bias is not None  # built with a bias because the module has one
             layer.bias.copy_(module.bias)
             layer.bias.requires_grad_(module.bias.requires_grad)
     match_backward_scale(layer)

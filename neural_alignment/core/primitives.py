@@ -104,7 +104,8 @@ class PairedPrimitive(Primitive):
 
     def operands(self, ctx) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(P, Q) read from ``ctx``; a field named ``None`` gives ``None``."""
-        return tuple(None if f is None else getattr(ctx, f) for f in (self.p, self.q))
+        p, q = (None if f is None else getattr(ctx, f) for f in (self.p, self.q))
+        return p, q
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(p={self.p!r}, q={self.q!r})"

@@ -154,7 +154,9 @@ class Rule:
         if not terms or layer.last_input is None or layer.backward_weight is None:
             return layer.weight.new_zeros(())
         ctx = AlignmentContext(layer, self)
-        return sum(coefficient * primitive(ctx) for coefficient, primitive in terms)
+        total = sum(coefficient * primitive(ctx) for coefficient, primitive in terms)
+        assert isinstance(total, torch.Tensor)  # terms is not empty
+        return total
 
     def __repr__(self) -> str:
         return f"Rule({self.name!r}, weights={self.weights})"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from neural_alignment.grids.executor import FINISHED
 from neural_alignment.grids.grid import GridPoint
@@ -24,6 +25,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("last_weight_angle", "last-layer angle", "{:.1f}"),
     ("mean_norm_ratio", "norm ratio", "{:.2f}"),
 )
+METRIC_KEYS = tuple(key for key, _, _ in METRICS)
 
 
 def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -38,9 +40,7 @@ def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
     return mean, math.sqrt(variance / n)
 
 
-def aggregate(
-    results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)
-) -> list[dict]:
+def aggregate(results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] = METRIC_KEYS) -> list[dict]:
     """One row per (rule, value), in first-seen order: ``n``, ``failed``, ``seeds`` and per metric
     ``<metric>`` (the mean) and ``<metric>_sem``."""
     cells: dict[tuple[str, str | None], list[tuple[int, dict]]] = {}
@@ -49,7 +49,7 @@ def aggregate(
     rows = []
     for (rule, value), runs in cells.items():
         done = [s for _, s in runs if s.get("status") == FINISHED]
-        row = {
+        row: dict[str, Any] = {
             "rule": rule,
             "value": value,
             "n": len(done),

@@ -31,6 +31,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch.utils.data import default_collate
@@ -173,7 +174,7 @@ def compare(
     failed = [
         (spec, summary) for spec, (_, summary) in zip(specs, results, strict=True) if summary.get("status") != FINISHED
     ]
-    report = {
+    report: dict[str, Any] = {
         "recipe": name,
         "dataset": next((s["dataset"] for _, s in results if s.get("dataset")), None),
         "rules": list(rules),

@@ -108,12 +108,13 @@ def run_all_on_ray(
             (done,), _ = ray.wait(list(pending), num_returns=1)
             index = pending.pop(done)
             try:
-                summaries[index] = ray.get(done)
+                summary = ray.get(done)
             except Exception as exc:
-                summaries[index] = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+                summary = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            summaries[index] = summary
             if on_done is not None:
-                on_done(specs[index], summaries[index])
-    return summaries
+                on_done(specs[index], summary)
+    return [s for s in summaries if s is not None]  # all of them: the loop ran until none was pending
 
 
 EXECUTORS: dict[str, Callable[..., list[dict]]] = {"local": run_all, "ray": run_all_on_ray}

@@ -42,6 +42,7 @@ class GridPoint:
 
 def split_top_level(text: str, sep: str = ",") -> list[str]:
     """``text`` split at ``sep`` outside brackets and braces: ``"[8,8],[16]"`` -> ``["[8,8]", "[16]"]``."""
+    current: list[str]
     parts, depth, current = [], 0, []
     for char in text:
         if char in "[{(":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from neural_alignment.core.errors import UserError
 
@@ -40,7 +41,7 @@ def init_arguments(num_cpus: int | None = None) -> dict:
 
 
 @contextmanager
-def ray_cluster(num_cpus: int | None = None) -> Iterator[object]:
+def ray_cluster(num_cpus: int | None = None) -> Iterator[Any]:
     """Yield the ``ray`` module connected to a cluster (see the module docstring); a cluster
     started here is shut down at the end, one found initialised is left running."""
     ray = import_ray()

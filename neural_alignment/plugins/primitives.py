@@ -45,6 +45,7 @@ class Amp(PairedPrimitive):
 
     def __call__(self, ctx) -> torch.Tensor:
         p, q = self.operands(ctx)
+        assert p is not None and q is not None  # the constructor refuses None fields
         return -inner(p, q) / p.shape[0]
 
 
@@ -59,7 +60,9 @@ class Sparse(PairedPrimitive):
         super().__init__(p, q)
 
     def __call__(self, ctx) -> torch.Tensor:
-        return sum(sum_of_squares(t) / t.shape[0] for t in self.operands(ctx) if t is not None)
+        total = sum(sum_of_squares(t) / t.shape[0] for t in self.operands(ctx) if t is not None)
+        assert isinstance(total, torch.Tensor)  # the constructor refuses two None fields
+        return total
 
 
 class Null(Sparse):

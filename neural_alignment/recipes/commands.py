@@ -17,13 +17,13 @@ def allow_intermixed(parser: argparse.ArgumentParser) -> None:
     plain = parser.parse_known_args
 
     def parse_known_args(args=None, namespace=None):
-        parser.parse_known_args = plain
+        parser.parse_known_args = plain  # type: ignore[method-assign]  # this instance only, on purpose
         try:
             return parser.parse_known_intermixed_args(args, namespace)
         finally:
-            parser.parse_known_args = parse_known_args
+            parser.parse_known_args = parse_known_args  # type: ignore[method-assign]  # as above
 
-    parser.parse_known_args = parse_known_args
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]  # as above
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:

@@ -19,13 +19,14 @@ import fnmatch
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from neural_alignment.core.errors import UserError, did_you_mean
-from neural_alignment.core.schedules import make_schedule
+from neural_alignment.core.schedules import ScheduleConfig, make_schedule
 from neural_alignment.recipes.schema import Recipe
 from neural_alignment.registry import get_registry
 from neural_alignment.registry.catalog import Entry, natural_key
@@ -35,6 +36,11 @@ SUFFIXES = (".yaml", ".yml")
 
 class RecipeError(UserError):
     """A recipe that cannot be found, parsed or validated."""
+
+
+def to_dict(cfg: DictConfig, resolve: bool = False) -> dict[str, Any]:
+    """A mapping node of a recipe as plain dicts and lists: ``OmegaConf.to_container``, typed."""
+    return cast(dict[str, Any], OmegaConf.to_container(cfg, resolve=resolve))
 
 
 def _recipe_paths() -> dict[str, tuple[Path, str]]:
@@ -127,7 +133,9 @@ def validate(cfg, where: str) -> DictConfig:
     """``cfg`` merged onto the schema's defaults; raises ``RecipeError`` naming a bad key."""
     schema = _schema()
     try:
-        return OmegaConf.merge(schema, cfg)
+        merged = OmegaConf.merge(schema, cfg)
+        assert isinstance(merged, DictConfig)  # merged onto a mapping
+        return merged
     except OmegaConfBaseException as exc:
         raise _error(exc, where) from None
     except TypeError:  # OmegaConf merges a list into a mapping (or back) with a bare TypeError
@@ -145,9 +153,9 @@ def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
         if (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
             isinstance(value, DictConfig) and isinstance(below, ListConfig)
         ):
-            return f"{prefix}{key}"
+            return f"{prefix}{key!s}"
         if isinstance(value, DictConfig) and isinstance(below, DictConfig):
-            found = _shape_mismatch(below, value, f"{prefix}{key}.")
+            found = _shape_mismatch(below, value, f"{prefix}{key!s}.")
             if found:
                 return found
     return prefix.rstrip(".")
@@ -181,11 +189,13 @@ def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
 
 def merge(*configs) -> DictConfig:
     """``OmegaConf.merge`` of raw (unvalidated) configs, with the replacement rule of ``_clear_replaced``."""
-    result = OmegaConf.create(OmegaConf.to_container(configs[0]))
+    result = OmegaConf.create(to_dict(configs[0]))
     for other in configs[1:]:
-        other = OmegaConf.create(OmegaConf.to_container(other)) if not isinstance(other, DictConfig) else other
+        other = OmegaConf.create(to_dict(other)) if not isinstance(other, DictConfig) else other
         _clear_replaced(result, other)
-        result = OmegaConf.merge(result, other)
+        merged = OmegaConf.merge(result, other)
+        assert isinstance(merged, DictConfig)  # merged onto a mapping
+        result = merged
     return result
 
 
@@ -248,7 +258,7 @@ def load_resolved_recipe(path: str | Path, overrides: Iterable[str] = ()) -> Dic
     return check_values(validate(merge(_read(path), _dotlist(overrides)), where), where)
 
 
-def _checked_fields(schema: object, cfg: DictConfig, prefix: str = ""):
+def _checked_fields(schema: Any, cfg: DictConfig, prefix: str = ""):
     """(key path, value, check) of every field of the ``schema`` dataclass instance that declares one."""
     for schema_field in dataclasses.fields(schema):
         default = getattr(schema, schema_field.name)
@@ -288,7 +298,8 @@ def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:
     schedules.update({f"rule.schedules.{key}": value for key, value in recipe.rule.schedules.items()})
     for key, cfg in schedules.items():
         try:
-            make_schedule(OmegaConf.to_container(cfg) if isinstance(cfg, (DictConfig, ListConfig)) else cfg)
+            plain = OmegaConf.to_container(cfg) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
+            make_schedule(cast(ScheduleConfig, plain))
         except (UserError, TypeError, ValueError) as exc:
             raise RecipeError(f"bad value for recipe key {key!r} in {where}: {exc}") from None
     return recipe

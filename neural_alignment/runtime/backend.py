@@ -103,13 +103,16 @@ class Backend:
     def prepare(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
         """``model`` on the device in ``dtype`` (channels_last when asked)."""
         model = model.to(self.device, dtype)
-        return model.to(memory_format=torch.channels_last) if self.channels_last else model
+        if not self.channels_last:
+            return model
+        return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # stubs lack memory_format
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The module the step's forward runs: ``model``, compiled when ``compile`` is set."""
         if not self.compile:
             return model
-        return torch.compile(model) if self.compile is True else torch.compile(model, backend=str(self.compile))
+        compiled = torch.compile(model) if self.compile is True else torch.compile(model, backend=str(self.compile))
+        return compiled  # type: ignore[return-value]  # stubs: a compiled Module is a plain callable
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The context the forward pass and losses run in."""
@@ -143,8 +146,9 @@ class Backend:
     def end_step(self) -> None:
         """Called after each training step (lazy devices execute the step here)."""
 
-    def sum_across(self, tensor: torch.Tensor) -> list:
-        """``tensor`` summed over the processes, read to the host as a (nested) list."""
+    def sum_across(self, tensor: torch.Tensor) -> Any:
+        """``tensor`` summed over the processes, read to the host (``tolist``: a number for a 0-dim tensor, else a
+        nested list)."""
         return tensor.tolist()
 
     def synchronize(self) -> None:

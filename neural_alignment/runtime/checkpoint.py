@@ -108,7 +108,9 @@ def load_good(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[
 
 def rng_state() -> dict[str, Any]:
     """The torch, CUDA, numpy and Python RNG states as tensors and plain types."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # the legacy global generator is an MT19937: its state is a tuple
+    kind, keys, pos, has_gauss, cached = state
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -20,6 +20,11 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from neural_alignment.core.errors import UserError
 
 
+def dataset_length(dataset: Dataset) -> int:
+    """``len(dataset)``: every dataset of a split is map-style, with a length."""
+    return len(dataset)  # type: ignore[arg-type]  # torch's Dataset type declares no __len__
+
+
 def random_subset(dataset: Dataset, size: int | None, seed: int = 0, what: str = "limit") -> Dataset:
     """``size`` items of ``dataset`` drawn without replacement by a seeded permutation.
 
@@ -31,10 +36,10 @@ def random_subset(dataset: Dataset, size: int | None, seed: int = 0, what: str =
         return dataset
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise UserError(f"{what} must be a positive integer or null, got {size!r}")
-    if size >= len(dataset):
+    if size >= dataset_length(dataset):
         return dataset
     generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(dataset), generator=generator)[:size]
+    indices = torch.randperm(dataset_length(dataset), generator=generator)[:size]
     return Subset(dataset, indices.tolist())
 
 
@@ -49,7 +54,7 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     targets = getattr(dataset, "targets", None)
     if targets is not None:
         return torch.as_tensor(targets, dtype=torch.long)
-    return torch.tensor([int(y) for _, y in dataset], dtype=torch.long)
+    return torch.tensor([int(dataset[i][1]) for i in range(dataset_length(dataset))], dtype=torch.long)
 
 
 def holdout_count(size: float | int, total: int) -> int:

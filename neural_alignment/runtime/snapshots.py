@@ -50,7 +50,7 @@ def save_snapshot(run_dir: str | Path, step: int, model: nn.Module, indices: dic
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"step-{step:08d}.npz"
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **arrays)  # type: ignore[arg-type]  # numpy's stub matches **arrays against allow_pickle: bool
     tmp.replace(path)
     return path
 

@@ -27,12 +27,14 @@ def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLo
     """``hyperopt.fmin`` one trial at a time, ``trials.pkl`` written atomically after each."""
     import numpy as np
     from hyperopt import STATUS_OK, Trials, fmin
+    from hyperopt.fmin import fmin_pass_expr_memo_ctrl
     from hyperopt.pyll import rec_eval
 
     pickled = out / HYPEROPT_TRIALS
     trials = pickle.loads(pickled.read_bytes()) if pickled.is_file() else Trials()
     space = hyperopt_space(objective.space)
 
+    @fmin_pass_expr_memo_ctrl
     def evaluate(expr, memo, ctrl):
         tid = int(ctrl.current_trial["tid"])
         if tid in log:  # finished and recorded, but killed before trials.pkl was saved: keep the record
@@ -42,7 +44,6 @@ def search_local(plan: SearchPlan, objective: Objective, out: Path, log: TrialLo
         log.add(record)
         return {"loss": objective.loss(record), "status": STATUS_OK}
 
-    evaluate.fmin_pass_expr_memo_ctrl = True
     algo = partial(seeded_tpe, plan.seed, objective.startup_trials)
     while len(trials.trials) < plan.max_evals:
         fmin(

@@ -34,11 +34,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from neural_alignment.core.errors import UserError
 from neural_alignment.grids.executor import FINISHED, RunSpec, run_one
-from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.loader import load_recipe, to_dict
 from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.search.space import Sample, hyperopt_space
 
@@ -106,7 +104,7 @@ class Objective:
     @classmethod
     def of(cls, recipe) -> Objective:
         search = recipe.search
-        space = OmegaConf.to_container(search.space, resolve=True)
+        space = to_dict(search.space, resolve=True)
         if not space:
             raise UserError(f"recipe {recipe.name!r} has no search.space to search; see the search-* recipes")
         check_metric(search.metric, recipe.data.val_split)  # the schema checks goal and startup_trials

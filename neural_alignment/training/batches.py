@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Dataset, Sampler, Subset
 
+from neural_alignment.runtime.data import dataset_length
+
 
 class StepBatches(Sampler):
     """This process's batches of indices for global steps ``start .. total - 1``.
@@ -32,7 +34,7 @@ class StepBatches(Sampler):
         return torch.randperm(self.n, generator=generator)
 
     def __iter__(self) -> Iterator[list[int]]:
-        epoch, perm = None, None
+        epoch, perm = None, torch.empty(0, dtype=torch.long)  # both replaced at the first step
         for step in range(self.start, self.total):
             e, i = divmod(step, self.steps_per_epoch)
             if e != epoch:
@@ -46,4 +48,4 @@ class StepBatches(Sampler):
 
 def process_share(dataset: Dataset, rank: int, world_size: int) -> Dataset:
     """Examples ``rank, rank + world_size, ...`` of ``dataset`` (all of it in one process)."""
-    return dataset if world_size == 1 else Subset(dataset, range(rank, len(dataset), world_size))
+    return dataset if world_size == 1 else Subset(dataset, range(rank, dataset_length(dataset), world_size))

@@ -15,6 +15,7 @@ from neural_alignment.api import convert
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.options import check_options, checked_options
 from neural_alignment.core.rules import OPTION_KEYS
+from neural_alignment.recipes.loader import to_dict
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime.backend import Backend
 from neural_alignment.runtime.data import DataSplits
@@ -36,7 +37,7 @@ def build_data(recipe: DictConfig) -> DataSplits:
     ``val_split`` of the (cut) training set held out as the validation set (seeded, stratified)."""
     data = recipe.data
     builder = get_registry().get("datasets", data.dataset)
-    splits = builder(root=data.root, **OmegaConf.to_container(data.options))
+    splits = builder(root=data.root, **to_dict(data.options))
     splits = splits.limited(data.train_limit, data.test_limit, seed=recipe.train.seed)
     return splits.with_validation(data.val_split, seed=recipe.train.seed)
 
@@ -50,27 +51,27 @@ def data_key(recipe: DictConfig) -> str:
 
 def rule_options(rule: DictConfig) -> dict[str, Any]:
     """The rule overrides a recipe sets (empty mappings and nulls keep the rule's defaults)."""
-    options = OmegaConf.to_container(rule)
+    options = to_dict(rule)
     return {key: options[key] for key in OPTION_KEYS if options[key] not in (None, {})}
 
 
 def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
     """The architecture for ``splits``, converted to the recipe's rule (``rule.exclude`` stays on bp)."""
     builder = get_registry().get("architectures", recipe.model.arch)
-    model = builder(splits.num_classes, tuple(splits.in_shape), **OmegaConf.to_container(recipe.model.options))
+    model = builder(splits.num_classes, tuple(splits.in_shape), **to_dict(recipe.model.options))
     return convert(model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), **rule_options(recipe.rule))
 
 
 def build_backend(recipe: DictConfig) -> Backend:
     cls = get_registry().get("backends", recipe.backend.name)
-    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**OmegaConf.to_container(recipe.backend.options))
+    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**to_dict(recipe.backend.options))
 
 
 def launch_processes(recipe: DictConfig, command: list[str]) -> int | None:
     """Let the recipe's backend start the processes of ``nalign <command>`` (DDP, XLA); their exit
     code, or ``None`` when this process trains (see ``Backend.launch``)."""
     cls = get_registry().get("backends", recipe.backend.name)
-    options = OmegaConf.to_container(recipe.backend.options)
+    options = to_dict(recipe.backend.options)
     check_options(f"backend {recipe.backend.name!r}", cls, options)
     return cls.launch(options, command)
 
@@ -98,7 +99,7 @@ def make_component(
     optimizer = make_optimizer(cfg.name, params, cfg.lr, cfg.momentum, cfg.weight_decay)
     lr = make_lr_schedule(
         cfg.lr,
-        OmegaConf.to_container(cfg, resolve=True)["schedule"],
+        to_dict(cfg, resolve=True)["schedule"],
         steps_per_epoch,
         batch_size,
         cfg.rescale_lr,

@@ -44,7 +44,8 @@ def resume_recipe(run_dir: str, name: str | None, overrides: list[str]):
     from neural_alignment.training.rundir import RECIPE
 
     if name is not None and "=" in name and Path(name).suffix not in SUFFIXES:
-        name, overrides = None, [name, *overrides]
+        overrides = [name, *overrides]
+        name = None
     recipe_file = Path(run_dir) / RECIPE
     if not recipe_file.is_file():
         raise UserError(f"cannot resume: {recipe_file} does not exist (was the run folder given?)")

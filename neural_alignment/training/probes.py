@@ -25,6 +25,7 @@ from torch.utils.data import Dataset, default_collate
 
 from neural_alignment.core.metrics import gradient_angle
 from neural_alignment.runtime import snapshots
+from neural_alignment.runtime.data import dataset_length
 from neural_alignment.runtime.logger import layer_metric_key
 
 GRADIENT_BATCH = 256
@@ -33,7 +34,7 @@ GRADIENT_BATCH = 256
 def fixed_batch(dataset: Dataset, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``min(size, len(dataset))`` items drawn without replacement by a generator seeded with ``seed``, collated."""
     generator = torch.Generator().manual_seed(seed)
-    indices = torch.randperm(len(dataset), generator=generator)[: min(size, len(dataset))]
+    indices = torch.randperm(dataset_length(dataset), generator=generator)[: min(size, dataset_length(dataset))]
     return default_collate([dataset[i] for i in indices.tolist()])
 
 

@@ -120,6 +120,7 @@ def resume_changes(stored: DictConfig, recipe: DictConfig, run_dir: str | os.Pat
 def with_history(recipe: DictConfig, stored: DictConfig, step: int, changed: dict[str, dict]) -> DictConfig:
     """``recipe`` carrying the folder's history of resumes, plus ``changed`` at ``step`` when it is not empty."""
     history = OmegaConf.to_container(stored[HISTORY_KEY])
+    assert isinstance(history, list)  # the schema's history is a list
     if changed:
         history.append({"step": step, "changed": changed})
     recipe = recipe.copy()
@@ -134,7 +135,7 @@ class RunFolder:
         self.path = Path(path)
         self._created = False
         self._damaged = False  # the latest checkpoint did not load
-        self._unlock = None
+        self._unlock: weakref.finalize | None = None
 
     def claim(self, resume: bool, overwrite: bool = False) -> None:
         """Lock the folder for this run, or raise a ``UserError`` saying why it is not this run's to write.
@@ -203,7 +204,7 @@ class RunFolder:
         one)."""
         state, notice = checkpoint.load_good(self.path / CHECKPOINT, map_location)
         self._damaged = notice is not None and (self.path / CHECKPOINT).is_file()
-        if self._damaged:
+        if notice is not None and self._damaged:
             notice += f"; the damaged file is kept as {CHECKPOINT}.damaged"
         return state, notice
 

@@ -56,10 +56,10 @@ from torch.utils.data import DataLoader
 
 from neural_alignment.api import alignment_loss, layer_metrics, set_epoch
 from neural_alignment.core.errors import UserError
-from neural_alignment.recipes.loader import to_yaml
+from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime import checkpoint
-from neural_alignment.runtime.data import DataSplits
+from neural_alignment.runtime.data import DataSplits, dataset_length
 from neural_alignment.runtime.logger import layer_metric_key
 from neural_alignment.runtime.optim import ComponentOptimizer
 from neural_alignment.training.batches import StepBatches, process_share
@@ -148,10 +148,11 @@ class Trainer:
                 f"data.batch_size={recipe.data.batch_size}"
             )
         self.splits = splits if splits is not None else build_data(recipe)
-        self.steps_per_epoch = len(self.splits.train) // recipe.data.batch_size
+        self.steps_per_epoch = dataset_length(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
             raise UserError(
-                f"data.batch_size={recipe.data.batch_size} exceeds the {len(self.splits.train)} training examples"
+                f"data.batch_size={recipe.data.batch_size} exceeds the "
+                f"{dataset_length(self.splits.train)} training examples"
             )
         self.total_steps = t.steps if t.steps is not None else max(1, round(t.epochs * self.steps_per_epoch))
         self.dtype = getattr(torch, t.dtype)
@@ -204,7 +205,7 @@ class Trainer:
         """(factory, options) of each logger (``jsonl`` always first); built once the folder is written."""
         log = self.recipe.log
         names = list(dict.fromkeys(["jsonl", *log.loggers]))
-        options = OmegaConf.to_container(log.options)
+        options = to_dict(log.options)
         registry = get_registry()
         return [(registry.get("loggers", name), options.get(name) or {}) for name in names]
 
@@ -415,7 +416,7 @@ class Trainer:
     def batches(self) -> DataLoader:
         seed = self.recipe.train.seed
         sampler = StepBatches(
-            len(self.splits.train),
+            dataset_length(self.splits.train),
             self.recipe.data.batch_size,
             seed,
             self.step,

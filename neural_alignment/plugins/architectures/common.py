@@ -13,7 +13,7 @@ def image_shape(in_shape: Sequence[int], arch: str) -> tuple[int, int, int]:
     shape = tuple(int(d) for d in in_shape)
     if len(shape) != 3 or min(shape) < 1:
         raise UserError(f"architecture {arch!r} needs images shaped (channels, height, width), got in_shape {shape}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def positive_ints(value: Any, option: str, arch: str) -> tuple[int, ...]:

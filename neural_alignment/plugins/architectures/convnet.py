@@ -32,7 +32,7 @@ class ConvNet(nn.Module):
         in_channels, height, width = in_shape
         blocks = []
         for k, out_channels in enumerate(channels, start=1):
-            parts = []
+            parts: list[tuple[str, nn.Module]] = []
             for j in range(1, blocks_per_stage + 1):
                 tag = "" if blocks_per_stage == 1 else str(j)  # one layer per stage keeps the names conv, bn, relu
                 parts.append((f"conv{tag}", nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=not batchnorm)))

@@ -165,7 +165,8 @@ def projection(in_channels: int, out_channels: int, stride: int, with_bn: bool) 
     return nn.Sequential(conv, nn.BatchNorm2d(out_channels)) if with_bn else nn.Sequential(conv)
 
 
-BLOCKS = {
+Block = BasicBlock | Bottleneck | PreActBasicBlock | PreActBottleneck
+BLOCKS: dict[tuple[int, str], type[Block]] = {
     (1, "basic"): BasicBlock,
     (1, "bottleneck"): Bottleneck,
     (2, "basic"): PreActBasicBlock,
@@ -225,7 +226,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, tuple(BLOCKS.values())):
+                if isinstance(m, Block):
                     nn.init.zeros_(m.last_bn.weight)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -131,7 +132,7 @@ class DDPBackend(Backend):
         """Gradients are averaged once per step: in the last micro-batch's backward."""
         return contextlib.nullcontext() if last or self._ddp is None else self._ddp.no_sync()
 
-    def sum_across(self, tensor: torch.Tensor) -> list:
+    def sum_across(self, tensor: torch.Tensor) -> Any:
         total = tensor.detach().clone()
         dist.all_reduce(total)
         return total.tolist()

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 
@@ -103,7 +104,7 @@ class XLABackend(Backend):
     def end_step(self) -> None:
         self._torch_xla.sync()
 
-    def sum_across(self, tensor: torch.Tensor) -> list:
+    def sum_across(self, tensor: torch.Tensor) -> Any:
         if self.world_size > 1:
             import torch_xla.core.xla_model as xm
 

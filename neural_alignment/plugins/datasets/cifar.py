@@ -24,7 +24,7 @@ from torch.utils.data import Dataset, TensorDataset
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.options import checked_options
 from neural_alignment.plugins.datasets.paths import candidate_roots, find_folder
-from neural_alignment.runtime.data import DataSplits
+from neural_alignment.runtime.data import DataSplits, dataset_length
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
@@ -61,7 +61,7 @@ class RandomCropFlip(Dataset):
         self.base, self.padding = base, padding
 
     def __len__(self) -> int:
-        return len(self.base)
+        return dataset_length(self.base)
 
     def __getitem__(self, index):
         x, y = self.base[index]

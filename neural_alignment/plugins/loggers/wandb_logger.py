@@ -18,14 +18,15 @@ import netrc
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.options import checked_options
 from neural_alignment.runtime.logger import LAYER_SEPARATOR, Logger, is_layer_metric, to_scalar
 
-MODES = ("online", "offline", "disabled")
+Mode = Literal["online", "offline", "disabled"]
+MODES: tuple[Mode, ...] = ("online", "offline", "disabled")
 DEFAULT_HOST = "https://api.wandb.ai"
 
 
@@ -40,12 +41,12 @@ def has_credentials() -> bool:
         return True
     host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_HOST).hostname
     try:
-        return netrc.netrc(netrc_path()).authenticators(host) is not None
+        return netrc.netrc(netrc_path()).authenticators(host or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
 
-def resolve_mode(mode: str | None) -> str:
+def resolve_mode(mode: str | None) -> Mode:
     """The W&B mode to run in (see the module docstring); a UserError for a mode that would prompt."""
     source = "option 'mode' of logger 'wandb'"
     if mode is None and os.environ.get("WANDB_MODE"):
