@@ -47,7 +47,6 @@ def cases(draw):
         batch_first=draw(st.booleans()),
         dropout=draw(st.sampled_from([0.0, 0.0, 0.3])),
     )
-    extra = int(args["add_bias_kv"]) + int(args["add_zero_attn"])
     layout = (lambda n, t, e: (n, t, e)) if args["batch_first"] else (lambda n, t, e: (t, n, e))
     q = torch.randn(*layout(N, L, E), dtype=F64)
     k, v = (
@@ -117,7 +116,7 @@ def test_attention_is_torch_s_with_B_equal_W_and_moves_off_backprop_with_random_
     tie(layer)
     y, _ = run(layer, inputs, keyword, seed)
     got = gradients(y, unique, [aligned_params[n] for n in names], dy)
-    for name, g, r in zip(["input"] * len(unique) + names, got, ref):
+    for name, g, r in zip(["input"] * len(unique) + names, got, ref, strict=True):
         assert (g is None) == (r is None), name
         if g is not None:
             torch.testing.assert_close(g, r, rtol=0, atol=1e-10, msg=name)  # B == W: backprop

@@ -47,7 +47,9 @@ def configurations(draw):
         stride = ints(draw, n, 1, 3)
         args.update(stride=stride, padding=ints(draw, n, 0, 1))
         # torch: output_padding < max(stride, dilation) per axis
-        args["output_padding"] = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+        args["output_padding"] = tuple(
+            draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation, strict=True)
+        )
     else:
         padding = draw(st.sampled_from(["same", "valid", 0, 1, ints(draw, n, 0, 2)]))
         args.update(
@@ -92,7 +94,7 @@ def test_every_convolution_matches_native_and_sends_dy_back_through_B(config, se
         assert not torch.allclose(dx, dx_with_W)  # a random B moves dx off backprop's
     torch.testing.assert_close(dx, dx_with_B, rtol=0, atol=1e-10)  # the VJP of the native op with B
     torch.testing.assert_close(dW, ref_dW, rtol=0, atol=1e-10)  # dW ignores B
-    for got, ref in zip(db, ref_db):
+    for got, ref in zip(db, ref_db, strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(dB, 0.5 * dW, rtol=0, atol=0)  # Kolen-Pollack's delivered update
     with torch.no_grad():

@@ -93,7 +93,7 @@ def _input_gradients(model, inputs, targets, loss_fn, replaced: dict[str, Tensor
     finally:
         for handle in handles:
             handle.remove()
-    return {n: g for n, g in zip(names, grads) if g is not None}
+    return {n: g for n, g in zip(names, grads, strict=True) if g is not None}
 
 
 def _cuda_devices(device: torch.device) -> list[int]:

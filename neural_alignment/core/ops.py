@@ -66,7 +66,7 @@ class AlignedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, W, b, B, angle_scale, input_gradient = inputs
+        x, _, _, B, angle_scale, input_gradient = inputs
         need_x, need_W, _, need_B, _, _ = ctx.needs_input_grad
         ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.save_for_backward(
@@ -103,7 +103,7 @@ class AlignedConvFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, transposed, output_padding, groups = inputs
+        x, _, b, B, angle_scale, input_gradient, stride, padding, dilation, transposed, output_padding, groups = inputs
         ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.conv_args = (stride, padding, dilation, transposed, output_padding, groups)
         ctx.bias_sizes = None if b is None else list(b.shape)
