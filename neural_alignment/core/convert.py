@@ -133,7 +133,7 @@ def convert_modules(
     if report.left and strict:
         raise UserError(
             f"convert(strict=True): {len(report.left)} weight-bearing module(s) would stay on native backprop: "
-            f"{report.left_text()}; register an op for them, exclude them, or pass strict=False"
+            f"{report.left_text()}; register an op for their kind, or pass strict=False"
         )
     if report.left and warn:
         warnings.warn(
