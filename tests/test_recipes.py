@@ -14,6 +14,7 @@ BUILTIN = [
     "digits-mlp",
     "fmnist-mlp",
     "fmnist-convnet",
+    "fmnist-vit",
     "imagenet-resnet18",
     "imagenet-resnet18-ia-tpe",
     "imagenet-resnet18-wm-tpe",
