@@ -153,33 +153,33 @@ def networks(resnet_batch: int) -> dict[str, tuple[str, nn.Module, torch.Tensor,
     """{name: (title, native network, input batch, classes)}."""
     architectures = get_registry().catalog("architectures")
     n = resnet_batch
-    signal = nn.Sequential(
-        nn.Conv1d(2, 32, 5, padding=2),
+    signal = nn.Sequential(  # an audio-like 1-d signal
+        nn.Conv1d(16, 64, 9, padding=4),
         nn.ReLU(),
-        nn.Conv1d(32, 64, 5, stride=2, padding="valid"),
+        nn.Conv1d(64, 128, 9, stride=2, padding="valid"),
         nn.ReLU(),
-        nn.Conv1d(64, 64, 3, padding="same", dilation=2),
+        nn.Conv1d(128, 128, 3, padding="same", dilation=2),
         nn.ReLU(),
         nn.AdaptiveAvgPool1d(1),
         nn.Flatten(),
-        nn.Linear(64, 10),
+        nn.Linear(128, 10),
     )
-    volume = nn.Sequential(
-        nn.Conv3d(1, 16, 3, padding=1),
+    volume = nn.Sequential(  # a small 3-d volume
+        nn.Conv3d(4, 32, 3, padding=1),
         nn.ReLU(),
-        nn.Conv3d(16, 32, 3, stride=2, padding=1),
+        nn.Conv3d(32, 64, 3, stride=2, padding=1),
         nn.ReLU(),
         nn.AdaptiveAvgPool3d(1),
         nn.Flatten(),
-        nn.Linear(32, 10),
+        nn.Linear(64, 10),
     )
-    decoder = nn.Sequential(
+    decoder = nn.Sequential(  # a DCGAN-like generator's upsampling
+        nn.ConvTranspose2d(128, 64, 4, stride=2, padding=1),
+        nn.ReLU(),
         nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
         nn.ReLU(),
-        nn.ConvTranspose2d(32, 16, 4, stride=2, padding=1),
-        nn.ReLU(),
         nn.Flatten(),
-        nn.Linear(16 * 16 * 16, 10),
+        nn.Linear(32 * 32 * 32, 10),
     )
     vit = architectures.get("vit")(10, (1, 28, 28), patch=7, dim=64, depth=2, heads=4, mlp_ratio=2)
     return {
@@ -195,12 +195,12 @@ def networks(resnet_batch: int) -> dict[str, tuple[str, nn.Module, torch.Tensor,
             torch.randn(1024, 1, 28, 28),
             10,
         ),
-        "conv1d": ("Conv1d net 2-32-64-64 (k 5, 5, 3), 64 x 2 x 256", signal, torch.randn(64, 2, 256), 10),
-        "conv3d": ("Conv3d net 1-16-32 (k 3), 8 x 1 x 16^3", volume, torch.randn(8, 1, 16, 16, 16), 10),
+        "conv1d": ("Conv1d net 16-64-128-128 (k 9, 9, 3), 32 x 16 x 1024", signal, torch.randn(32, 16, 1024), 10),
+        "conv3d": ("Conv3d net 4-32-64 (k 3), 8 x 4 x 24^3", volume, torch.randn(8, 4, 24, 24, 24), 10),
         "convtranspose2d": (
-            "ConvTranspose2d decoder 64-32-16 (k 4, s 2), 32 x 64 x 4 x 4",
+            "ConvTranspose2d decoder 128-64-32 (k 4, s 2), 32 x 128 x 8 x 8",
             decoder,
-            torch.randn(32, 64, 4, 4),
+            torch.randn(32, 128, 8, 8),
             10,
         ),
         "vit": (

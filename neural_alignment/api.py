@@ -1,5 +1,9 @@
 """The public functions that take names: they resolve names through the registry, then
 delegate to the mechanisms in ``core``. Everything here is re-exported by ``neural_alignment``.
+
+The functions that resolve names take ``registry=``: the process-wide registry by default
+(built-ins and installed plugins), or one a plugin's tests build in process,
+``Registry(autoload=False, extra_plugins=[my_plugin])``, without installing the plugin.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from neural_alignment.core import attention, layers
 from neural_alignment.core.alignment import alignment_loss, set_epoch
 from neural_alignment.core.convert import Conversion, ConversionWarning, conversion_of, convert_modules
 from neural_alignment.core.metrics import gradient_angle, layer_metrics
+from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.rules import Rule, RuleSpec, build_rule
-from neural_alignment.registry import get_registry
+from neural_alignment.registry import Registry, get_registry
 
 __all__ = [
     "AlignedConv1d",
@@ -27,6 +32,7 @@ __all__ = [
     "AlignedMultiheadAttention",
     "Conversion",
     "ConversionWarning",
+    "aligned_layers",
     "alignment_loss",
     "conversion_of",
     "convert",
@@ -39,7 +45,7 @@ __all__ = [
 ]
 
 
-def get_rule(rule: str | Rule = "bp", **overrides: Any) -> Rule:
+def get_rule(rule: str | Rule = "bp", *, registry: Registry | None = None, **overrides: Any) -> Rule:
     """The rule registered as ``rule``, with ``overrides`` applied.
 
     ``get_rule("sa", weights={"self": 1e-3})`` merges into the default weights; flags, noise and
@@ -49,19 +55,22 @@ def get_rule(rule: str | Rule = "bp", **overrides: Any) -> Rule:
         if overrides:
             raise TypeError("overrides apply to a rule name, not to a Rule object")
         return rule
-    spec: RuleSpec = get_registry().get("rules", rule)
-    return build_rule(spec, get_registry().catalog("primitives"), **overrides)
+    registry = registry or get_registry()
+    spec: RuleSpec = registry.get("rules", rule)
+    return build_rule(spec, registry.catalog("primitives"), **overrides)
 
 
-def make_rule(weights: Mapping[str, float], name: str = "custom", **options: Any) -> Rule:
+def make_rule(
+    weights: Mapping[str, float], name: str = "custom", *, registry: Registry | None = None, **options: Any
+) -> Rule:
     """A rule from any registered primitives, with no class of its own: R = sum_p weights[p] * p."""
     spec = RuleSpec(name=name, weights={}, doc="Composed from registered primitives.")
-    return build_rule(spec, get_registry().catalog("primitives"), weights=dict(weights), **options)
+    return build_rule(spec, (registry or get_registry()).catalog("primitives"), weights=dict(weights), **options)
 
 
-def list_rules(pattern: str | None = None) -> list[str]:
+def list_rules(pattern: str | None = None, *, registry: Registry | None = None) -> list[str]:
     """Names of the registered rules, natural order, optionally filtered by a glob."""
-    return get_registry().catalog("rules").names(pattern)
+    return (registry or get_registry()).catalog("rules").names(pattern)
 
 
 def convert(
@@ -71,6 +80,7 @@ def convert(
     overrides: Mapping[str, str | Rule] | None = None,
     strict: bool = False,
     warn: bool = True,
+    registry: Registry | None = None,
     **rule_options: Any,
 ) -> nn.Module:
     """Replace every module kind that has a registered aligned op (``nn.Linear``, every
@@ -84,12 +94,12 @@ def convert(
     known kind, a module holding its own weight parameters) gets one ``ConversionWarning``
     naming each (``warn=False``: none); ``strict=True`` raises a ``UserError`` for any.
     """
-    registry = get_registry()
+    registry = registry or get_registry()
     op_specs = [registry.get("ops", name) for name in registry.catalog("ops").names()]
-    per_layer = {name: get_rule(r) for name, r in (overrides or {}).items()}
+    per_layer = {name: get_rule(r, registry=registry) for name, r in (overrides or {}).items()}
     return convert_modules(
         model,
-        get_rule(rule, **rule_options),
+        get_rule(rule, registry=registry, **rule_options),
         op_specs,
         exclude=tuple(exclude),
         overrides=per_layer,

@@ -17,7 +17,6 @@ from torch import nn
 
 import neural_alignment as na
 from neural_alignment.core.layers import aligned_layers
-from neural_alignment.core.rules import build_rule
 from neural_alignment.registry import Registry
 from neural_alignment.runtime.snapshots import load_snapshot, sample_indices, save_snapshot
 
@@ -87,8 +86,7 @@ def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, 
 
 
 def plugin_rule(plugin, name: str):
-    registry = Registry(autoload=False, extra_plugins=[plugin])
-    return build_rule(registry.get("rules", name), registry.catalog("primitives"))
+    return na.get_rule(name, registry=Registry(autoload=False, extra_plugins=[plugin]))
 
 
 def test_sign_symmetry_sets_every_B_of_the_new_layers_from_W():

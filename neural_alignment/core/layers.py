@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neural_alignment.core.feedback import feedback_active
-from neural_alignment.core.ops import InputGradient, aligned_conv, aligned_linear
+from neural_alignment.core.ops import ConvArgs, InputGradient, aligned_convolution, aligned_linear, conv_arguments
 
 __all__ = ["AlignedConv2d", "AlignedLayer", "AlignedLinear", "OpSpec"]
 
@@ -113,8 +113,9 @@ class AlignedLayer:
         return B if self.rule.uses_angle else B.detach()
 
     def _remember(self, x: Tensor, y: Tensor) -> Tensor:
-        self.last_input = x.detach()
-        self.last_output = y.detach()
+        # plain attributes, written past nn.Module.__setattr__'s parameter/buffer checks (every forward)
+        self.__dict__["last_input"] = x.detach()
+        self.__dict__["last_output"] = y.detach()
         return y
 
     def _load_from_state_dict(
@@ -186,12 +187,26 @@ class AlignedConvolution(AlignedLayer):
     _explicit_pad: tuple[int, ...] | None
     _op_padding: tuple[int, ...]
     _forward_output_padding: tuple[int, ...]
+    _conv_args: ConvArgs
 
     def __init__(self, *args: Any, rule, **kwargs: Any):
         super().__init__(*args, **kwargs)  # the torch class's constructor
         self._init_aligned(rule)
         self._explicit_pad, self._op_padding = self._resolve_padding()
-        self._forward_output_padding = tuple(self.output_padding)
+        self._set_output_padding(tuple(self.output_padding))
+
+    def _set_output_padding(self, output_padding: tuple[int, ...]) -> None:
+        """The output padding of the next forward (and of ``project``), and the op's ``ConvArgs``."""
+        self.__dict__["_forward_output_padding"] = output_padding
+        self.__dict__["_conv_args"] = conv_arguments(
+            self.spatial_dims,
+            self.stride,
+            self._op_padding,
+            self.dilation,
+            self.transposed,
+            output_padding,
+            self.groups,
+        )
 
     @property
     def spatial_dims(self) -> int:
@@ -224,31 +239,30 @@ class AlignedConvolution(AlignedLayer):
         if x.dim() == self.spatial_dims + 1:
             x = x.unsqueeze(0)
             return self.forward(x, output_size).squeeze(0)
-        if self.transposed:
-            self._forward_output_padding = tuple(
-                self._output_padding(
-                    x, output_size, self.stride, self.padding, self.kernel_size, self.spatial_dims, self.dilation
+        if self.transposed and output_size is not None:
+            self._set_output_padding(
+                tuple(
+                    self._output_padding(
+                        x, output_size, self.stride, self.padding, self.kernel_size, self.spatial_dims, self.dilation
+                    )
                 )
             )
+        elif self.transposed and self._forward_output_padding != tuple(self.output_padding):
+            self._set_output_padding(tuple(self.output_padding))
         elif output_size is not None:
             raise TypeError(f"{type(self).__name__}.forward() takes no output_size")
         if self.backward_weight is None:
             y = self.project(x, self.weight, self.bias)
         else:
             input_gradient = self._feedback_path()
-            y = aligned_conv(
+            y = aligned_convolution(
                 self._padded(x),
                 self.weight,
                 self.bias,
                 self._backward_kernel(),
                 self.angle_scale,
-                self.stride,
-                self._op_padding,
-                self.dilation,
-                self.groups,
+                self._conv_args,
                 input_gradient,
-                self.transposed,
-                self._forward_output_padding,
             )
         return self._remember(x, y)
 
@@ -256,17 +270,7 @@ class AlignedConvolution(AlignedLayer):
         """What the torch layer computes with ``kernel`` as its weight: conv(x, kernel) (+ bias) with
         the layer's stride, padding (and mode), dilation, groups (and the latest forward's output
         padding, transposed)."""
-        return torch.convolution(
-            self._padded(x),
-            kernel,
-            bias,
-            self.stride,
-            self._op_padding,
-            self.dilation,
-            self.transposed,
-            self._forward_output_padding,
-            self.groups,
-        )
+        return torch.convolution(self._padded(x), kernel, bias, *self._conv_args)
 
     def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
         """The adjoint of ``project`` with zero padding, shaped like ``like``: conv_transpose(y, kernel)

@@ -39,7 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["InputGradient", "aligned_conv", "aligned_conv2d", "aligned_linear"]
+__all__ = [
+    "ConvArgs",
+    "InputGradient",
+    "aligned_conv",
+    "aligned_conv2d",
+    "aligned_convolution",
+    "aligned_linear",
+    "conv_arguments",
+]
 
 InputGradient = Callable[[Tensor, tuple], "Tensor | None"]
 """``(dy, input_shape) -> dx | None``: an op's replacement for its input gradient dy B."""
@@ -112,7 +120,7 @@ class AlignedConvFunction(torch.autograd.Function):
         x, B, angle_scale = ctx.saved_tensors
         need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
         replaced = _replaced_input_gradient(ctx, dy)
-        dx, dW, db = torch.ops.aten.convolution_backward(
+        dx, dW, db = torch.ops.aten.convolution_backward.default(
             dy,
             x,
             B,
@@ -190,8 +198,24 @@ def aligned_conv(
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
     ``input_gradient(dy, input_shape)``, when given, supplies dx in place of B's VJP.
     """
-    n = W.dim() - 2
-    conv_args = (
+    return aligned_convolution(
+        x,
+        W,
+        b,
+        B,
+        angle_scale,
+        conv_arguments(W.dim() - 2, stride, padding, dilation, transposed, output_padding, groups),
+        input_gradient,
+    )
+
+
+ConvArgs = tuple[list[int], list[int], list[int], bool, list[int], int]
+"""``(stride, padding, dilation, transposed, output_padding, groups)`` as ``torch.convolution`` takes them."""
+
+
+def conv_arguments(n: int, stride, padding, dilation, transposed, output_padding, groups) -> ConvArgs:
+    """The arguments of an n-d (transposed) convolution, ints or n-sequences each, as ``ConvArgs``."""
+    return (
         _tuple(stride, n),
         _tuple(padding, n),
         _tuple(dilation, n),
@@ -199,6 +223,18 @@ def aligned_conv(
         _tuple(output_padding, n),
         int(groups),
     )
+
+
+def aligned_convolution(
+    x: Tensor,
+    W: Tensor,
+    b: Tensor | None,
+    B: Tensor,
+    angle_scale: Tensor,
+    conv_args: ConvArgs,
+    input_gradient: InputGradient | None = None,
+) -> Tensor:
+    """``aligned_conv`` with its arguments given as ``ConvArgs`` already (a layer computes them once)."""
     return _apply(AlignedConvFunction, x, W, b, B, angle_scale, input_gradient, conv_args)
 
 
