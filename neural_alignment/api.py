@@ -16,8 +16,8 @@ from torch import nn
 from neural_alignment.core import attention, layers
 from neural_alignment.core.alignment import alignment_loss, set_epoch
 from neural_alignment.core.convert import Conversion, ConversionWarning, conversion_of, convert_modules
-from neural_alignment.core.metrics import gradient_angle, layer_metrics
 from neural_alignment.core.layers import aligned_layers
+from neural_alignment.core.metrics import gradient_angle, layer_metrics
 from neural_alignment.core.rules import Rule, RuleSpec, build_rule
 from neural_alignment.registry import Registry, get_registry
 

@@ -4,8 +4,9 @@ A recipe NAME is looked up as ``NAME.yaml`` in every folder a plugin registered 
 ``register_recipes`` (first folder wins, in registration order); a path to a YAML file
 also works. Merge order, lowest first: the ``base`` chain (recursively), the recipe file,
 the rule's own recommended settings (``RuleSpec.recipe``: how a plugin rule ships what built-in
-rules get from the built-in recipes' ``by_rule``), ``by_rule[<rule.name>]``, the command-line overrides (mappings merge key by key, except that a
-schedule of another ``kind`` replaces the one below it). Every step is validated against
+rules get from the built-in recipes' ``by_rule``), ``by_rule[<rule.name>]``, the command-line
+overrides (mappings merge key by key, except that a schedule of another ``kind`` replaces the
+one below it). Every step is validated against
 ``recipes.schema.Recipe``: an unknown key or a wrong type is a ``RecipeError`` naming the
 full key path and the valid keys or the expected type. Then every value is checked
 (:func:`check_values`): each schema field's declared range or names, the settings that go
