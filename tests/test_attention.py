@@ -106,7 +106,8 @@ def test_attention_is_torch_s_with_B_equal_W_and_moves_off_backprop_with_random_
     position = len(unique) + names.index("out_proj.weight")
     torch.testing.assert_close(got[position], ref[position], rtol=0, atol=1e-10)  # out_proj's dy is torch's
     value = len(unique) - 1  # (the query's gradient is 0 when there is one key: softmax is 1)
-    assert not torch.allclose(got[value], ref[value])  # the input gradient moves off backprop's
+    if ref[value].abs().sum() > 0:  # (dropout may drop every real key: then no gradient either way)
+        assert not torch.allclose(got[value], ref[value])  # the input gradient moves off backprop's
     # Kolen-Pollack's dB = angle_scale * dW, delivered for every projection
     for aligned in (*layer.projections(), layer.out_proj):
         (dB, dW) = torch.autograd.grad(
