@@ -7,9 +7,19 @@ how B learns. See README.md for a tour and DESIGN for the math.
 from importlib import metadata as _metadata
 
 from neural_alignment.api import (
+    AlignedConv1d,
     AlignedConv2d,
+    AlignedConv3d,
+    AlignedConvTranspose1d,
+    AlignedConvTranspose2d,
+    AlignedConvTranspose3d,
     AlignedLinear,
+    AlignedMultiheadAttention,
+    Conversion,
+    ConversionWarning,
+    aligned_layers,
     alignment_loss,
+    conversion_of,
     convert,
     get_rule,
     gradient_angle,
@@ -26,10 +36,20 @@ except _metadata.PackageNotFoundError:  # a source tree that is not installed
     __version__ = "0+unknown"
 
 __all__ = [
+    "AlignedConv1d",
     "AlignedConv2d",
+    "AlignedConv3d",
+    "AlignedConvTranspose1d",
+    "AlignedConvTranspose2d",
+    "AlignedConvTranspose3d",
     "AlignedLinear",
+    "AlignedMultiheadAttention",
+    "Conversion",
+    "ConversionWarning",
     "__version__",
+    "aligned_layers",
     "alignment_loss",
+    "conversion_of",
     "convert",
     "get_rule",
     "gradient_angle",

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+import neural_alignment as na
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.registry import Registry
@@ -66,7 +69,7 @@ def reference_resnet_params(depth: int, version: int, num_classes: int, in_chann
 
 
 def test_registered_names(archs):
-    assert set(archs.names()) >= {"mlp", "convnet", *RESNET_NAMES}
+    assert set(archs.names()) >= {"mlp", "convnet", "vit", *RESNET_NAMES}
 
 
 @pytest.mark.parametrize("name, count", [("resnet18", 11_689_512), ("resnet50", 25_557_032)])
@@ -219,6 +222,47 @@ def test_convnet_blocks_per_stage_deepens_without_shrinking_the_image(archs):
     assert "features.block1.conv.weight" in shallow.state_dict()
 
 
+def test_vit_is_patches_tokens_pre_norm_blocks_and_a_head_on_cls(archs):
+    torch.manual_seed(0)
+    model = archs.get("vit")(10, (1, 28, 28), patch=7, dim=16, depth=2, heads=2, mlp_ratio=3).eval()
+    x = torch.randn(3, 1, 28, 28)
+    # independently, with torch's functional ops (its own multi-head attention function)
+    t = F.conv2d(x, model.patch.weight, model.patch.bias, stride=7).flatten(2).transpose(1, 2)
+    assert t.shape == (3, 16, 16)
+    t = torch.cat([model.tokens.cls.expand(3, 1, 16), t], dim=1) + model.tokens.position
+    for block in model.blocks:
+        a = block.attn
+        h = F.layer_norm(t, (16,), block.norm1.weight, block.norm1.bias).transpose(0, 1)
+        attended = F.multi_head_attention_forward(
+            h,
+            h,
+            h,
+            16,
+            2,
+            a.in_proj_weight,
+            a.in_proj_bias,
+            None,
+            None,
+            False,
+            0.0,
+            a.out_proj.weight,
+            a.out_proj.bias,
+            training=False,
+            need_weights=False,
+        )[0]
+        t = t + attended.transpose(0, 1)
+        first, second = block.mlp[0], block.mlp[2]
+        assert first.out_features == 48
+        h = F.layer_norm(t, (16,), block.norm2.weight, block.norm2.bias)
+        t = t + F.linear(F.gelu(F.linear(h, first.weight, first.bias)), second.weight, second.bias)
+    logits = F.linear(
+        F.layer_norm(t, (16,), model.norm.weight, model.norm.bias)[:, 0], model.head.weight, model.head.bias
+    )
+    torch.testing.assert_close(model(x), logits)
+    report = na.conversion_of(na.convert(model, rule="fa", strict=True))  # the tokens are additive: not flagged
+    assert [kind for _, kind in report.aligned] == ["Conv2d", *["MultiheadAttention", "Linear", "Linear"] * 2, "Linear"]
+
+
 @pytest.mark.parametrize(
     "name, args, options, words",
     [
@@ -230,6 +274,9 @@ def test_convnet_blocks_per_stage_deepens_without_shrinking_the_image(archs):
         ("mlp", (10, (1, 8, 8)), {"hidden": [0]}, ["'hidden'", "positive"]),
         ("convnet", (10, (1, 8, 8)), {"blocks_per_stage": 0}, ["'blocks_per_stage'", "positive integer"]),
         ("mlp", (10, (1, 8, 8)), {"activation": "swish"}, ["'swish'", "relu"]),
+        ("vit", (10, (1, 28, 28)), {"patch": 5}, ["patch=5", "28x28"]),
+        ("vit", (10, (1, 28, 28)), {"heads": 3}, ["heads=3", "dim=64"]),
+        ("vit", (10, (784,)), {}, ["'vit'", "(784,)"]),
     ],
 )
 def test_bad_options_are_user_errors_naming_them(archs, name, args, options, words):

@@ -35,6 +35,13 @@ def test_compare_writes_table_json_markdown_png(tmp_path, capsys):
     for row in rows.values():
         assert 0 <= row["test_acc"] <= 1 and row["steps"] == 6 and row["timed_seconds_per_step"] > 0
     assert "time/step vs bp" in (out / "comparison.md").read_text()
+    # the per-layer table: the latest weight / gradient angle of each layer from each run's record
+    for layer in ("1", "3"):
+        fa = [json.loads(line) for line in (out / "fa" / "metrics.jsonl").read_text().splitlines()]
+        angle = [r[f"angle/{layer}"] for r in fa if f"angle/{layer}" in r][-1]
+        grad = [r[f"grad_angle/{layer}"] for r in fa if f"grad_angle/{layer}" in r][-1]
+        assert f"| {layer} " in printed and f"| {angle:.1f} / {grad:.1f} " in printed
+    assert "| 0.0 / 0.0 " in printed  # bp: B is W
     assert (out / "comparison.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -3,11 +3,14 @@ replaced in place at any depth, same output, exclude/overrides, shared modules, 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
-from neural_alignment import get_rule
+import neural_alignment as na
+from neural_alignment import ConversionWarning, get_rule
 from neural_alignment.core.convert import convert_modules
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLayer, AlignedLinear
@@ -117,13 +120,87 @@ def test_a_shared_module_is_excluded_or_overridden_under_all_its_names():
     assert overridden[0].rule is fa and overridden[0] is overridden[2]
 
 
-def test_subclasses_are_not_converted():
-    class MyLinear(nn.Linear):
-        pass
+class MyLinear(nn.Linear):
+    """A user's Linear subclass: convert cannot know what its forward does with W."""
 
-    model = nn.Sequential(MyLinear(2, 2))
-    convert_modules(model, get_rule("kp"), op_specs())
-    assert type(model[0]) is MyLinear
+
+class OwnWeight(nn.Module):
+    """A module computing x @ W with its own parameter, beside a norm and an embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(4, 4))
+        self.scale = nn.Parameter(torch.ones(4))
+        self.norm = nn.LayerNorm(4)
+        self.embedding = nn.Embedding(3, 4)
+
+
+class Additive(nn.Module):
+    """Parameters added to the input (a position embedding): no weight transport."""
+
+    weight_transport = False
+
+    def __init__(self):
+        super().__init__()
+        self.position = nn.Parameter(torch.zeros(1, 5, 4))
+
+
+def sequence_model():
+    """The trial's model: Conv1d, batch-first attention, Linear layers, a Linear subclass, an own weight."""
+    return nn.ModuleDict(
+        {
+            "conv": nn.Conv1d(4, 4, 3),
+            "attn": nn.MultiheadAttention(4, 2, batch_first=True),
+            "mine": MyLinear(4, 4),
+            "own": OwnWeight(),
+            "tokens": Additive(),
+            "fc": nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)),
+        }
+    )
+
+
+def test_convert_reports_every_module_left_on_backprop_once_and_strict_raises():
+    model = sequence_model()
+    with pytest.warns(ConversionWarning) as caught:
+        converted = na.convert(model, rule="fa")
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert (
+        "mine (MyLinear: a subclass of Linear" in message
+        and "own (OwnWeight: holds its own weight parameter(s) W)" in message
+    )
+    assert message.count("; ") == 1  # those two only: no norm, embedding, 1-d or additive parameter
+    report = na.conversion_of(converted)
+    assert report.aligned == (
+        ("conv", "Conv1d"),
+        ("attn", "MultiheadAttention"),
+        ("fc.0", "Linear"),
+        ("fc.1", "Linear"),
+    )
+    assert [(path, kind) for path, kind, _ in report.left] == [("mine", "MyLinear"), ("own", "OwnWeight")]
+    assert type(model["mine"]) is MyLinear and isinstance(model["attn"], na.AlignedMultiheadAttention)
+    assert "converted to rule 'fa': 1 Conv1d, 1 MultiheadAttention, 2 Linear" in report.summary()
+    with pytest.raises(UserError) as info:
+        na.convert(sequence_model(), rule="fa", strict=True)
+    assert "mine (MyLinear" in str(info.value) and "own (OwnWeight" in str(info.value)
+
+
+def test_known_layers_and_excluded_modules_convert_without_a_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resnet = na.convert(TinyResNet(), rule="kp", strict=True)
+        # an excluded attention's own weights and its Linear-subclass out_proj are not flagged
+        model = na.convert(nn.Sequential(nn.MultiheadAttention(4, 2), nn.Linear(4, 4)), rule="fa", exclude=["0"])
+        quiet = na.convert(nn.Sequential(MyLinear(2, 2)), rule="fa", warn=False)
+    assert (
+        len(na.conversion_of(resnet).aligned) == len(native_layers(TinyResNet())) and not na.conversion_of(resnet).left
+    )
+    assert na.conversion_of(model).excluded == (("0", "MultiheadAttention"),) and not na.conversion_of(model).left
+    assert type(quiet[0]) is MyLinear and na.conversion_of(quiet).left[0][:2] == ("0", "MyLinear")
+    attention = na.convert(nn.MultiheadAttention(4, 2), rule="sa", exclude=[""])
+    assert (
+        na.conversion_of(attention).excluded == (("", "MultiheadAttention"),) and not na.conversion_of(attention).left
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import yaml
 
 from neural_alignment import hookimpl
 from neural_alignment.cli import main
+from neural_alignment.core.rules import RuleSpec
 from neural_alignment.recipes.loader import RecipeError, load_recipe, recipe_files, to_yaml
 from neural_alignment.registry import Registry, manager
 
@@ -14,6 +15,7 @@ BUILTIN = [
     "digits-mlp",
     "fmnist-mlp",
     "fmnist-convnet",
+    "fmnist-vit",
     "imagenet-resnet18",
     "imagenet-resnet18-ia-tpe",
     "imagenet-resnet18-wm-tpe",
@@ -31,6 +33,11 @@ def recipe_dir(tmp_path, monkeypatch):
         @hookimpl
         def register_recipes(self, register):
             register("test-folder", folder)
+
+        @hookimpl
+        def register_rules(self, register):
+            settings = {"optim": {"alignment": {"name": "gd", "lr": 25.0, "momentum": 0.0}}}
+            register("shipped", RuleSpec("shipped", weights={"decay": 1e-3}, recipe=settings))
 
     monkeypatch.setattr(manager, "_default", Registry(autoload=False, extra_plugins=[_Plugin()]))
     return folder
@@ -60,6 +67,17 @@ def test_base_inherits_recursively_and_child_wins(recipe_dir):
     assert recipe.model.arch == "convnet" and dict(recipe.model.options) == {"width": 8, "depth": 2}
     assert recipe.rule.name == "kp" and recipe.rule.weights == {"decay": 0.5}
     assert recipe.train.loss_rate == 1.0  # schema default fills what no file sets
+
+
+def test_a_plugin_rule_s_recommended_settings_sit_below_by_rule_and_the_command_line(recipe_dir):
+    write(recipe_dir, "r", "optim: {alignment: {name: adam, lr: 0.5}}\n")
+    write(recipe_dir, "tuned", "base: r\nby_rule: {shipped: {optim: {alignment: {lr: 2.0}}}}\n")
+    assert load_recipe("r", ["rule.name=sa"]).optim.alignment.lr == 0.5  # a rule shipping none: the recipe's
+    shipped = load_recipe("r", ["rule.name=shipped"]).optim.alignment
+    assert (shipped.name, shipped.lr, shipped.momentum) == ("gd", 25.0, 0.0)
+    tuned = load_recipe("tuned", ["rule.name=shipped"]).optim.alignment
+    assert (tuned.name, tuned.lr) == ("gd", 2.0)  # the recipe's by_rule entry wins over the rule's own
+    assert load_recipe("tuned", ["rule.name=shipped", "optim.alignment.lr=3.0"]).optim.alignment.lr == 3.0
 
 
 def test_overrides_apply_last_and_are_typed(recipe_dir):

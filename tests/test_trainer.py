@@ -334,7 +334,9 @@ def test_cli_run_and_resume(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["run", "digits-mlp", *TINY, "train.steps=4", "train.checkpoint_every=2", "rule.name=fa"]
     assert main([*args, "--out", str(out)]) == 0
-    assert (out / "summary.json").exists() and str(out) in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert (out / "summary.json").exists() and str(out) in captured.out
+    assert "nalign: converted to rule 'fa': 2 Linear\n" in captured.err  # what convert did, as convert reports it
     assert main([*args[:-2], "train.steps=6", "train.checkpoint_every=2", "rule.name=fa", "--resume", str(out)]) == 0
     assert checkpoint.load(out / "checkpoint.pt")["step"] == 6
     assert main(["run", "digits-mlp", "rule.name=nope", "--out", str(tmp_path / "x")]) == 2

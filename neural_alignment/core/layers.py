@@ -23,14 +23,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from neural_alignment.core.feedback import feedback_active
-from neural_alignment.core.ops import InputGradient, aligned_conv2d, aligned_linear
+from neural_alignment.core.ops import ConvArgs, InputGradient, aligned_convolution, aligned_linear, conv_arguments
 
 __all__ = ["AlignedConv2d", "AlignedLayer", "AlignedLinear", "OpSpec"]
 
@@ -45,11 +45,11 @@ class OpSpec:
     """
 
     source: type
-    from_module: Callable[[Any, Any], nn.Module]  # called with a module of type ``source``
+    from_module: Callable[[nn.Module, Any], nn.Module]
 
 
-class AlignedLayer(nn.Module):
-    """Mixin (an ``nn.Module``) for a torch layer with a backward kernel B; the class names the layer contract.
+class AlignedLayer:
+    """Mixin for a torch layer with a backward kernel B; the class names the layer contract.
 
     Subclasses call ``_init_aligned(rule)`` after the torch constructor and implement
     ``project``/``reconstruct``/``forward``.
@@ -59,12 +59,13 @@ class AlignedLayer(nn.Module):
     epoch: float
     last_input: Tensor | None
     last_output: Tensor | None
-    weight: Tensor
+    weight: nn.Parameter
     backward_weight: nn.Parameter | None
     angle_scale: Tensor
-    batch_mean: Callable[[Tensor], Tensor]  # optional: a data-parallel backend sets one (core/context.py)
 
-    def _init_aligned(self, rule) -> None:
+    def _init_aligned(self, rule, owner: nn.Module | None = None, weight_name: str = "weight") -> None:
+        """Set the contract's fields; B is the parameter ``backward_<weight_name>`` of ``owner``
+        (the module holding W, this layer unless it is a view of another module's weight)."""
         self.rule = rule
         self.epoch = 0.0
         self.last_input = None
@@ -75,12 +76,13 @@ class AlignedLayer(nn.Module):
             torch.tensor(float(rule.coefficient("angle", 0.0)), device=W.device, dtype=W.dtype),
             persistent=False,
         )
+        owner = self if owner is None else owner
         if rule.has_backward_weight:
             B = nn.Parameter(torch.empty_like(W), requires_grad=bool(rule.trains_backward_weight))
-            self.backward_weight = B
+            owner.register_parameter("backward_" + weight_name, B)
             self.reset_backward_weight()
         else:
-            self.register_parameter("backward_weight", None)
+            owner.register_parameter("backward_" + weight_name, None)
         feedback = getattr(rule, "feedback", None)
         if feedback is not None:
             own_state = set(self.state_dict())
@@ -100,7 +102,7 @@ class AlignedLayer(nn.Module):
 
     def reset_backward_weight(self) -> None:
         """Sample B with W's default initialiser (torch's kaiming_uniform_(a=sqrt(5)), the same
-        for nn.Linear and nn.Conv2d), independently of W."""
+        for nn.Linear and every nn.Conv*/nn.ConvTranspose*), independently of W."""
         if self.backward_weight is not None:
             with torch.no_grad():
                 nn.init.kaiming_uniform_(self.backward_weight, a=math.sqrt(5))
@@ -108,12 +110,12 @@ class AlignedLayer(nn.Module):
     def _backward_kernel(self) -> Tensor:
         """B as the op receives it: attached only when the op must deliver the angle update."""
         B = self.backward_weight
-        assert B is not None  # called only by a layer's forward with a B
         return B if self.rule.uses_angle else B.detach()
 
     def _remember(self, x: Tensor, y: Tensor) -> Tensor:
-        self.last_input = x.detach()
-        self.last_output = y.detach()
+        # plain attributes, written past nn.Module.__setattr__'s parameter/buffer checks (every forward)
+        self.__dict__["last_input"] = x.detach()
+        self.__dict__["last_output"] = y.detach()
         return y
 
     def _load_from_state_dict(
@@ -167,51 +169,65 @@ class AlignedLinear(AlignedLayer, nn.Linear):
         return _copy_parameters(module, layer)
 
 
-class AlignedConv2d(AlignedLayer, nn.Conv2d):
-    """``nn.Conv2d`` whose backward uses B: y = conv2d(x, W) + b, dx = conv_transpose2d(dy, B).
+class AlignedConvolution(AlignedLayer):
+    """The aligned version of any ``nn.Conv{1,2,3}d`` or ``nn.ConvTranspose{1,2,3}d`` (mixed in
+    before the torch class): y = conv(x, W) + b as torch computes it, dx = the op's vector-Jacobian
+    product with B in W's place (``core.ops.aligned_conv``).
 
-    Padding: ints/pairs go to the op; 'valid' is 0; 'same' is symmetric when d(k-1) is even,
-    otherwise (even kernels) the input is padded explicitly with torch's own split (extra
-    row/column at the end); non-zero ``padding_mode`` pads with ``F.pad`` outside the op, as
-    ``nn.Conv2d`` does.
+    Padding of a convolution: ints/tuples go to the op; 'valid' is 0; 'same' is symmetric when
+    d(k-1) is even, otherwise (even kernels) the input is padded explicitly with torch's own split
+    (the extra element at the end); a non-zero ``padding_mode`` pads with ``F.pad`` outside the op,
+    as torch does. A transposed convolution takes numeric zero padding only (as in torch) and
+    ``forward(x, output_size)``'s output size; ``project`` reuses the output padding of the latest
+    forward. An unbatched input (no batch axis) runs as a batch of one; ``last_input`` and
+    ``last_output`` keep the batch axis.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
-        groups: int = 1,
-        bias: bool = True,
-        padding_mode: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
-        device=None,
-        dtype=None,
-        *,
-        rule,
-    ):
-        super().__init__(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, device, dtype
-        )
+    transposed: bool
+    _explicit_pad: tuple[int, ...] | None
+    _op_padding: tuple[int, ...]
+    _forward_output_padding: tuple[int, ...]
+    _conv_args: ConvArgs
+
+    def __init__(self, *args: Any, rule, **kwargs: Any):
+        super().__init__(*args, **kwargs)  # the torch class's constructor
         self._init_aligned(rule)
         self._explicit_pad, self._op_padding = self._resolve_padding()
+        self._set_output_padding(tuple(self.output_padding))
 
-    def _resolve_padding(self) -> tuple[tuple[int, ...] | None, tuple[int, int]]:
-        """(F.pad amounts or None, the symmetric padding the op applies)."""
-        pads = tuple(self._reversed_padding_repeated_twice)  # torch's (left, right, top, bottom)
+    def _set_output_padding(self, output_padding: tuple[int, ...]) -> None:
+        """The output padding of the next forward (and of ``project``), and the op's ``ConvArgs``."""
+        self.__dict__["_forward_output_padding"] = output_padding
+        self.__dict__["_conv_args"] = conv_arguments(
+            self.spatial_dims,
+            self.stride,
+            self._op_padding,
+            self.dilation,
+            self.transposed,
+            output_padding,
+            self.groups,
+        )
+
+    @property
+    def spatial_dims(self) -> int:
+        return len(self.kernel_size)
+
+    def _resolve_padding(self) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
+        """(F.pad amounts or None, the symmetric padding the op applies, first spatial axis first)."""
+        n = self.spatial_dims
+        if self.transposed:
+            return None, tuple(self.padding)
+        pads = tuple(self._reversed_padding_repeated_twice)  # torch's (last left, last right, ..., first ...)
         if self.padding_mode != "zeros":
-            return pads, (0, 0)
+            return pads, (0,) * n
         if self.padding == "valid":
-            return None, (0, 0)
+            return None, (0,) * n
         if self.padding == "same":
-            left_w, right_w, top_h, bottom_h = pads
-            if (left_w, top_h) == (right_w, bottom_h):
-                return None, (top_h, left_w)
-            return pads, (0, 0)
-        assert not isinstance(self.padding, str)  # 'valid' and 'same' are the only strings torch accepts
-        return None, (self.padding[0], self.padding[1])
+            lefts, rights = pads[0::2], pads[1::2]
+            if lefts == rights:
+                return None, tuple(reversed(lefts))
+            return pads, (0,) * n
+        return None, tuple(self.padding)
 
     def _padded(self, x: Tensor) -> Tensor:
         if self._explicit_pad is None:
@@ -219,65 +235,121 @@ class AlignedConv2d(AlignedLayer, nn.Conv2d):
         mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
         return F.pad(x, self._explicit_pad, mode=mode)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, output_size: list[int] | None = None) -> Tensor:
+        if x.dim() == self.spatial_dims + 1:
+            x = x.unsqueeze(0)
+            return self.forward(x, output_size).squeeze(0)
+        if self.transposed and output_size is not None:
+            self._set_output_padding(
+                tuple(
+                    self._output_padding(
+                        x, output_size, self.stride, self.padding, self.kernel_size, self.spatial_dims, self.dilation
+                    )
+                )
+            )
+        elif self.transposed and self._forward_output_padding != tuple(self.output_padding):
+            self._set_output_padding(tuple(self.output_padding))
+        elif output_size is not None:
+            raise TypeError(f"{type(self).__name__}.forward() takes no output_size")
         if self.backward_weight is None:
             y = self.project(x, self.weight, self.bias)
         else:
             input_gradient = self._feedback_path()
-            y = aligned_conv2d(
+            y = aligned_convolution(
                 self._padded(x),
                 self.weight,
                 self.bias,
                 self._backward_kernel(),
                 self.angle_scale,
-                self.stride,
-                self._op_padding,
-                self.dilation,
-                self.groups,
+                self._conv_args,
                 input_gradient,
             )
         return self._remember(x, y)
 
     def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
-        """conv2d(x, kernel) (+ bias) with the layer's stride, padding (and mode), dilation, groups:
-        exactly what ``nn.Conv2d`` computes with ``kernel`` as its weight."""
-        return self._conv_forward(x, kernel, bias)
+        """What the torch layer computes with ``kernel`` as its weight: conv(x, kernel) (+ bias) with
+        the layer's stride, padding (and mode), dilation, groups (and the latest forward's output
+        padding, transposed)."""
+        return torch.convolution(self._padded(x), kernel, bias, *self._conv_args)
 
     def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
-        """conv_transpose2d(y, kernel) with ``like``'s spatial size: the adjoint of ``project``
-        with zero padding (explicit padding is cropped off again)."""
-        left_w, right_w, top_h, bottom_h = self._explicit_pad or (0, 0, 0, 0)
-        target = (like.shape[-2] + top_h + bottom_h, like.shape[-1] + left_w + right_w)
+        """The adjoint of ``project`` with zero padding, shaped like ``like``: conv_transpose(y, kernel)
+        for a convolution (explicit padding cropped off again), conv(y, kernel) for a transposed one."""
+        n = self.spatial_dims
+        pads = self._explicit_pad or (0,) * (2 * n)
+        before = tuple(reversed(pads[0::2]))  # first spatial axis first
+        after = tuple(reversed(pads[1::2]))
+        if self.transposed:
+            return torch.convolution(
+                y, kernel, None, self.stride, self._op_padding, self.dilation, False, (0,) * n, self.groups
+            )
+        target = [size + lo + hi for size, lo, hi in zip(like.shape[-n:], before, after, strict=True)]
         output_padding = [
-            size - ((n - 1) * s - 2 * p + d * (k - 1) + 1)
-            for size, n, s, p, d, k in zip(
-                target, y.shape[-2:], self.stride, self._op_padding, self.dilation, self.kernel_size, strict=True
+            size - ((m - 1) * s - 2 * p + d * (k - 1) + 1)
+            for size, m, s, p, d, k in zip(
+                target, y.shape[-n:], self.stride, self._op_padding, self.dilation, self.kernel_size, strict=True
             )
         ]
-        x = F.conv_transpose2d(
-            y, kernel, None, self.stride, self._op_padding, output_padding, self.groups, self.dilation
+        x = torch.convolution(
+            y, kernel, None, self.stride, self._op_padding, self.dilation, True, output_padding, self.groups
         )
-        return x[..., top_h : top_h + like.shape[-2], left_w : left_w + like.shape[-1]]
+        crop = tuple(slice(lo, lo + size) for lo, size in zip(before, like.shape[-n:], strict=True))
+        return x[(..., *crop)]
 
     @classmethod
-    def from_module(cls, module: nn.Conv2d, rule) -> AlignedConv2d:
-        """The aligned twin of an ``nn.Conv2d``, every argument kept, W and bias copied, B at W's scale."""
+    def from_module(cls, module: nn.Module, rule) -> AlignedConvolution:
+        """The aligned twin of a torch convolution, every argument kept, W and bias copied, B at W's scale."""
         W = module.weight
-        layer = cls(
-            module.in_channels,
-            module.out_channels,
-            module.kernel_size,
-            module.stride,
-            module.padding,
-            module.dilation,
-            module.groups,
-            module.bias is not None,
-            module.padding_mode,
-            device=W.device,
-            dtype=W.dtype,
-            rule=rule,
+        arguments = dict(
+            in_channels=module.in_channels,
+            out_channels=module.out_channels,
+            kernel_size=module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
         )
+        if module.transposed:
+            arguments["output_padding"] = module.output_padding
+        layer = cls(**arguments, device=W.device, dtype=W.dtype, rule=rule)
         return _copy_parameters(module, layer)
+
+
+class AlignedConv1d(AlignedConvolution, nn.Conv1d):
+    """``nn.Conv1d`` whose backward uses B (``AlignedConvolution``); torch's arguments plus ``rule``."""
+
+
+class AlignedConv2d(AlignedConvolution, nn.Conv2d):
+    """``nn.Conv2d`` whose backward uses B (``AlignedConvolution``); torch's arguments plus ``rule``."""
+
+
+class AlignedConv3d(AlignedConvolution, nn.Conv3d):
+    """``nn.Conv3d`` whose backward uses B (``AlignedConvolution``); torch's arguments plus ``rule``."""
+
+
+class AlignedConvTranspose1d(AlignedConvolution, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` whose backward uses B (``AlignedConvolution``); torch's arguments plus ``rule``."""
+
+
+class AlignedConvTranspose2d(AlignedConvolution, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` whose backward uses B (``AlignedConvolution``); torch's arguments plus ``rule``."""
+
+
+class AlignedConvTranspose3d(AlignedConvolution, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` whose backward uses B (``AlignedConvolution``); torch's arguments plus ``rule``."""
+
+
+CONVOLUTIONS: dict[type, type] = {
+    nn.Conv1d: AlignedConv1d,
+    nn.Conv2d: AlignedConv2d,
+    nn.Conv3d: AlignedConv3d,
+    nn.ConvTranspose1d: AlignedConvTranspose1d,
+    nn.ConvTranspose2d: AlignedConvTranspose2d,
+    nn.ConvTranspose3d: AlignedConvTranspose3d,
+}
+"""{torch convolution class: its aligned class}."""
 
 
 def aligned_layers(model: nn.Module) -> list[tuple[str, AlignedLayer]]:
@@ -285,17 +357,13 @@ def aligned_layers(model: nn.Module) -> list[tuple[str, AlignedLayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, AlignedLayer)]
 
 
-_Aligned = TypeVar("_Aligned", AlignedLinear, AlignedConv2d)
-
-
-def _copy_parameters(module: nn.Linear | nn.Conv2d, layer: _Aligned) -> _Aligned:
+def _copy_parameters(module: nn.Module, layer: nn.Module) -> nn.Module:
     """Copy W, bias and the training flag of ``module`` into ``layer``, then give B W's scale
     (``match_backward_scale``); returns ``layer``."""
     with torch.no_grad():
         layer.weight.copy_(module.weight)
         layer.weight.requires_grad_(module.weight.requires_grad)
         if module.bias is not None:
-            assert layer.bias is not None  # built with a bias because the module has one
             layer.bias.copy_(module.bias)
             layer.bias.requires_grad_(module.bias.requires_grad)
     match_backward_scale(layer)

@@ -59,9 +59,10 @@ def gradient_angle(model: nn.Module, batch: Any, loss_fn: Callable[[Tensor, Tens
     ``last_output`` and the random number generators are as they were.
     """
     inputs, targets = batch
-    tied = {
-        f"{name}.backward_weight": layer.weight
-        for name, layer in aligned_layers(model)
+    name_of = {id(p): name for name, p in model.named_parameters(remove_duplicate=False)}
+    tied = {  # B's parameter name (an attention's backward_in_proj_weight too) -> W
+        name_of[id(layer.backward_weight)]: layer.weight
+        for _, layer in aligned_layers(model)
         if layer.backward_weight is not None
     }
     with _state_kept(model):

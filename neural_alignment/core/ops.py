@@ -7,14 +7,16 @@ Linear (x: [..., in], W and B: [out, in], b: [out])::
     dW = dy^T x,   db = sum dy      (the ordinary gradients, leading axes summed)
     dB = angle_scale * dW           (only when B requires grad, else None)
 
-Conv2d (W and B: [out, in/groups, kh, kw])::
+Convolutions, 1-, 2- or 3-d, ordinary or transposed (one op, ``aligned_conv``; W and B:
+[out, in/groups, *k] or, transposed, [in, out/groups, *k])::
 
-    y  = conv2d(x, W) + b           (exactly F.conv2d)
-    dx = conv_transpose2d(dy, B)    (the input gradient with B in W's slot)
+    y  = conv(x, W) + b             (exactly F.conv{n}d / F.conv_transpose{n}d)
+    dx = conv(., B)^T dy            (the op's vector-Jacobian product with B in W's slot:
+                                     conv_transpose(dy, B) for a conv, conv(dy, B) for a transposed one)
     dW, db                          (the ordinary gradients)
     dB = angle_scale * dW           (only when B requires grad, else None)
 
-dx, dW and db of the conv come from ONE ``aten.convolution_backward`` call with B in the
+dx, dW and db of a convolution come from ONE ``aten.convolution_backward`` call with B in the
 weight slot. ``dB = angle_scale * dW`` is Kolen-Pollack's transported update: the gradient of
 ``angle_scale * sum(B * G)`` with respect to B, G being dW, delivered in the task backward so
 one backward pass serves a whole step. A layer passes B detached unless its rule uses the
@@ -24,7 +26,7 @@ one backward pass serves a whole step. A layer passes B detached unless its rule
 backward calls for dx in place of ``dy B`` (None keeps ``dy B``); dW, db and dB are unchanged.
 A rule's feedback path (``core/feedback.py``) reaches the op through it.
 
-Under autocast the ops cast their inputs to the autocast dtype as F.linear/F.conv2d do.
+Under autocast the ops cast their inputs to the autocast dtype as F.linear/F.conv{n}d do.
 Nothing here reads a tensor on the host, so the ops trace under ``torch.compile`` and XLA.
 Gradients nobody asked for (``ctx.needs_input_grad``) are not computed.
 """
@@ -37,7 +39,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["InputGradient", "aligned_conv2d", "aligned_linear"]
+__all__ = [
+    "ConvArgs",
+    "InputGradient",
+    "aligned_conv",
+    "aligned_conv2d",
+    "aligned_convolution",
+    "aligned_linear",
+    "conv_arguments",
+]
 
 InputGradient = Callable[[Tensor, tuple], "Tensor | None"]
 """``(dy, input_shape) -> dx | None``: an op's replacement for its input gradient dy B."""
@@ -45,10 +55,7 @@ InputGradient = Callable[[Tensor, tuple], "Tensor | None"]
 
 def _transported(dW: Tensor | None, angle_scale: Tensor, needed: bool) -> Tensor | None:
     """dB = angle_scale * dW when B asked for a gradient, else None."""
-    if not needed:
-        return None
-    assert dW is not None  # the backward computes dW whenever B needs a gradient
-    return dW * angle_scale
+    return dW * angle_scale if needed else None
 
 
 def _replaced_input_gradient(ctx, dy: Tensor) -> Tensor | None:
@@ -59,15 +66,11 @@ def _replaced_input_gradient(ctx, dy: Tensor) -> Tensor | None:
 
 
 class AlignedLinearFunction(torch.autograd.Function):
-    """y = F.linear(x, W, b); dx = dy B (or input_gradient's); dW = dy^T x; db = sum dy; dB = angle_scale * dW."""
+    """y = F.linear(x, W, b); dx = dy B (or input_gradient's); dW = dy^T x; db = sum dy; dB = angle_scale * dW
+    (the context set in ``forward``: see ``AlignedConvFunction``)."""
 
     @staticmethod
-    def forward(x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor, input_gradient) -> Tensor:
-        return F.linear(x, W, b)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, _W, _b, B, angle_scale, input_gradient = inputs
+    def forward(ctx, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor, angle_scale: Tensor, input_gradient) -> Tensor:
         need_x, need_W, _, need_B, _, _ = ctx.needs_input_grad
         ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
         ctx.save_for_backward(
@@ -75,6 +78,7 @@ class AlignedLinearFunction(torch.autograd.Function):
             B if need_x else None,
             angle_scale if need_B else None,
         )
+        return F.linear(x, W, b)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
@@ -92,56 +96,41 @@ class AlignedLinearFunction(torch.autograd.Function):
         return dx, dW if need_W else None, db, dB, None, None
 
 
-class AlignedConv2dFunction(torch.autograd.Function):
-    """y = F.conv2d(x, W, b, ...); dx with B in W's slot (or input_gradient's); dW, db ordinary;
-    dB = angle_scale * dW."""
+class AlignedConvFunction(torch.autograd.Function):
+    """y = torch.convolution(x, W, b, *conv_args) (a convolution or a transposed one, any number of
+    spatial dimensions; ``conv_args = (stride, padding, dilation, transposed, output_padding, groups)``);
+    dx with B in W's slot (or input_gradient's); dW, db ordinary; dB = angle_scale * dW.
+
+    The context is set in ``forward(ctx, ...)``, not in a ``setup_context``: with one,
+    ``Function.apply`` binds the arguments to ``forward``'s signature through ``inspect`` on every
+    call, tens of microseconds per layer and step."""
 
     @staticmethod
-    def forward(x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups) -> Tensor:
-        return F.conv2d(x, W, b, stride, padding, dilation, groups)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, _W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups = inputs
+    def forward(ctx, x, W, b, B, angle_scale, input_gradient, conv_args) -> Tensor:
         ctx.input_gradient, ctx.input_shape = input_gradient, tuple(x.shape)
-        ctx.conv_args = (_pair(stride), _pair(padding), _pair(dilation), groups)
+        ctx.conv_args = conv_args
         ctx.bias_sizes = None if b is None else list(b.shape)
         # convolution_backward reads x and B for their shapes even when it computes
         # neither gradient; both are alive anyway (x feeds this op, B is a parameter).
         ctx.save_for_backward(x, B, angle_scale if ctx.needs_input_grad[3] else None)
+        return torch.convolution(x, W, b, *conv_args)
 
     @staticmethod
     def backward(ctx, dy: Tensor):
         x, B, angle_scale = ctx.saved_tensors
         need_x, need_W, need_b, need_B = ctx.needs_input_grad[:4]
-        stride, padding, dilation, groups = ctx.conv_args
         replaced = _replaced_input_gradient(ctx, dy)
-        dx, dW, db = torch.ops.aten.convolution_backward(
+        dx, dW, db = torch.ops.aten.convolution_backward.default(
             dy,
             x,
             B,
             ctx.bias_sizes,
-            stride,
-            padding,
-            dilation,
-            False,
-            [0, 0],
-            groups,
+            *ctx.conv_args,
             [need_x and replaced is None, need_W or need_B, need_b],
         )
         dB = _transported(dW, angle_scale, need_B)
-        return (
-            replaced if replaced is not None else (dx if need_x else None),
-            dW if need_W else None,
-            db if need_b else None,
-            dB,
-            None,
-            None,
-            None,
-            None,
-            None,
-            None,
-        )
+        dx = replaced if replaced is not None else (dx if need_x else None)
+        return dx, dW if need_W else None, db if need_b else None, dB, None, None, None
 
 
 def _apply(function, x, W, b, B, angle_scale, input_gradient, *conv_args) -> Tensor:
@@ -163,12 +152,14 @@ def _autocast_eligible(t: Tensor | None) -> bool:
     return t is not None and t.is_floating_point() and t.dtype != torch.float64
 
 
-def _pair(value) -> list[int]:
-    """An int or a pair as a list of two ints (the form aten ops take)."""
+def _tuple(value, n: int) -> list[int]:
+    """An int or an n-sequence as a list of n ints (the form aten ops take)."""
     if isinstance(value, int):
-        return [value, value]
-    first, second = value
-    return [int(first), int(second)]
+        return [value] * n
+    values = [int(v) for v in value]
+    if len(values) != n:
+        raise ValueError(f"expected {n} values, got {values}")
+    return values
 
 
 def aligned_linear(
@@ -180,6 +171,71 @@ def aligned_linear(
     ``input_gradient(dy, input_shape)``, when given, supplies dx in place of dy B (None keeps dy B).
     """
     return _apply(AlignedLinearFunction, x, W, b, B, angle_scale, input_gradient)
+
+
+def aligned_conv(
+    x: Tensor,
+    W: Tensor,
+    b: Tensor | None,
+    B: Tensor,
+    angle_scale: Tensor,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    input_gradient: InputGradient | None = None,
+    transposed: bool = False,
+    output_padding=0,
+) -> Tensor:
+    """A convolution of any dimension whose backward uses B for dx: ``F.conv{n}d(x, W, b, stride,
+    padding, dilation, groups)``, or with ``transposed`` ``F.conv_transpose{n}d(x, W, b, stride, padding,
+    output_padding, groups, dilation)`` (n = W.dim() - 2; both are ``torch.convolution``).
+
+    dx is the vector-Jacobian product of the same op with B in W's place (one
+    ``aten.convolution_backward`` with B in the weight slot, which also gives dW and db).
+    ``padding`` is an int or an n-tuple (symmetric zero padding); a layer turns 'same'/'valid'
+    and non-zero padding modes into explicit ``F.pad`` plus a numeric padding, as torch does.
+    ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
+    ``input_gradient(dy, input_shape)``, when given, supplies dx in place of B's VJP.
+    """
+    return aligned_convolution(
+        x,
+        W,
+        b,
+        B,
+        angle_scale,
+        conv_arguments(W.dim() - 2, stride, padding, dilation, transposed, output_padding, groups),
+        input_gradient,
+    )
+
+
+ConvArgs = tuple[list[int], list[int], list[int], bool, list[int], int]
+"""``(stride, padding, dilation, transposed, output_padding, groups)`` as ``torch.convolution`` takes them."""
+
+
+def conv_arguments(n: int, stride, padding, dilation, transposed, output_padding, groups) -> ConvArgs:
+    """The arguments of an n-d (transposed) convolution, ints or n-sequences each, as ``ConvArgs``."""
+    return (
+        _tuple(stride, n),
+        _tuple(padding, n),
+        _tuple(dilation, n),
+        bool(transposed),
+        _tuple(output_padding, n),
+        int(groups),
+    )
+
+
+def aligned_convolution(
+    x: Tensor,
+    W: Tensor,
+    b: Tensor | None,
+    B: Tensor,
+    angle_scale: Tensor,
+    conv_args: ConvArgs,
+    input_gradient: InputGradient | None = None,
+) -> Tensor:
+    """``aligned_conv`` with its arguments given as ``ConvArgs`` already (a layer computes them once)."""
+    return _apply(AlignedConvFunction, x, W, b, B, angle_scale, input_gradient, conv_args)
 
 
 def aligned_conv2d(
@@ -194,11 +250,6 @@ def aligned_conv2d(
     groups: int = 1,
     input_gradient: InputGradient | None = None,
 ) -> Tensor:
-    """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` whose backward uses B for dx.
-
-    ``padding`` is an int or a pair (symmetric zero padding); a layer turns 'same'/'valid'
-    and non-zero padding modes into explicit ``F.pad`` plus a numeric padding, as torch does.
-    ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
-    ``input_gradient(dy, input_shape)``, when given, supplies dx in place of conv_transpose2d(dy, B).
-    """
-    return _apply(AlignedConv2dFunction, x, W, b, B, angle_scale, input_gradient, stride, padding, dilation, groups)
+    """``F.conv2d(x, W, b, stride, padding, dilation, groups)`` whose backward uses B for dx:
+    ``aligned_conv`` with a 4-d W (dx = conv_transpose2d(dy, B))."""
+    return aligned_conv(x, W, b, B, angle_scale, stride, padding, dilation, groups, input_gradient)

@@ -76,6 +76,10 @@ class RuleSpec:
     (``bp``); ``trains_backward_weight`` False means no optimizer trains B (``fa``).
     ``feedback``: a ``core.feedback.Feedback`` for a backward path beyond ``dx = dy B`` (sign
     symmetry sets B from W, direct feedback replaces dx); it needs ``has_backward_weight``.
+    ``recipe``: the rule's recommended recipe settings, shaped like a recipe's ``by_rule`` entry
+    (e.g. ``{"optim": {"alignment": {"name": "gd", "lr": 25.0}}}``); a recipe run with this rule
+    gets them below its own ``by_rule`` entry for it (``recipes/loader.py``). Without them the
+    rule trains with the recipe's settings as they are.
     """
 
     name: str
@@ -85,6 +89,7 @@ class RuleSpec:
     trains_backward_weight: bool = True
     doc: str = ""
     feedback: Feedback | None = None
+    recipe: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.feedback is not None and not self.has_backward_weight:

@@ -11,7 +11,10 @@ One run per rule (no ``--vary``, one seed): the table has per rule test accuracy
 angle, mean gradient angle (``training/probes.py``: propagated vs true gradient at each layer's
 input, on a fixed held-out batch) and last-layer weight angle (degrees), mean norm ratio
 ||B||/||W||, and the median seconds per
-training step relative to the ``bp`` run (or to the first rule). The step times are measured
+training step relative to the ``bp`` run (or to the first rule); a second table has, per
+aligned layer (rows, in module order) and rule (columns), the latest weight angle and gradient
+angle, ``weight / grad`` in degrees (an attention's ``<attn>.in_proj`` and ``<attn>.out_proj``
+among them). The step times are measured
 after training (each run rebuilt from its checkpoint), on one batch, in interleaved rounds
 (every rule a few steps per round), so a change in machine load hits every rule alike; the
 trainers held for the timing share one dataset in memory (each keeps only its model and
@@ -95,6 +98,31 @@ def markdown_table(rows: list[dict], base: str) -> str:
     return markdown(headers, body)
 
 
+def latest_layer_angles(history: list[dict]) -> dict[str, dict[str, float]]:
+    """{layer: {"angle": latest weight angle, "grad_angle": latest gradient angle}} from a run's
+    metric rows (``angle/<layer>``, ``grad_angle/<layer>``), layers in the order first logged."""
+    layers: dict[str, dict[str, float]] = {}
+    for row in history:
+        for key, value in row.items():
+            metric, _, layer = key.partition("/")
+            if metric in ("angle", "grad_angle") and layer and value is not None:
+                layers.setdefault(layer, {})[metric] = value
+    return layers
+
+
+def layer_table(histories: dict[str, list[dict]]) -> str:
+    """Per layer (rows) and rule (columns): ``weight / grad`` angle at the end of training ("-" if not logged)."""
+    angles = {rule: latest_layer_angles(history) for rule, history in histories.items()}
+    layers = list(dict.fromkeys(layer for per_rule in angles.values() for layer in per_rule))
+
+    def cell(values: dict[str, float] | None) -> str:
+        values = values or {}
+        return " / ".join(f"{values[m]:.1f}" if m in values else "-" for m in ("angle", "grad_angle"))
+
+    headers = ["layer (weight / grad angle)", *angles]
+    return markdown(headers, [[layer, *(cell(angles[rule].get(layer)) for rule in angles)] for layer in layers])
+
+
 def plan(
     name: str, rules: Sequence[str], overrides: Sequence[str], seeds: int, vary: Vary | None, out: Path
 ) -> tuple[list[GridPoint], list[RunSpec]]:
@@ -150,7 +178,10 @@ def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[Run
             if row["rule"] in timed:
                 row["timed_seconds_per_step"] = timed[row["rule"]]
                 row["relative_step_time"] = timed[row["rule"]] / timed[base]
-    return markdown_table(rows, base), rows, histories
+    table = markdown_table(rows, base)
+    if any(latest_layer_angles(history) for history in histories.values()):
+        table += "\n\n" + layer_table(histories)
+    return table, rows, histories
 
 
 def compare(

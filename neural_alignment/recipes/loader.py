@@ -3,8 +3,10 @@
 A recipe NAME is looked up as ``NAME.yaml`` in every folder a plugin registered through
 ``register_recipes`` (first folder wins, in registration order); a path to a YAML file
 also works. Merge order, lowest first: the ``base`` chain (recursively), the recipe file,
-``by_rule[<rule.name>]``, the command-line overrides (mappings merge key by key, except that a
-schedule of another ``kind`` replaces the one below it). Every step is validated against
+the rule's own recommended settings (``RuleSpec.recipe``: how a plugin rule ships what built-in
+rules get from the built-in recipes' ``by_rule``), ``by_rule[<rule.name>]``, the command-line
+overrides (mappings merge key by key, except that a schedule of another ``kind`` replaces the
+one below it). Every step is validated against
 ``recipes.schema.Recipe``: an unknown key or a wrong type is a ``RecipeError`` naming the
 full key path and the valid keys or the expected type. Then every value is checked
 (:func:`check_values`): each schema field's declared range or names, the settings that go
@@ -239,11 +241,18 @@ def load_recipe(name: str, overrides: Iterable[str] = ()) -> DictConfig:
     cli = _dotlist(overrides)
     where = f"recipe {name!r} with overrides {overrides}"
     first = validate(merge(raw, cli), where)
-    by_rule = first.by_rule.get(first.rule.name)
-    if by_rule is None:
+    rule = first.rule.name
+    rules = get_registry().catalog("rules")
+    shipped = rules.get(rule).recipe if rule in rules.names() else {}
+    by_rule = first.by_rule.get(rule)
+    if by_rule is None and not shipped:
         return check_values(first, where)
-    layers = [raw, validate_fragment(by_rule, f"by_rule.{first.rule.name} of recipe {name!r}"), cli]
-    return check_values(validate(merge(*layers), where), where)
+    layers = [raw]
+    if shipped:
+        layers.append(validate_fragment(OmegaConf.create(dict(shipped)), f"rule {rule!r}'s recommended settings"))
+    if by_rule is not None:
+        layers.append(validate_fragment(by_rule, f"by_rule.{rule} of recipe {name!r}"))
+    return check_values(validate(merge(*layers, cli), where), where)
 
 
 def load_resolved_recipe(path: str | Path, overrides: Iterable[str] = ()) -> DictConfig:

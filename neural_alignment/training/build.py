@@ -56,10 +56,13 @@ def rule_options(rule: DictConfig) -> dict[str, Any]:
 
 
 def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
-    """The architecture for ``splits``, converted to the recipe's rule (``rule.exclude`` stays on bp)."""
+    """The architecture for ``splits``, converted to the recipe's rule (``rule.exclude`` stays on bp);
+    what the conversion did is recorded on it (``conversion_of``: the trainer prints it), not warned."""
     builder = get_registry().get("architectures", recipe.model.arch)
     model = builder(splits.num_classes, tuple(splits.in_shape), **to_dict(recipe.model.options))
-    return convert(model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), **rule_options(recipe.rule))
+    return convert(
+        model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), warn=False, **rule_options(recipe.rule)
+    )
 
 
 def build_backend(recipe: DictConfig) -> Backend:

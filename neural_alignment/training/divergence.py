@@ -14,12 +14,17 @@ class TrainingDiverged(UserError):
 
 
 def weight_norms(model: nn.Module) -> list[tuple[str, float]]:
-    """(``<layer>.weight``/``<layer>.backward_weight``, Frobenius norm) of every W and B."""
+    """(name, Frobenius norm) of every W and B: parameters of two or more dimensions named ``weight``
+    or ``*_weight`` (``backward_weight``, an attention's ``in_proj_weight``/``backward_in_proj_weight``)."""
     return [
         (name, p.detach().double().norm().item())
         for name, p in model.named_parameters()
-        if name.rpartition(".")[2] in ("weight", "backward_weight") and p.dim() >= 2
+        if _is_kernel(name.rpartition(".")[2]) and p.dim() >= 2
     ]
+
+
+def _is_kernel(name: str) -> bool:
+    return name == "weight" or name.endswith("_weight")
 
 
 def blown_up_layer(model: nn.Module) -> str:

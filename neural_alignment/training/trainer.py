@@ -54,7 +54,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from neural_alignment.api import alignment_loss, layer_metrics, set_epoch
+from neural_alignment.api import alignment_loss, conversion_of, layer_metrics, set_epoch
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
@@ -156,7 +156,12 @@ class Trainer:
             )
         self.total_steps = t.steps if t.steps is not None else max(1, round(t.epochs * self.steps_per_epoch))
         self.dtype = getattr(torch, t.dtype)
-        self.model = self.backend.prepare(build_model(recipe, self.splits), self.dtype)
+        model = build_model(recipe, self.splits)
+        conversion = conversion_of(model)
+        if conversion is not None and self.backend.is_main:
+            for line in conversion.summary().splitlines():
+                print(f"nalign: {line}", file=sys.stderr, flush=True)
+        self.model = self.backend.prepare(model, self.dtype)
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0

@@ -15,18 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural_alignment.core.convert import convert_modules
-from neural_alignment.core.layers import aligned_layers
-from neural_alignment.core.rules import build_rule
+import neural_alignment as na
+from neural_alignment import aligned_layers
 from neural_alignment.registry import Registry
 
 F64 = torch.float64
 
 
 def dfa(model: nn.Module) -> nn.Module:
-    reg = Registry(autoload=False, extra_plugins=[plugin])
-    rule = build_rule(reg.get("rules", "dfa"), reg.catalog("primitives"))
-    return convert_modules(model, rule, [reg.get("ops", op) for op in reg.catalog("ops")])
+    reg = Registry(autoload=False, extra_plugins=[plugin])  # the plugin in process, not installed
+    return na.convert(model, rule="dfa", registry=reg)
 
 
 def mlp() -> nn.Module:

@@ -11,22 +11,21 @@ import pytest
 import torch
 from torch import nn
 
-from neural_alignment.core.alignment import alignment_loss
-from neural_alignment.core.context import AlignmentContext
-from neural_alignment.core.convert import convert_modules
-from neural_alignment.core.rules import build_rule
+import neural_alignment as na
+from neural_alignment import alignment_loss
+from neural_alignment.core.context import AlignmentContext  # what a primitive is called with
 from neural_alignment.registry import Registry
 
 F64 = torch.float64
 
 
 def registry() -> Registry:
-    return Registry(autoload=False, extra_plugins=[plugin])
+    return Registry(autoload=False, extra_plugins=[plugin])  # the plugin in process, not installed
 
 
 def rule(name: str, **overrides):
     reg = registry()
-    return build_rule(reg.get("rules", name), reg.catalog("primitives"), **overrides), reg
+    return na.get_rule(name, registry=reg, **overrides), reg
 
 
 def convnet() -> nn.Module:
@@ -38,8 +37,7 @@ def convnet() -> nn.Module:
 
 def converted(name: str) -> nn.Module:
     torch.manual_seed(0)
-    built, reg = rule(name)
-    return convert_modules(convnet(), built, [reg.get("ops", op) for op in reg.catalog("ops")])
+    return na.convert(convnet(), rule=name, registry=registry())
 
 
 def layers(model):
@@ -118,7 +116,7 @@ def test_sign_rules_have_no_trainable_b_and_no_regularizer(name):
 
 def test_sign_primitive_value_and_gradient_match_the_formula():
     built, reg = rule("sign_symmetry", align_forward_weight=True)  # ctx.W attached: the primitive must detach it
-    linear = reg.get("ops", "linear").from_module(torch.nn.Linear(5, 3).double(), built)
+    linear = na.convert(torch.nn.Linear(5, 3).double(), rule=built, registry=reg)
     linear(torch.randn(4, 5, dtype=F64))
     W, B = linear.weight.detach(), linear.backward_weight
     target = torch.sign(W) * W.abs().mean()
@@ -132,7 +130,7 @@ def test_sign_primitive_value_and_gradient_match_the_formula():
 def test_training_the_sign_symmetry_rule_makes_b_sign_concordant_with_w():
     torch.manual_seed(0)
     built, reg = rule("sign_symmetry")
-    linear = reg.get("ops", "linear").from_module(torch.nn.Linear(8, 6), built)
+    linear = na.convert(torch.nn.Linear(8, 6), rule=built, registry=reg)
     optimizer = torch.optim.SGD([linear.backward_weight], lr=0.1)
     for _ in range(100):
         linear(torch.randn(16, 8))
