@@ -1,8 +1,10 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv, installs, trains every rule on Fashion-MNIST and prints the comparison
-#   make test   creates .venv if needed, installs with the test extras, runs the whole suite: the main
-#               suite in .venv, then the tests marked xla in the xla environment (.ci/xla-env builds it,
-#               or reuses it from ~/.cache/neural-alignment) on torch-xla's CPU device
+#   make test   creates .venv if needed, installs with the test extras, runs make lint, then the whole
+#               suite: the main suite in .venv (with a coverage report), then the tests marked xla in the
+#               xla environment (.ci/xla-env builds it, or reuses it from ~/.cache/neural-alignment) on
+#               torch-xla's CPU device
+#   make lint   ruff check, ruff format --check and mypy (configured in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,7 +12,7 @@ STAMP := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 RULES ?= bp,fa,wm,ia,sa,aa,kp
 
-.PHONY: demo test test-main test-xla xla-env data install clean
+.PHONY: demo lint test test-main test-xla xla-env data install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,10 +31,17 @@ data:
 demo: $(STAMP) data
 	$(VENV)/bin/nalign compare fmnist-convnet --rules $(RULES) --out runs/demo
 
-test: test-main test-xla
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
+# lint first: make runs the prerequisites in order and stops at the first that fails
+test: lint test-main test-xla
+
+# coverage of the package by the main suite, printed per file (no minimum)
 test-main: $(STAMP) data
-	$(PY) -m pytest -v
+	$(PY) -m pytest -v --cov=neural_alignment --cov-report=term
 
 # Fails (never skips) when the xla environment cannot be built; pytest exits 5 if no test is marked xla.
 test-xla: $(STAMP)

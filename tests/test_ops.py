@@ -213,7 +213,7 @@ def test_autocast_casts_like_native_and_returns_float32_gradients(op, case):
     dy = torch.randn_like(y)
     got = torch.autograd.grad(y, (x, W, b, B), dy)
     ref = torch.autograd.grad(y_ref, (x, W, b), dy)
-    for g, r in zip(got, ref, strict=True):
+    for g, r in zip(got[:3], ref, strict=True):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, r, rtol=0, atol=0)
     torch.testing.assert_close(got[3], got[1], rtol=0, atol=0)
