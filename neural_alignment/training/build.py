@@ -13,7 +13,7 @@ from torch import nn
 
 from neural_alignment.api import convert
 from neural_alignment.core.layers import aligned_layers
-from neural_alignment.core.options import check_options, checked_options
+from neural_alignment.core.options import check_option_values
 from neural_alignment.core.rules import OPTION_KEYS
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime.backend import Backend
@@ -61,17 +61,24 @@ def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
     return convert(model, rule=recipe.rule.name, exclude=tuple(recipe.rule.exclude), **rule_options(recipe.rule))
 
 
-def build_backend(recipe: DictConfig) -> Backend:
+def backend_options(recipe: DictConfig) -> tuple[type[Backend], dict[str, Any]]:
+    """The recipe's backend class and its options, each checked (a known key, of the type its
+    constructor declares, valid for the class's ``option_checks``) or a one-line ``UserError``."""
     cls = get_registry().get("backends", recipe.backend.name)
-    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**OmegaConf.to_container(recipe.backend.options))
+    options = OmegaConf.to_container(recipe.backend.options)
+    check_option_values(f"backend {recipe.backend.name!r}", cls, options, cls.option_checks)
+    return cls, options
+
+
+def build_backend(recipe: DictConfig) -> Backend:
+    cls, options = backend_options(recipe)
+    return cls(**options)
 
 
 def launch_processes(recipe: DictConfig, command: list[str]) -> int | None:
     """Let the recipe's backend start the processes of ``nalign <command>`` (DDP, XLA); their exit
     code, or ``None`` when this process trains (see ``Backend.launch``)."""
-    cls = get_registry().get("backends", recipe.backend.name)
-    options = OmegaConf.to_container(recipe.backend.options)
-    check_options(f"backend {recipe.backend.name!r}", cls, options)
+    cls, options = backend_options(recipe)
     return cls.launch(options, command)
 
 

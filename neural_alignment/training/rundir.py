@@ -67,6 +67,13 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT))
 
 
+def resume_hint(run_dir: str | os.PathLike) -> str:
+    """How to go on with the run in ``run_dir``: resume it when it has a checkpoint, else start it again."""
+    if has_checkpoint(run_dir):
+        return f"continue with: nalign run --resume {run_dir}"
+    return f"it has no checkpoint yet: start it again with --out {run_dir} --overwrite"
+
+
 def drop_records_after(path: Path, step: int) -> None:
     """Keep the JSONL records of ``path`` up to ``step`` (and drop a line a kill cut short), atomically."""
     if not path.is_file():

@@ -41,6 +41,7 @@ reads as one uninterrupted run.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -74,8 +75,9 @@ from neural_alignment.training.build import (
 )
 from neural_alignment.training.divergence import TrainingDiverged, blown_up_layer
 from neural_alignment.training.evaluation import metric_name, topk_correct
+from neural_alignment.training.preemption import LAUNCHED_BY_NALIGN, Interrupted, ProcessLost, StopSignals
 from neural_alignment.training.probes import EvaluationProbes
-from neural_alignment.training.rundir import CHECKPOINT, RunFolder, resume_changes, with_history
+from neural_alignment.training.rundir import CHECKPOINT, RunFolder, resume_changes, resume_hint, with_history
 
 
 @dataclass
@@ -438,51 +440,91 @@ class Trainer:
             disable=None if t.progress and self.backend.is_main else True,
         )
         start_step, step_seconds, summary = self.step, [], {}
-        try:
-            clock = time.perf_counter()
-            for x, y in self.backend.batches(self.batches()):
-                self.train_step(x.to(self.dtype), y)
-                self.step += 1
-                bar.update(1)
-                logging = self.due(t.metrics_every) or self.due(t.eval_every)
-                if logging:
-                    self.backend.synchronize()
-                step_seconds.append(time.perf_counter() - clock)
-                if logging:
-                    metrics = self.train_metrics()
-                    if self.due(t.eval_every):
-                        metrics.update(self.evaluate())
-                    metrics["seconds_per_step"] = float(np.median(step_seconds))
-                    self.log(metrics)
-                    bar.set_postfix(
-                        {k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle") if k in metrics}
-                    )
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+        # from here to the last write, SIGTERM and SIGINT stop the run after its step (training.preemption)
+        with StopSignals() as stop:
+            try:
+                self._loop(bar, step_seconds, stop)
+                if self.step > start_step:
                     self.check_finite(self.step - 1, weights=True)
+                if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
                     self.save()
-                if self.on_step is not None:
-                    self.on_step(self, self.step)
-                clock = time.perf_counter()
-            if self.step > start_step:
-                self.check_finite(self.step - 1, weights=True)
-            if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
-                self.save()
-            summary = self.summary(step_seconds, "finished")
-            return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
-        except TrainingDiverged as exc:
-            summary = {"status": "diverged", "step": self.step, "error": str(exc)}
-            raise
-        except BaseException as exc:  # killed (Ctrl-C) or failed: summary.json says so rather than {}
-            summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
-            raise
-        finally:
-            bar.close()
-            for logger in self.loggers:  # the always-on jsonl logger writes summary.json
-                logger.close(summary)
-            self.folder.release()
+                summary = self.summary(step_seconds, "finished")
+                return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
+            except TrainingDiverged as exc:
+                summary = {"status": "diverged", "step": self.step, "error": str(exc)}
+                raise
+            except Interrupted as exc:  # the checkpoint is written; no evaluation: a preempted machine has seconds left
+                summary = {**self.summary(step_seconds, "interrupted", evaluate=False), "signal": exc.signal_name}
+                raise
+            except BaseException as exc:  # killed (Ctrl-C) or failed: summary.json says so rather than {}
+                summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
+                if self.backend.world_size > 1 and self.backend.lost_process(exc):
+                    raise ProcessLost(self._lost_report()) from exc
+                raise
+            finally:
+                bar.close()
+                for logger in self.loggers:  # the always-on jsonl logger writes summary.json
+                    logger.close(summary)
+                self.folder.release()
 
-    def summary(self, step_seconds: list[float], status: str) -> dict:
-        """Final record: test metrics, layer metrics, median seconds per step (robust to load spikes)."""
+    def _loop(self, bar, step_seconds: list[float], stop: StopSignals) -> None:
+        """The steps up to ``total_steps``; after each, every process agrees whether a signal stops
+        the run there (``training.preemption``): then a checkpoint at that step and :class:`Interrupted`."""
+        t = self.recipe.train
+        clock = time.perf_counter()
+        for x, y in self.backend.batches(self.batches()):
+            self.train_step(x.to(self.dtype), y)
+            self.step += 1
+            bar.update(1)
+            logging = self.due(t.metrics_every) or self.due(t.eval_every)
+            if logging:
+                self.backend.synchronize()
+            step_seconds.append(time.perf_counter() - clock)
+            if logging:
+                metrics = self.train_metrics()
+                if self.due(t.eval_every):
+                    metrics.update(self.evaluate())
+                metrics["seconds_per_step"] = float(np.median(step_seconds))
+                self.log(metrics)
+                bar.set_postfix(
+                    {k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle") if k in metrics}
+                )
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.check_finite(self.step - 1, weights=True)
+                self.save()
+            if self.on_step is not None:
+                self.on_step(self, self.step)
+            signum = self.backend.agree_stop(stop.received) if self.step < self.total_steps else 0
+            if signum:
+                self.interrupt(signum)
+            clock = time.perf_counter()
+
+    def interrupt(self, signum: int) -> None:
+        """Checkpoint the step reached (every process calls it) and raise :class:`Interrupted`."""
+        self.check_finite(self.step - 1, weights=True)
+        if self.saved_step != self.step:
+            self.save()
+        stopped = f"{signal.Signals(signum).name} at step {self.step} of {self.total_steps}"
+        raise Interrupted(
+            signum,
+            f"interrupted by {stopped}; checkpoint {self.run_dir / CHECKPOINT} written; {resume_hint(self.run_dir)}"
+            if self.backend.is_main
+            else "",
+        )
+
+    def _lost_report(self) -> str:
+        """The one line of a process whose collective failed ("" under nalign's launcher, which names the dead one)."""
+        if os.environ.get(LAUNCHED_BY_NALIGN):
+            return ""
+        b = self.backend
+        return (
+            f"rank {b.rank} of {b.world_size}: another process of the run died, so it stopped at step {self.step}; "
+            f"{resume_hint(self.run_dir)}"
+        )
+
+    def summary(self, step_seconds: list[float], status: str, evaluate: bool = True) -> dict:
+        """Final record: test metrics (unless not ``evaluate``), layer metrics, median seconds per step
+        (robust to load spikes)."""
         r = self.recipe
         return {
             "status": status,
@@ -493,7 +535,11 @@ class Trainer:
             "epochs": self.step / self.steps_per_epoch,
             "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
             "train_seconds": sum(step_seconds),
-            **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k},
+            **{
+                k: v
+                for k, v in {**(self.evaluate() if evaluate else {}), **self.layer_summary()}.items()
+                if "/" not in k
+            },
             **self.backend.summary(),
         }
 
