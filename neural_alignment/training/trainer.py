@@ -60,6 +60,7 @@ from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import to_yaml
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime import checkpoint
+from neural_alignment.runtime.atomic import NoSpace, free_space, no_space
 from neural_alignment.runtime.data import DataSplits
 from neural_alignment.runtime.logger import layer_metric_key
 from neural_alignment.runtime.optim import ComponentOptimizer
@@ -217,24 +218,29 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0, CPU tensors): model, optimizers, lr state, RNG
-        states, the running stats summed over the processes, step. Every process calls it."""
-        self.saved_step = self.step
+        states, the running stats summed over the processes, step. Every process calls it. On a
+        full file system a one-line :class:`NoSpace` says which checkpoint is kept."""
         running = torch.tensor(self.backend.sum_across(self.running))
-        self.backend.save(
-            {
-                "step": self.step,
-                "model": self.model.state_dict(),
-                "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
-                "schedules": {
-                    k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
-                    for k, c in self.components.items()
-                },
-                "rng": checkpoint.rng_state(),
-                "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
-                "recipe": to_yaml(self.recipe),
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
+            "schedules": {
+                k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
+                for k, c in self.components.items()
             },
-            self.run_dir / CHECKPOINT,
-        )
+            "rng": checkpoint.rng_state(),
+            "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
+            "recipe": to_yaml(self.recipe),
+        }
+        try:
+            self.backend.save(state, self.run_dir / CHECKPOINT)
+        except NoSpace as exc:  # the checkpoint already there is whole (atomic write)
+            kept = f"step {self.saved_step}" if self.saved_step is not None else "none yet"
+            raise NoSpace(
+                f"{exc}; the last checkpoint ({kept}) is kept; free space, then {resume_hint(self.run_dir)}"
+            ) from exc
+        self.saved_step = self.step
         return self.run_dir / CHECKPOINT
 
     def _load(self, state: dict) -> None:
@@ -460,12 +466,27 @@ class Trainer:
                 summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
                 if self.backend.world_size > 1 and self.backend.lost_process(exc):
                     raise ProcessLost(self._lost_report()) from exc
+                code = None if isinstance(exc, NoSpace) else no_space(exc)
+                if code is not None:  # a record's write (metrics.jsonl) on a full file system
+                    raise NoSpace(
+                        f"cannot write to run folder {self.run_dir}: {os.strerror(code)} "
+                        f"({free_space(self.run_dir)}); free space, then {resume_hint(self.run_dir)}"
+                    ) from exc
                 raise
             finally:
                 bar.close()
-                for logger in self.loggers:  # the always-on jsonl logger writes summary.json
-                    logger.close(summary)
+                self._close_loggers(summary)
                 self.folder.release()
+
+    def _close_loggers(self, summary: dict) -> None:
+        """Each logger's end (the always-on jsonl logger writes summary.json). A run that failed already
+        reports its own error: a full file system that also refuses its summary does not replace it."""
+        for logger in self.loggers:
+            try:
+                logger.close(summary)
+            except Exception as exc:
+                if summary.get("status") == "finished" or no_space(exc) is None:
+                    raise
 
     def _loop(self, bar, step_seconds: list[float], stop: StopSignals) -> None:
         """The steps up to ``total_steps``; after each, every process agrees whether a signal stops
