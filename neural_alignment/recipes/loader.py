@@ -142,10 +142,8 @@ def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
     """The first key where ``cfg`` holds a list and ``schema`` a mapping, or the other way round."""
     for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else ():
         below = schema._get_node(key) if key in schema else None
-        if (
-            (isinstance(value, ListConfig)
-            and isinstance(below, DictConfig))
-            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        if (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig)
         ):
             return f"{prefix}{key}"
         if isinstance(value, DictConfig) and isinstance(below, DictConfig):
@@ -167,10 +165,8 @@ def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
         if key not in base:
             continue
         below = base._get_node(key)
-        mixed = (
-            (isinstance(value, ListConfig)
-            and isinstance(below, DictConfig))
-            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        mixed = (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig)
         )
         if mixed or (
             isinstance(value, DictConfig)

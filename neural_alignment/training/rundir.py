@@ -40,6 +40,7 @@ from neural_alignment.runtime.logger import METRICS_FILE
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = checkpoint.previous_path(CHECKPOINT).name
 RECIPE = "recipe.yaml"
+ERROR_LOG = "error.log"  # the full traceback of a plugin's error that stopped the run (the CLI prints one line)
 HISTORY_KEY = "resumed"  # the recipe key that records what each resume changed
 
 SAFE_ON_RESUME = (

@@ -44,6 +44,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +57,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neural_alignment.api import alignment_loss, layer_metrics, set_epoch
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import RunFailure, UserError
 from neural_alignment.recipes.loader import to_yaml
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime import checkpoint
-from neural_alignment.runtime.atomic import NoSpace, free_space, no_space
+from neural_alignment.runtime.atomic import NoSpace, free_space, no_space, write_text_atomically
 from neural_alignment.runtime.data import DataSplits
 from neural_alignment.runtime.logger import layer_metric_key
 from neural_alignment.runtime.optim import ComponentOptimizer
@@ -78,7 +79,11 @@ from neural_alignment.training.divergence import TrainingDiverged, blown_up_laye
 from neural_alignment.training.evaluation import metric_name, topk_correct
 from neural_alignment.training.preemption import LAUNCHED_BY_NALIGN, Interrupted, ProcessLost, StopSignals
 from neural_alignment.training.probes import EvaluationProbes
-from neural_alignment.training.rundir import CHECKPOINT, RunFolder, resume_changes, resume_hint, with_history
+from neural_alignment.training.rundir import CHECKPOINT, ERROR_LOG, RunFolder, resume_changes, resume_hint, with_history
+
+
+class PluginFailed(RunFailure):
+    """A third-party plugin's code raised during training (the message names it; ``error.log`` has the traceback)."""
 
 
 @dataclass
@@ -466,6 +471,10 @@ class Trainer:
                 summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
                 if self.backend.world_size > 1 and self.backend.lost_process(exc):
                     raise ProcessLost(self._lost_report()) from exc
+                failure = self._plugin_failure(exc)
+                if failure is not None:
+                    summary["error"] = str(failure)
+                    raise failure from exc
                 code = None if isinstance(exc, NoSpace) else no_space(exc)
                 if code is not None:  # a record's write (metrics.jsonl) on a full file system
                     raise NoSpace(
@@ -531,6 +540,23 @@ class Trainer:
             f"interrupted by {stopped}; checkpoint {self.run_dir / CHECKPOINT} written; {resume_hint(self.run_dir)}"
             if self.backend.is_main
             else "",
+        )
+
+    def _plugin_failure(self, exc: BaseException) -> PluginFailed | None:
+        """A third-party plugin's error during training as one line naming the plugin, the rule and the
+        error, its full traceback kept in the run folder's ``error.log``; None for any other error."""
+        if not isinstance(exc, Exception) or isinstance(exc, (UserError, RunFailure)):
+            return None
+        where = get_registry().plugin_in_traceback(exc)
+        if where is None:
+            return None
+        log = self.run_dir / ERROR_LOG
+        if self.backend.is_main:
+            write_text_atomically(log, "".join(traceback.format_exception(exc)))
+        error = (str(exc).strip().splitlines() or [""])[0]
+        return PluginFailed(
+            f"{where} raised {type(exc).__name__}: {error} at step {self.step}, training rule "
+            f"{self.recipe.rule.name!r}; the full traceback is in {log}; {resume_hint(self.run_dir)}"
         )
 
     def _lost_report(self) -> str:
