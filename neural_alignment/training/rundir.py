@@ -68,6 +68,13 @@ def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT))
 
 
+def missing_file(path: Path) -> str:
+    """Why the run folder file ``path`` cannot be read: it is not there, or not a file."""
+    if path.exists():
+        return f"{path} is not a file (a directory?); a run folder holds it as a file: move it away"
+    return f"{path} does not exist (was the run folder given?)"
+
+
 def resume_hint(run_dir: str | os.PathLike) -> str:
     """How to go on with the run in ``run_dir``: resume it when it has a checkpoint, else start it again."""
     if has_checkpoint(run_dir):
@@ -151,8 +158,9 @@ class RunFolder:
         a resumed one needs a checkpoint in it. Nothing else is written.
         """
         if resume:
-            if not has_checkpoint(self.path):
-                raise UserError(f"cannot resume: {self.path / CHECKPOINT} does not exist (was the run folder given?)")
+            latest = self.path / CHECKPOINT
+            if not has_checkpoint(self.path) or (latest.exists() and not latest.is_file()):
+                raise UserError(f"cannot resume: {missing_file(latest)}")
         else:
             self._create()
         self._lock()
