@@ -450,7 +450,8 @@ class Trainer:
             desc=self.recipe.name,
             disable=None if t.progress and self.backend.is_main else True,
         )
-        start_step, step_seconds, summary = self.step, [], {}
+        start_step, summary = self.step, {}
+        step_seconds: list[float] = []
         # from here to the last write, SIGTERM and SIGINT stop the run after its step (training.preemption)
         with StopSignals() as stop:
             try:
