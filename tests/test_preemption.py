@@ -43,7 +43,7 @@ TINY = [
     "train.dtype=float64",
     "rule.name=kp",
 ]
-LONG = 400  # steps: the signal arrives long before the end (it is sent once the first record is written)
+LONG = 200  # steps: the signal arrives long before the end (it is sent once the first record is written)
 DDP = ["backend.name=ddp", "backend.options.nproc_per_node=2"]
 
 
