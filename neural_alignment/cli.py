@@ -2,7 +2,10 @@
 
 Built here: ``list``, ``plugins`` and ``--version``. Every other subcommand (``run``, ``show``,
 ``compare``...) comes from a plugin's ``register_commands`` hook, built-ins included.
-A user mistake (a ``UserError``: unknown kind, name, key, file) prints one line and exits 2.
+A user mistake (a ``UserError``: unknown kind, name, key, file) prints one line and exits 2; a run
+that failed for a cause outside its recipe (a ``RunFailure``: a full disk, a lost process, a
+plugin's error) one line and its exit code; a run stopped by SIGTERM or Ctrl-C (``Interrupted``,
+after its checkpoint) one line and 128 + the signal.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import warnings
 from collections.abc import Sequence
 
 from neural_alignment import __version__
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import RunFailure, UserError
 from neural_alignment.registry import KINDS, PluginWarning, Registry, get_registry
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,9 +107,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as exc:
         print(f"nalign: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("nalign: interrupted", file=sys.stderr)
-        return 130
+    except RunFailure as exc:
+        if str(exc):  # "" where another process of the run reports it
+            print(f"nalign: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a run that stopped on a signal with its checkpoint
+        report = getattr(exc, "report", "interrupted")  # "" in the other processes of a data-parallel run
+        if report:
+            print(f"nalign: {report}", file=sys.stderr)
+        return getattr(exc, "exit_code", EXIT_INTERRUPTED)
     except BrokenPipeError:  # e.g. `nalign list rules | head`: the reader left, nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -255,3 +255,47 @@ def test_a_failing_plugin_warns_once_from_python(misspelt_site):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if "PluginWarning" in line]
     assert len(lines) == 1 and "plugin 'broken' (nalign-broken-plugin) failed: ImportError" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def faulty_site(tmp_path_factory) -> Path:
+    """A plugin that prints while it is imported and whose rule raises in training's second step."""
+    return pip_install_to(tmp_path_factory.mktemp("faulty"), ROOT / "tests" / "plugins" / "faulty-plugin")
+
+
+@pytest.mark.parametrize("args", [("list", "rules", "--json"), ("plugins", "--json")])
+def test_a_plugin_that_prints_while_loading_leaves_json_output_clean(faulty_site, args):
+    result = nalign(*args, site=faulty_site)
+    assert result.returncode == 0, result.stderr
+    names = [row["name"] for row in json.loads(result.stdout)]  # the whole of stdout is the JSON
+    assert "faulty" in names
+    assert result.stderr.splitlines() == ["faulty plugin: loading", "faulty plugin: registering"]
+
+
+def test_a_plugins_error_in_training_is_one_line_naming_the_plugin_and_rule(faulty_site, tmp_path):
+    run_dir = tmp_path / "run"
+    result = nalign(
+        "run",
+        "digits-mlp",
+        "rule.name=faulty",
+        "train.steps=5",
+        "log.loggers=[jsonl]",
+        "--out",
+        str(run_dir),
+        site=faulty_site,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("nalign")]
+    assert "Traceback" not in result.stderr and len(lines) == 1
+    assert lines[0].startswith(
+        "nalign: error: plugin 'faulty' (distribution nalign-faulty-plugin 0.0.2, module nalign_faulty, __init__.py:"
+    )
+    assert "raised ValueError: explode: the plugin's own bug at step " in lines[0]
+    assert lines[0].endswith(
+        f"training rule 'faulty'; the full traceback is in {run_dir / 'error.log'}; it has no checkpoint yet: "
+        f"start it again with --out {run_dir} --overwrite"
+    )
+    log = (run_dir / "error.log").read_text()
+    assert log.startswith("Traceback") and 'raise ValueError("explode: the plugin\'s own bug")' in log
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["error"] == lines[0].removeprefix("nalign: error: ")

@@ -152,3 +152,31 @@ def test_ddp_mistakes_are_user_errors(tmp_path, capsys):
     assert "unknown option 'nproc' for backend 'ddp'" in capsys.readouterr().err
     with pytest.raises(UserError, match="LOCAL_RANK is not set"):  # the Python API does not launch
         train(recipe("bp", "backend.name=ddp"), tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ("nproc_per_node=two", "backend 'ddp' option nproc_per_node='two': 'two' is not an integer"),
+        ("nproc_per_node=2.5", "backend 'ddp' option nproc_per_node=2.5: 2.5 is not an integer"),
+        ("nproc_per_node=0", "backend 'ddp' option nproc_per_node=0: 0 is out of range; valid: >= 1"),
+        ("device=tpu", "backend 'ddp' option device='tpu': 'tpu' is not one of cpu, cuda"),
+        ("sync_batchnorm=maybe", "backend 'ddp' option sync_batchnorm='maybe': 'maybe' is not true or false"),
+        ("compile=3", "backend 'ddp' option compile=3: 3 is not true or false or a string"),
+    ],
+)
+def test_every_ddp_option_is_checked_in_one_line_before_a_process_starts(capsys, option, message):
+    assert main(["run", "digits-mlp", *TINY, "backend.name=ddp", f"backend.options.{option}"]) == 2
+    assert capsys.readouterr().err == f"nalign: error: {message}\n"
+
+
+def test_more_cpu_processes_than_cores_are_refused_unless_oversubscribed(tmp_path, capsys):
+    cores = len(os.sched_getaffinity(0))
+    many = ["backend.name=ddp", f"backend.options.nproc_per_node={cores + 1}", "--out", str(tmp_path / "r")]
+    assert main(["run", "digits-mlp", *TINY, *many]) == 2
+    assert capsys.readouterr().err == (
+        f"nalign: error: backend 'ddp' option nproc_per_node={cores + 1} exceeds the {cores} CPU cores here (each "
+        f"process holds a whole copy of the run); use at most {cores}, or set backend.options.oversubscribe=true "
+        "to start them anyway\n"
+    )
+    assert not (tmp_path / "r").exists()  # nothing started, nothing written

@@ -213,3 +213,19 @@ def test_run_needs_a_recipe_or_resume_and_resume_takes_no_overwrite(tmp_path, ca
     assert code == 2 and len(err) == 1 and "needs a recipe NAME" in err[0]
     code, err = run(capsys, "--resume", str(tmp_path), "--overwrite")
     assert code == 2 and len(err) == 1 and "give one of them" in err[0]
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "recipe.yaml"])
+def test_a_run_folder_file_that_is_a_directory_is_one_line(tmp_path, capsys, name):
+    """checkpoint.pt a directory (its previous checkpoint good) or recipe.yaml one: refused, nothing touched."""
+    out = tmp_path / "r"
+    assert run(capsys, "digits-mlp", *TINY, "train.steps=2", "--out", str(out))[0] == 0
+    (out / name).rename(out / "checkpoint.prev.pt" if name == "checkpoint.pt" else out / "kept")
+    (out / name).mkdir()
+    before = snapshot(out)
+    code, err = run(capsys, "--resume", str(out), "train.steps=3")
+    assert code == 2
+    assert err == [
+        f"nalign: error: cannot resume: {out / name} is not a file (a directory?); a run folder holds it as a file: move it away"
+    ]
+    assert snapshot(out) == before

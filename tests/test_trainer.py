@@ -375,3 +375,16 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
         recipe("rule.name=kp", "train.steps=3", "backend.options={autocast_dtype: bfloat16}"), tmp_path / "r"
     )
     assert result.summary["status"] == "finished" and math.isfinite(result.summary["test_loss"])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ("{channels_last: 1}", "backend 'cpu' option channels_last=1: 1 is not true or false"),
+        ("{autocast_dtype: 16}", "backend 'cpu' option autocast_dtype=16: 16 is not a string or null"),
+    ],
+)
+def test_backend_option_types_are_checked(tmp_path, options, message):
+    with pytest.raises(UserError, match=f"^{message}$"):
+        train(recipe(f"backend.options={options}"), tmp_path / "r")
+    assert not (tmp_path / "r").exists()

@@ -17,8 +17,12 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 import os
+import sys
+import traceback
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,6 +66,24 @@ class PluginInfo:
     version: str
     registered: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class PluginFrame:
+    """A plugin's code in a traceback: the plugin, its module, file, line and function."""
+
+    plugin: PluginInfo
+    module: str
+    filename: str
+    line: int
+    function: str
+
+    def __str__(self) -> str:
+        p = self.plugin
+        return (
+            f"plugin {p.name!r} (distribution {p.distribution} {p.version}, module {self.module}, "
+            f"{os.path.basename(self.filename)}:{self.line} in {self.function})"
+        )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -150,11 +172,13 @@ class Registry:
     """Every catalog, filled by calling each plugin's hooks one plugin at a time."""
 
     def __init__(self, autoload: bool | None = None, blocked: Iterable[str] | None = None, extra_plugins=()):
-        self.pm, self.failures, self._distributions = build_plugin_manager(autoload, blocked, extra_plugins)
-        self.catalogs: dict[str, Catalog] = {kind: Catalog(kind) for kind in KINDS}
-        self._registered: dict[str, dict[str, list[str]]] = {}
-        for kind in KINDS:
-            self._collect(kind)
+        # what a plugin prints while it loads or registers goes to stderr: stdout carries results (--json)
+        with contextlib.redirect_stdout(sys.stderr):
+            self.pm, self.failures, self._distributions = build_plugin_manager(autoload, blocked, extra_plugins)
+            self.catalogs: dict[str, Catalog] = {kind: Catalog(kind) for kind in KINDS}
+            self._registered: dict[str, dict[str, list[str]]] = {}
+            for kind in KINDS:
+                self._collect(kind)
         for plugin, rule, problem in list(rule_problems(self.catalogs["rules"], self.catalogs["primitives"])):
             self._reject(plugin, f"{problem}; the rule is left out")
             self.catalogs["rules"].discard(rule)
@@ -229,6 +253,22 @@ class Registry:
                     )
                 )
         return infos
+
+    def plugin_in_traceback(self, exc: BaseException) -> PluginFrame | None:
+        """Where a third-party plugin's code raised ``exc``: the innermost frame of its traceback in
+        that plugin's package; ``None`` when no plugin's code is in it."""
+        roots = {}
+        for name, plugin in self.pm.list_name_plugin():
+            if plugin is None or self._distributions.get(name) == BUILTIN_DISTRIBUTION:
+                continue
+            module = plugin.__name__ if inspect.ismodule(plugin) else type(plugin).__module__
+            roots[module.partition(".")[0]] = name
+        for frame, line in reversed(list(traceback.walk_tb(exc.__traceback__))):
+            module = str(frame.f_globals.get("__name__", ""))
+            if module.partition(".")[0] in roots:
+                info = next(info for info in self.plugins() if info.name == roots[module.partition(".")[0]])
+                return PluginFrame(info, module, frame.f_code.co_filename, line, frame.f_code.co_name)
+        return None
 
     def add_commands(self, subparsers) -> None:
         self.pm.hook.register_commands(cli=subparsers)

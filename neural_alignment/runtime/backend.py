@@ -21,6 +21,9 @@ through the methods below, so its step loop reads the same for one device, DDP a
 ``sum_across(t)``          host list of ``t`` summed over processes; the trainer calls it only at
                            logging, finiteness-check and checkpoint steps
 ``save(state, path)``      rank 0 alone writes, CPU tensors, atomically (``runtime.checkpoint``)
+``agree_stop(signum)``     after each step, every process: the stop signal any of them received
+                           (0: none), so all stop after the same step (``training.preemption``)
+``lost_process(exc)``      whether ``exc`` is a collective that failed because a process died
 ``summary()``              facts for ``summary.json`` (XLA: ``xla_compilations``)
 =========================  ===========================================================================
 
@@ -35,14 +38,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.runtime import checkpoint
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+"""The signals on which a run stops after its step with a checkpoint (preemption, Ctrl-C)."""
 
 
 def to_cpu(value: Any) -> Any:
@@ -63,6 +70,9 @@ class Backend:
     supports_compile = True
     rank = 0
     world_size = 1
+    option_checks: ClassVar[dict[str, Any]] = {}
+    """Per option, what its values may be beyond the constructor's annotation: an object whose
+    ``problem(value)`` says why a value is invalid (the recipe schema's ``Range``, ``OneOf``...)."""
 
     def __init__(self, *, autocast_dtype: str | None = None, channels_last: bool = False, compile: bool | str = False):
         self.device = self.make_device()
@@ -153,6 +163,23 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait for queued device work (for timing)."""
+
+    def agree_stop(self, signum: int) -> int:
+        """The stop signal (one of ``STOP_SIGNALS``) any process received, ``signum`` being this
+        one's (0: none); the same value in every process. Called by every process after each step."""
+        if self.world_size == 1:
+            return signum
+        votes = torch.tensor([float(signum == stop) for stop in STOP_SIGNALS])
+        counts = self.sum_votes(votes)
+        return next((int(stop) for stop, count in zip(STOP_SIGNALS, counts) if count), 0)
+
+    def lost_process(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a collective failing because another process of the run died."""
+        return False
+
+    def sum_votes(self, votes: torch.Tensor) -> list:
+        """``votes`` (a small CPU tensor) summed over the processes, for :meth:`agree_stop`."""
+        return self.sum_across(votes.to(self.device))
 
     # -- records ----------------------------------------------------------------------------
     def save(self, state: dict, path: str | os.PathLike) -> None:

@@ -73,7 +73,7 @@ def load(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
 def _try_load(path: Path, map_location: Any) -> tuple[dict[str, Any] | None, str]:
     """(the state, "") when ``path`` loads as a checkpoint with a step, else (None, why not)."""
     if not path.is_file():
-        return None, "missing"
+        return None, "not a file" if path.exists() else "missing"
     try:
         state = load(path, map_location)
     except Exception as exc:  # truncated, empty or random bytes fail in many ways inside torch

@@ -13,7 +13,7 @@ from torch import nn
 
 from neural_alignment.api import convert
 from neural_alignment.core.layers import aligned_layers
-from neural_alignment.core.options import check_options, checked_options
+from neural_alignment.core.options import check_option_values
 from neural_alignment.core.rules import OPTION_KEYS
 from neural_alignment.recipes.loader import to_dict
 from neural_alignment.registry import get_registry
@@ -65,17 +65,24 @@ def build_model(recipe: DictConfig, splits: DataSplits) -> nn.Module:
     )
 
 
-def build_backend(recipe: DictConfig) -> Backend:
+def backend_options(recipe: DictConfig) -> tuple[type[Backend], dict[str, Any]]:
+    """The recipe's backend class and its options, each checked (a known key, of the type its
+    constructor declares, valid for the class's ``option_checks``) or a one-line ``UserError``."""
     cls = get_registry().get("backends", recipe.backend.name)
-    return checked_options(f"backend {recipe.backend.name!r}")(cls)(**to_dict(recipe.backend.options))
+    options = to_dict(recipe.backend.options)
+    check_option_values(f"backend {recipe.backend.name!r}", cls, options, cls.option_checks)
+    return cls, options
+
+
+def build_backend(recipe: DictConfig) -> Backend:
+    cls, options = backend_options(recipe)
+    return cls(**options)
 
 
 def launch_processes(recipe: DictConfig, command: list[str]) -> int | None:
     """Let the recipe's backend start the processes of ``nalign <command>`` (DDP, XLA); their exit
     code, or ``None`` when this process trains (see ``Backend.launch``)."""
-    cls = get_registry().get("backends", recipe.backend.name)
-    options = to_dict(recipe.backend.options)
-    check_options(f"backend {recipe.backend.name!r}", cls, options)
+    cls, options = backend_options(recipe)
     return cls.launch(options, command)
 
 

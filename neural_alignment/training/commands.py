@@ -41,14 +41,14 @@ def resume_recipe(run_dir: str, name: str | None, overrides: list[str]):
 
     ``nalign run --resume DIR k=v`` parses ``k=v`` as NAME: it is taken as an override.
     """
-    from neural_alignment.training.rundir import RECIPE
+    from neural_alignment.training.rundir import RECIPE, missing_file
 
     if name is not None and "=" in name and Path(name).suffix not in SUFFIXES:
         overrides = [name, *overrides]
         name = None
     recipe_file = Path(run_dir) / RECIPE
     if not recipe_file.is_file():
-        raise UserError(f"cannot resume: {recipe_file} does not exist (was the run folder given?)")
+        raise UserError(f"cannot resume: {missing_file(recipe_file)}")
     recipe = load_resolved_recipe(recipe_file, overrides)
     if name is not None and name != recipe.name and Path(name).stem != recipe.name:
         raise UserError(

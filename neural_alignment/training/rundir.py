@@ -40,6 +40,7 @@ from neural_alignment.runtime.logger import METRICS_FILE
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = checkpoint.previous_path(CHECKPOINT).name
 RECIPE = "recipe.yaml"
+ERROR_LOG = "error.log"  # the full traceback of a plugin's error that stopped the run (the CLI prints one line)
 HISTORY_KEY = "resumed"  # the recipe key that records what each resume changed
 
 SAFE_ON_RESUME = (
@@ -65,6 +66,20 @@ def default_run_dir(name: str) -> Path:
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether ``run_dir`` holds a checkpoint to resume from (the latest or the previous one)."""
     return any((Path(run_dir) / name).is_file() for name in (CHECKPOINT, PREVIOUS_CHECKPOINT))
+
+
+def missing_file(path: Path) -> str:
+    """Why the run folder file ``path`` cannot be read: it is not there, or not a file."""
+    if path.exists():
+        return f"{path} is not a file (a directory?); a run folder holds it as a file: move it away"
+    return f"{path} does not exist (was the run folder given?)"
+
+
+def resume_hint(run_dir: str | os.PathLike) -> str:
+    """How to go on with the run in ``run_dir``: resume it when it has a checkpoint, else start it again."""
+    if has_checkpoint(run_dir):
+        return f"continue with: nalign run --resume {run_dir}"
+    return f"it has no checkpoint yet: start it again with --out {run_dir} --overwrite"
 
 
 def drop_records_after(path: Path, step: int) -> None:
@@ -144,8 +159,9 @@ class RunFolder:
         a resumed one needs a checkpoint in it. Nothing else is written.
         """
         if resume:
-            if not has_checkpoint(self.path):
-                raise UserError(f"cannot resume: {self.path / CHECKPOINT} does not exist (was the run folder given?)")
+            latest = self.path / CHECKPOINT
+            if not has_checkpoint(self.path) or (latest.exists() and not latest.is_file()):
+                raise UserError(f"cannot resume: {missing_file(latest)}")
         else:
             self._create()
         self._lock()

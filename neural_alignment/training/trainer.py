@@ -41,8 +41,10 @@ reads as one uninterrupted run.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +57,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neural_alignment.api import alignment_loss, conversion_of, layer_metrics, set_epoch
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import RunFailure, UserError
 from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime import checkpoint
+from neural_alignment.runtime.atomic import NoSpace, free_space, no_space, write_text_atomically
 from neural_alignment.runtime.data import DataSplits, dataset_length
 from neural_alignment.runtime.logger import layer_metric_key
 from neural_alignment.runtime.optim import ComponentOptimizer
@@ -74,8 +77,13 @@ from neural_alignment.training.build import (
 )
 from neural_alignment.training.divergence import TrainingDiverged, blown_up_layer
 from neural_alignment.training.evaluation import metric_name, topk_correct
+from neural_alignment.training.preemption import LAUNCHED_BY_NALIGN, Interrupted, ProcessLost, StopSignals
 from neural_alignment.training.probes import EvaluationProbes
-from neural_alignment.training.rundir import CHECKPOINT, RunFolder, resume_changes, with_history
+from neural_alignment.training.rundir import CHECKPOINT, ERROR_LOG, RunFolder, resume_changes, resume_hint, with_history
+
+
+class PluginFailed(RunFailure):
+    """A third-party plugin's code raised during training (the message names it; ``error.log`` has the traceback)."""
 
 
 @dataclass
@@ -221,24 +229,29 @@ class Trainer:
     # -- checkpoints ----------------------------------------------------------------------
     def save(self) -> Path:
         """Write ``checkpoint.pt`` atomically (rank 0, CPU tensors): model, optimizers, lr state, RNG
-        states, the running stats summed over the processes, step. Every process calls it."""
-        self.saved_step = self.step
+        states, the running stats summed over the processes, step. Every process calls it. On a
+        full file system a one-line :class:`NoSpace` says which checkpoint is kept."""
         running = torch.tensor(self.backend.sum_across(self.running))
-        self.backend.save(
-            {
-                "step": self.step,
-                "model": self.model.state_dict(),
-                "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
-                "schedules": {
-                    k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
-                    for k, c in self.components.items()
-                },
-                "rng": checkpoint.rng_state(),
-                "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
-                "recipe": to_yaml(self.recipe),
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizers": {k: c.state_dict() if c else None for k, c in self.components.items()},
+            "schedules": {
+                k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
+                for k, c in self.components.items()
             },
-            self.run_dir / CHECKPOINT,
-        )
+            "rng": checkpoint.rng_state(),
+            "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
+            "recipe": to_yaml(self.recipe),
+        }
+        try:
+            self.backend.save(state, self.run_dir / CHECKPOINT)
+        except NoSpace as exc:  # the checkpoint already there is whole (atomic write)
+            kept = f"step {self.saved_step}" if self.saved_step is not None else "none yet"
+            raise NoSpace(
+                f"{exc}; the last checkpoint ({kept}) is kept; free space, then {resume_hint(self.run_dir)}"
+            ) from exc
+        self.saved_step = self.step
         return self.run_dir / CHECKPOINT
 
     def _load(self, state: dict) -> None:
@@ -450,52 +463,129 @@ class Trainer:
             desc=self.recipe.name,
             disable=None if t.progress and self.backend.is_main else True,
         )
-        start_step, step_seconds, summary = self.step, [], {}
-        try:
-            clock = time.perf_counter()
-            for x, y in self.backend.batches(self.batches()):
-                self.train_step(x.to(self.dtype), y)
-                self.step += 1
-                bar.update(1)
-                logging = self.due(t.metrics_every) or self.due(t.eval_every)
-                if logging:
-                    self.backend.synchronize()
-                step_seconds.append(time.perf_counter() - clock)
-                if logging:
-                    metrics = self.train_metrics()
-                    if self.due(t.eval_every):
-                        metrics.update(self.evaluate())
-                    metrics["seconds_per_step"] = float(np.median(step_seconds))
-                    self.log(metrics)
-                    bar.set_postfix(
-                        {k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle") if k in metrics}
-                    )
-                if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+        start_step, summary = self.step, {}
+        step_seconds: list[float] = []
+        # from here to the last write, SIGTERM and SIGINT stop the run after its step (training.preemption)
+        with StopSignals() as stop:
+            try:
+                self._loop(bar, step_seconds, stop)
+                if self.step > start_step:
                     self.check_finite(self.step - 1, weights=True)
+                if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
                     self.save()
-                if self.on_step is not None:
-                    self.on_step(self, self.step)
-                clock = time.perf_counter()
-            if self.step > start_step:
-                self.check_finite(self.step - 1, weights=True)
-            if self.saved_step != self.step:  # else the previous checkpoint would become a copy of this one
-                self.save()
-            summary = self.summary(step_seconds, "finished")
-            return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
-        except TrainingDiverged as exc:
-            summary = {"status": "diverged", "step": self.step, "error": str(exc)}
-            raise
-        except BaseException as exc:  # killed (Ctrl-C) or failed: summary.json says so rather than {}
-            summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
-            raise
-        finally:
-            bar.close()
-            for logger in self.loggers:  # the always-on jsonl logger writes summary.json
-                logger.close(summary)
-            self.folder.release()
+                summary = self.summary(step_seconds, "finished")
+                return RunResult(self.run_dir, summary, self.model, self.backend.is_main)
+            except TrainingDiverged as exc:
+                summary = {"status": "diverged", "step": self.step, "error": str(exc)}
+                raise
+            except Interrupted as exc:  # the checkpoint is written; no evaluation: a preempted machine has seconds left
+                summary = {**self.summary(step_seconds, "interrupted", evaluate=False), "signal": exc.signal_name}
+                raise
+            except BaseException as exc:  # killed (Ctrl-C) or failed: summary.json says so rather than {}
+                summary = {"status": "stopped", "step": self.step, "error": f"{type(exc).__name__}: {exc}"}
+                if self.backend.world_size > 1 and self.backend.lost_process(exc):
+                    raise ProcessLost(self._lost_report()) from exc
+                failure = self._plugin_failure(exc)
+                if failure is not None:
+                    summary["error"] = str(failure)
+                    raise failure from exc
+                code = None if isinstance(exc, NoSpace) else no_space(exc)
+                if code is not None:  # a record's write (metrics.jsonl) on a full file system
+                    raise NoSpace(
+                        f"cannot write to run folder {self.run_dir}: {os.strerror(code)} "
+                        f"({free_space(self.run_dir)}); free space, then {resume_hint(self.run_dir)}"
+                    ) from exc
+                raise
+            finally:
+                bar.close()
+                self._close_loggers(summary)
+                self.folder.release()
 
-    def summary(self, step_seconds: list[float], status: str) -> dict:
-        """Final record: test metrics, layer metrics, median seconds per step (robust to load spikes)."""
+    def _close_loggers(self, summary: dict) -> None:
+        """Each logger's end (the always-on jsonl logger writes summary.json). A run that failed already
+        reports its own error: a full file system that also refuses its summary does not replace it."""
+        for logger in self.loggers:
+            try:
+                logger.close(summary)
+            except Exception as exc:
+                if summary.get("status") == "finished" or no_space(exc) is None:
+                    raise
+
+    def _loop(self, bar, step_seconds: list[float], stop: StopSignals) -> None:
+        """The steps up to ``total_steps``; after each, every process agrees whether a signal stops
+        the run there (``training.preemption``): then a checkpoint at that step and :class:`Interrupted`."""
+        t = self.recipe.train
+        clock = time.perf_counter()
+        for x, y in self.backend.batches(self.batches()):
+            self.train_step(x.to(self.dtype), y)
+            self.step += 1
+            bar.update(1)
+            logging = self.due(t.metrics_every) or self.due(t.eval_every)
+            if logging:
+                self.backend.synchronize()
+            step_seconds.append(time.perf_counter() - clock)
+            if logging:
+                metrics = self.train_metrics()
+                if self.due(t.eval_every):
+                    metrics.update(self.evaluate())
+                metrics["seconds_per_step"] = float(np.median(step_seconds))
+                self.log(metrics)
+                bar.set_postfix(
+                    {k: round(metrics[k], 3) for k in ("loss", "train_acc", "mean_weight_angle") if k in metrics}
+                )
+            if t.checkpoint_every and self.step % t.checkpoint_every == 0:
+                self.check_finite(self.step - 1, weights=True)
+                self.save()
+            if self.on_step is not None:
+                self.on_step(self, self.step)
+            signum = self.backend.agree_stop(stop.received) if self.step < self.total_steps else 0
+            if signum:
+                self.interrupt(signum)
+            clock = time.perf_counter()
+
+    def interrupt(self, signum: int) -> None:
+        """Checkpoint the step reached (every process calls it) and raise :class:`Interrupted`."""
+        self.check_finite(self.step - 1, weights=True)
+        if self.saved_step != self.step:
+            self.save()
+        stopped = f"{signal.Signals(signum).name} at step {self.step} of {self.total_steps}"
+        raise Interrupted(
+            signum,
+            f"interrupted by {stopped}; checkpoint {self.run_dir / CHECKPOINT} written; {resume_hint(self.run_dir)}"
+            if self.backend.is_main
+            else "",
+        )
+
+    def _plugin_failure(self, exc: BaseException) -> PluginFailed | None:
+        """A third-party plugin's error during training as one line naming the plugin, the rule and the
+        error, its full traceback kept in the run folder's ``error.log``; None for any other error."""
+        if not isinstance(exc, Exception) or isinstance(exc, (UserError, RunFailure)):
+            return None
+        where = get_registry().plugin_in_traceback(exc)
+        if where is None:
+            return None
+        log = self.run_dir / ERROR_LOG
+        if self.backend.is_main:
+            write_text_atomically(log, "".join(traceback.format_exception(exc)))
+        error = (str(exc).strip().splitlines() or [""])[0]
+        return PluginFailed(
+            f"{where} raised {type(exc).__name__}: {error} at step {self.step}, training rule "
+            f"{self.recipe.rule.name!r}; the full traceback is in {log}; {resume_hint(self.run_dir)}"
+        )
+
+    def _lost_report(self) -> str:
+        """The one line of a process whose collective failed ("" under nalign's launcher, which names the dead one)."""
+        if os.environ.get(LAUNCHED_BY_NALIGN):
+            return ""
+        b = self.backend
+        return (
+            f"rank {b.rank} of {b.world_size}: another process of the run died, so it stopped at step {self.step}; "
+            f"{resume_hint(self.run_dir)}"
+        )
+
+    def summary(self, step_seconds: list[float], status: str, evaluate: bool = True) -> dict:
+        """Final record: test metrics (unless not ``evaluate``), layer metrics, median seconds per step
+        (robust to load spikes)."""
         r = self.recipe
         return {
             "status": status,
@@ -506,7 +596,11 @@ class Trainer:
             "epochs": self.step / self.steps_per_epoch,
             "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
             "train_seconds": sum(step_seconds),
-            **{k: v for k, v in {**self.evaluate(), **self.layer_summary()}.items() if "/" not in k},
+            **{
+                k: v
+                for k, v in {**(self.evaluate() if evaluate else {}), **self.layer_summary()}.items()
+                if "/" not in k
+            },
             **self.backend.summary(),
         }
 

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
@@ -31,9 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.plugins.backends.local import cuda_device
-from neural_alignment.runtime.backend import Backend
+from neural_alignment.recipes.schema import OneOf, at_least
+from neural_alignment.runtime.backend import STOP_SIGNALS, Backend
+from neural_alignment.training.preemption import LAUNCHED_BY_NALIGN, ProcessLost
+from neural_alignment.training.rundir import resume_hint
 
 DEVICES = ("cpu", "cuda")
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")  # gloo's words
 
 
 def global_batch_mean(t: torch.Tensor) -> torch.Tensor:
@@ -53,7 +60,10 @@ def launched() -> bool:
 
 class DDPBackend(Backend):
     """Data-parallel processes (``nproc_per_node`` when nalign launches them; ``device`` cpu or
-    cuda, default cuda when present, one GPU per local rank; ``sync_batchnorm``)."""
+    cuda, default cuda when present, one GPU per local rank; ``sync_batchnorm``; ``oversubscribe``:
+    allow more CPU processes than cores)."""
+
+    option_checks: ClassVar[dict[str, Any]] = {"nproc_per_node": at_least(1), "device": OneOf(DEVICES)}
 
     def __init__(
         self,
@@ -65,6 +75,7 @@ class DDPBackend(Backend):
         autocast_dtype: str | None = None,
         channels_last: bool = False,
         compile: bool | str = False,
+        oversubscribe: bool = False,
     ):
         if not launched():
             raise UserError(
@@ -72,8 +83,6 @@ class DDPBackend(Backend):
                 "them itself); LOCAL_RANK is not set here"
             )
         self.device_type = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device_type not in DEVICES:
-            raise UserError(f"backend 'ddp' option device={device!r}: use one of {', '.join(DEVICES)}")
         self.local_rank = int(os.environ["LOCAL_RANK"])
         super().__init__(autocast_dtype=autocast_dtype, channels_last=channels_last, compile=compile)
         if not dist.is_initialized():  # torchrun's environment names the rendezvous (env://)
@@ -87,6 +96,8 @@ class DDPBackend(Backend):
         self.sync_batchnorm = bool(sync_batchnorm)
         self.sync_alignment_means = bool(sync_alignment_means)
         self._ddp: DistributedDataParallel | None = None
+        # the stop votes after every step (training.preemption) stay on the CPU
+        self._votes_group = dist.new_group(backend="gloo") if self.device.type == "cuda" else None
 
     def make_device(self) -> torch.device:
         if self.device_type == "cpu":
@@ -98,20 +109,60 @@ class DDPBackend(Backend):
     @classmethod
     def launch(cls, options: dict, command: list[str]) -> int | None:
         """Outside a launched job: run ``nalign <command>`` in ``nproc_per_node`` processes through
-        torch.distributed.run and return their exit code (the largest of the failed ones)."""
+        torch.distributed.run and return their exit code.
+
+        A process that died makes the launcher stop the others; it reports which one, in one line
+        (:class:`DeathReport`). A signal to the launcher reaches every process, which checkpoint and
+        exit (``training.preemption``); the launcher then returns 128 + the signal.
+        """
         if launched():
             return None
         from torch.distributed import run as elastic
+        from torch.distributed.elastic.multiprocessing.api import SignalException
         from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-        nproc = int(options.get("nproc_per_node", 1))
-        if nproc < 1:
-            raise UserError(f"backend 'ddp' option nproc_per_node={nproc} must be >= 1")
+        nproc = options.get("nproc_per_node", 1)
+        cls._check_process_count(nproc, options.get("device"), options.get("oversubscribe", False))
+        os.environ.setdefault("OMP_NUM_THREADS", "1")  # what torchrun sets, without its banner
+        os.environ[LAUNCHED_BY_NALIGN] = "1"
         try:
-            elastic.main(["--standalone", f"--nproc-per-node={nproc}", "--module", "neural_alignment.cli", *command])
+            with _quiet_launcher():
+                elastic.main(
+                    ["--standalone", f"--nproc-per-node={nproc}", "--module", "neural_alignment.cli", *command]
+                )
+        except SignalException as exc:  # every process got the signal too and has checkpointed
+            return 128 + int(exc.sigval)
         except ChildFailedError as exc:
-            return max(failure.exitcode for failure in exc.failures.values()) or 1
+            codes = {rank: failure.exitcode for rank, failure in exc.failures.items()}
+            report = DeathReport(codes, nproc, command)
+            if report.line:
+                print(f"nalign: error: {report.line}", file=sys.stderr, flush=True)
+            return report.exit_code
+        finally:
+            os.environ.pop(LAUNCHED_BY_NALIGN, None)
         return 0
+
+    @staticmethod
+    def _check_process_count(nproc: object, device: str | None, oversubscribe: bool) -> None:
+        """``nproc_per_node`` must fit the machine: at most one process per CPU core on the CPU
+        (each is a whole copy of the run), one per GPU on cuda; ``oversubscribe: true`` allows more CPU ones."""
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda":
+            gpus = torch.cuda.device_count()
+            if nproc > gpus:  # type: ignore[operator]
+                raise UserError(
+                    f"backend 'ddp' option nproc_per_node={nproc}: this machine has {gpus} GPUs, one per "
+                    f"process; use at most {gpus}"
+                )
+            return
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        if nproc > cores and not oversubscribe:  # type: ignore[operator]
+            raise UserError(
+                f"backend 'ddp' option nproc_per_node={nproc} exceeds the {cores} CPU cores here (each "
+                f"process holds a whole copy of the run); use at most {cores}, or set "
+                "backend.options.oversubscribe=true to start them anyway"
+            )
 
     def prepare(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
         if self.sync_batchnorm:
@@ -140,3 +191,78 @@ class DDPBackend(Backend):
     def synchronize(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def sum_votes(self, votes: torch.Tensor) -> list:
+        """Through a gloo group on the CPU: no device round trip after every step on GPUs."""
+        total = votes.clone()
+        dist.all_reduce(total, group=self._votes_group)
+        return total.tolist()
+
+    def lost_process(self, exc: BaseException) -> bool:
+        """torch.distributed's errors, and the RuntimeErrors gloo raises when a peer's connection closes."""
+        return isinstance(exc, dist.DistError) or (
+            isinstance(exc, RuntimeError) and any(sign in str(exc) for sign in PEER_GONE)
+        )
+
+
+@dataclass(frozen=True)
+class DeathReport:
+    """What the launcher says when processes failed: ``codes`` maps a global rank to its exit code
+    (negative: the signal that killed it); ranks that exited with ``ProcessLost.exit_code`` survived
+    the one that died, those at 128 + a stop signal stopped on it after their checkpoint."""
+
+    codes: dict[int, int]
+    nproc: int
+    command: list[str]
+
+    @property
+    def died(self) -> dict[int, int]:
+        """The ranks that died: not those that stopped cleanly on a stop signal (128 + it), nor those
+        that failed after another died (``ProcessLost``) or that the launcher stopped then (- the signal)."""
+        clean = {128 + int(s) for s in STOP_SIGNALS}
+        stopped = {-int(s) for s in STOP_SIGNALS} | {ProcessLost.exit_code}
+        died = {rank: code for rank, code in self.codes.items() if code not in clean | stopped}
+        return died or {rank: code for rank, code in self.codes.items() if code in stopped - {ProcessLost.exit_code}}
+
+    @property
+    def line(self) -> str:
+        """One line naming the ranks that died and how to go on ("" when every process stopped on a signal)."""
+        if not self.died:
+            return ""
+        how = ", ".join(
+            f"{rank} ({signal.Signals(-code).name})" if code < 0 else f"{rank} (exit code {code})"
+            for rank, code in sorted(self.died.items())
+        )
+        folder = next(
+            (self.command[i + 1] for i, a in enumerate(self.command[:-1]) if a in ("--out", "--resume")), None
+        )
+        then = resume_hint(folder) if folder else "see its messages above"
+        ranks = "rank" if len(self.died) == 1 else "ranks"
+        return f"{ranks} {how} of the {self.nproc} processes of this ddp run died; the others stopped; {then}"
+
+    @property
+    def exit_code(self) -> int:
+        codes = list(self.died.values()) or list(self.codes.values())
+        code = codes[0]
+        return 128 - code if code < 0 else code or 1
+
+
+@contextlib.contextmanager
+def _quiet_launcher():
+    """torch.distributed.run's loggers at ERROR while it runs: its warnings repeat what nalign reports."""
+    import logging
+
+    names = [
+        n
+        for n in logging.root.manager.loggerDict
+        if n.startswith(("torch.distributed.elastic", "torch.distributed.run"))
+    ]
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
