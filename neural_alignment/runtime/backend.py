@@ -23,8 +23,8 @@ through the methods below, so its step loop reads the same for one device, DDP a
 ``sum_across(t)``          host list of ``t`` summed over processes; the trainer calls it only at
                            logging, finiteness-check and checkpoint steps
 ``save(state, path)``      rank 0 alone writes, CPU tensors, atomically (``runtime.checkpoint``)
-``rng_state()``            the device RNG's state for checkpoints, beside the host's (XLA: its seed);
-``set_rng_state(s)``       restores it (a state from another backend is ignored)
+``seed_step(seed, s)``     at the start of global step s: seed a device RNG that the checkpoint's
+                           RNG states do not carry (XLA) from (seed, s)
 ``summary()``              facts for ``summary.json`` (XLA: ``xla_compilations``, ``xla_devices``)
 =========================  ===========================================================================
 
@@ -174,12 +174,11 @@ class Backend:
         if self.is_main:
             checkpoint.save(state, path)
 
-    def rng_state(self) -> dict:
-        """The device RNG's state beyond the host's (``runtime.checkpoint.rng_state``): none here."""
-        return {}
-
-    def set_rng_state(self, state: dict) -> None:
-        """Restore what :meth:`rng_state` returned (a state another backend wrote is ignored)."""
+    def seed_step(self, seed: int, step: int) -> None:
+        """Called at the start of global step ``step``: a device whose RNG the checkpoint's states
+        (``runtime.checkpoint.rng_state``: torch CPU and CUDA, numpy, random) do not carry seeds it
+        from (``seed``, ``step``) here, so a resumed run draws what an uninterrupted one draws. Nothing
+        to do on the CPU and CUDA."""
 
     def summary(self) -> dict:
         """Backend facts recorded in ``summary.json``."""

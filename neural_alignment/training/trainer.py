@@ -227,7 +227,7 @@ class Trainer:
                     k: {"lr": c.lr(self.step), "epoch": c.lr.epoch(self.step)} if c else None
                     for k, c in self.components.items()
                 },
-                "rng": {**checkpoint.rng_state(), "device": self.backend.rng_state()},
+                "rng": checkpoint.rng_state(),
                 "running": {"sums": running, "seen": self.seen},  # train loss/accuracy since the last log
                 "recipe": to_yaml(self.recipe),
             },
@@ -241,7 +241,6 @@ class Trainer:
             if component is not None:
                 component.load_state_dict(state["optimizers"][key])
         checkpoint.set_rng_state(state["rng"])
-        self.backend.set_rng_state(state["rng"].get("device", {}))
         self.step = self.saved_step = int(state["step"])
         if "running" in state and self.backend.is_main:  # global sums: counted once, by rank 0
             self.running = state["running"]["sums"].float().to(self.backend.device)
@@ -273,6 +272,7 @@ class Trainer:
         """One optimizer step at ``self.step`` on this process's part (x, y) of the global batch;
         accumulates the running stats. No host read of a device value, except at check steps."""
         t, step = self.recipe.train, self.step
+        self.backend.seed_step(t.seed, step)
         set_epoch(self.model, step / self.steps_per_epoch, angle_factor=t.alignment_rate / t.loss_rate)
         for component in self.components.values():
             if component is not None:
@@ -409,7 +409,12 @@ class Trainer:
     def batches(self) -> DataLoader:
         seed = self.recipe.train.seed
         sampler = StepBatches(
-            len(self.splits.train), self.recipe.data.batch_size, seed, self.step, self.total_steps, *self.backend.batch_part
+            len(self.splits.train),
+            self.recipe.data.batch_size,
+            seed,
+            self.step,
+            self.total_steps,
+            *self.backend.batch_part,
         )
         # the generator only seeds the workers (their augmentation draws): from the run's seed and start step,
         # not the global RNG (a resumed run must not shift it) nor a fixed seed (every run alike)

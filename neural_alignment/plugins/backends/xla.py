@@ -22,8 +22,8 @@ the ``xla`` extra; this module imports it only when the backend is built.
   ``train.metrics_every`` here), each read one graph, so a run compiles a fixed set of graphs
   whatever its length (docs/scaling.md lists them); ``summary.json`` records the count
   (``xla_compilations``) and the devices each batch was sharded over (``xla_devices``).
-- The device RNG (input noise, noisy updates) is a seed XLA advances with each graph; checkpoints
-  hold it (``rng_state``), so a resumed run draws what an uninterrupted one draws.
+- The device RNG (input noise, noisy updates) is seeded at every step from (seed, step)
+  (``seed_step``), so a resumed run draws what an uninterrupted one draws.
 """
 
 from __future__ import annotations
@@ -131,17 +131,16 @@ class XLABackend(Backend):
 
         xm.wait_device_ops()
 
-    def rng_state(self) -> dict:
-        """The device RNG's seed (XLA advances it with every graph that draws)."""
+    def seed_step(self, seed: int, step: int) -> None:
+        """XLA's RNG (input noise, noisy updates) at step ``step``: seeded with ``hash((seed, step))``.
+
+        torch-xla advances its seed at every ``torch_xla.sync()`` whether or not anything was drawn,
+        so a stream carried over from the previous step would depend on how many evaluation batches
+        and loader syncs came between (and ``torch.manual_seed`` does not reach it); a seed per step
+        does not. The seed is a graph input, not a constant: no graph is recompiled for it."""
         import torch_xla.core.xla_model as xm
 
-        return {"xla_seed": int(xm.get_rng_state(self.device))}
-
-    def set_rng_state(self, state: dict) -> None:
-        import torch_xla.core.xla_model as xm
-
-        if "xla_seed" in state:
-            xm.set_rng_state(int(state["xla_seed"]), self.device)
+        xm.set_rng_state(hash((seed, step)) % 2**63, self.device)  # an int tuple's hash is not salted
 
     def summary(self) -> dict:
         """``xla_compilations``: the graphs XLA compiled in this process so far; ``xla_devices``:
