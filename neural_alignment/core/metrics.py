@@ -12,7 +12,6 @@ ratio 1 by definition. These functions read tensors on the host, all of a call's
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any

@@ -116,11 +116,15 @@ class XLABackend(Backend):
         """On the device; under SPMD a tensor whose first dimension the devices divide is sharded
         over them (every host holds the whole tensor: evaluation batches, a benchmark's batch)."""
         batch = super().to_device(batch)
-        if self.mesh is not None and isinstance(batch, torch.Tensor):
-            if batch.dim() and batch.shape[0] % self.devices == 0:
-                import torch_xla.distributed.spmd as xs
+        if (
+            self.mesh is not None
+            and isinstance(batch, torch.Tensor)
+            and batch.dim()
+            and batch.shape[0] % self.devices == 0
+        ):
+            import torch_xla.distributed.spmd as xs
 
-                xs.mark_sharding(batch, self.mesh, (AXIS,) + (None,) * (batch.dim() - 1))
+            xs.mark_sharding(batch, self.mesh, (AXIS,) + (None,) * (batch.dim() - 1))
         return batch
 
     def end_step(self) -> None:
