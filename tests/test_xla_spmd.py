@@ -61,6 +61,11 @@ for rule, steps in [*((r, 6) for r in rules), ("sa", 12)]:
     torch.save(to_cpu(result.model.state_dict()), out / f"{rule}-{steps}" / "final.pt")
 (out / "compilations.json").write_text(json.dumps(compilations))
 Trainer(recipe("rule.name=kp", "train.steps=2"), out / "checkpoint").run()
+from neural_alignment.core.errors import UserError
+try:
+    Trainer(recipe("data.batch_size=30", "train.steps=1"), out / "uneven")
+except UserError as error:
+    (out / "uneven.txt").write_text(str(error))
 """
 
 
@@ -113,6 +118,13 @@ def test_spmd_compiles_the_same_graphs_for_6_and_12_steps(spmd):
     compilations = json.loads((spmd / "compilations.json").read_text())
     assert all(0 < compilations[f"{rule}-6"] <= 12 for rule in RULES), compilations
     assert compilations["sa-12"] == 0
+
+
+def test_a_batch_the_devices_do_not_divide_is_a_user_error(spmd):
+    assert (spmd / "uneven.txt").read_text() == (
+        "backend 'xla' option spmd=true shards each micro-batch over 4 devices: "
+        "train.accumulate=1 times 4 must divide data.batch_size=30"
+    )
 
 
 @pytest.mark.parametrize("backend", ["xla", "cpu"])

@@ -22,8 +22,9 @@ Data order is a seeded permutation per epoch (``seed``, epoch), independent of t
 so a resumed run sees the same batches.
 
 The backend (``runtime.backend``) carries everything that differs between one device, DDP and XLA:
-which slice of each global batch this process trains on, the wrapped module the forward runs,
-the gradient averaging before clipping and the step, the end of a step, the sums read back at
+which part of each global batch this process feeds (``batch_part``), the wrapped module the
+forward runs (DDP averages the gradients in its backward; XLA's SPMD step is one program over
+the global batch), the end of a step, the device RNG's seed per step, the sums read back at
 logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
 claims and writes the run folder; every process evaluates its share of the test set. Processes
 other than rank 0 draw their random numbers (input noise) from their own stream, seeded from

@@ -14,7 +14,8 @@ the ``xla`` extra; this module imports it only when the backend is built.
   on one device. Each host feeds its contiguous part ``(process_index, process_count)`` of every
   global batch of the seeded ``StepBatches`` order (``batch_part``); torch-xla assembles the
   global batch from the hosts' parts (``ShardingSpec(..., minibatch=True)``). Every host runs
-  the whole program, evaluation and probes included, and writes the same run folder.
+  the whole program, evaluation and probes included, and writes the same run folder. Tested on
+  one host's virtual CPU devices; the multi-host path is not run here (no pod).
 - Data reaches the device through torch-xla's parallel loader (``MpDeviceLoader``).
 - The step is traced lazily and runs at ``torch_xla.sync()``, called at the end of each step
   and of each evaluation batch. The trainer reads device values on the host only at logging,
