@@ -1,7 +1,7 @@
 """Images per second of the real ``Trainer`` step, every rule against ``bp``, on one backend.
 
     python benchmarks/train_step.py [--backend cpu|cuda|xla] [--archs resnet18,convnet]
-        [--image-size 64] [--resnet-batch 32] [--reps 10] [--autocast bfloat16] [--channels-last]
+        [--image-size 64] [--resnet-batch 32] [--reps 10] [--autocast bfloat16] [--channels-last] [--spmd]
 
 One step is what ``nalign run`` does per step: forward, task and alignment losses, one backward,
 both components' optimizer updates (the alignment optimizer too), the end of the step and a
@@ -46,7 +46,7 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
     else:
         size, batch = args.image_size, args.resnet_batch
         recipe, shape, classes = "imagenet-resnet18", [3, size, size], 1000
-    backend = {"autocast_dtype": args.autocast, "channels_last": args.channels_last}
+    backend = {"autocast_dtype": args.autocast, "channels_last": args.channels_last, "spmd": args.spmd}
     backend = {k: v for k, v in backend.items() if v}
     return (
         recipe,
@@ -116,12 +116,13 @@ def main(argv=None) -> int:
     parser.add_argument("--clock", choices=sorted(CLOCKS), help="default: cpu on the cpu backend, else wall")
     parser.add_argument("--autocast", help="autocast dtype, e.g. bfloat16")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--spmd", action="store_true", help="xla: the batch sharded over every device (SPMD)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     clock_name = args.clock or ("cpu" if args.backend == "cpu" else "wall")
     print(
         f"torch {torch.__version__}, backend {args.backend}, {torch.get_num_threads()} thread(s), "
-        f"autocast {args.autocast or 'off'}, channels_last {args.channels_last}, {clock_name} clock"
+        f"autocast {args.autocast or 'off'}, channels_last {args.channels_last}, spmd {args.spmd}, {clock_name} clock"
     )
     ok = True
     with tempfile.TemporaryDirectory() as folder:

@@ -6,12 +6,12 @@
   input and the true backprop gradient there (same weights, B := W, rules' feedback paths off), on one batch.
 
 A layer without B (rule ``bp``) propagates with W itself: its weight angle is 0 and its norm
-ratio 1 by definition. These functions read tensors on the host; call them between steps.
+ratio 1 by definition. These functions read tensors on the host, all of a call's values at once
+(one graph on a lazy device such as XLA); call them between steps.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any
@@ -23,30 +23,48 @@ from torch.func import functional_call
 from neural_alignment.core.feedback import native_backward
 from neural_alignment.core.layers import aligned_layers
 
-__all__ = ["angle_degrees", "gradient_angle", "layer_metrics"]
+__all__ = ["angle_degrees", "angle_tensor", "gradient_angle", "layer_metrics"]
 
 
-def angle_degrees(a: Tensor, b: Tensor) -> float:
-    """The angle between vec(a) and vec(b) in degrees, 2 atan2(|u - v|, |u + v|) with u, v the
-    unit vectors (stable for nearly parallel vectors, unlike acos of the cosine)."""
+def angle_tensor(a: Tensor, b: Tensor) -> Tensor:
+    """The angle between vec(a) and vec(b) in degrees, as a 0-dim float64 tensor on their device:
+    2 atan2(|u - v|, |u + v|) with u, v the unit vectors (stable for nearly parallel vectors,
+    unlike acos of the cosine)."""
     u = a.detach().reshape(-1).double()
     v = b.detach().reshape(-1).double()
     u = u / u.norm()
     v = v / v.norm()
-    return math.degrees(2.0 * math.atan2((u - v).norm().item(), (u + v).norm().item()))
+    return torch.rad2deg(2.0 * torch.atan2((u - v).norm(), (u + v).norm()))
+
+
+def angle_degrees(a: Tensor, b: Tensor) -> float:
+    """:func:`angle_tensor` read as a float."""
+    return angle_tensor(a, b).item()
+
+
+def _read(values: dict[str, Tensor]) -> dict[str, float]:
+    """The 0-dim tensors of ``values`` read to the host at once (one device graph on a lazy device)."""
+    if not values:
+        return {}
+    return dict(zip(values, torch.stack(list(values.values())).tolist()))
 
 
 def layer_metrics(model: nn.Module) -> dict[str, dict[str, float]]:
-    """{layer name: {"weight_angle": degrees between vec(W) and vec(B), "norm_ratio": ||B||/||W||}}."""
-    metrics = {}
+    """{layer name: {"weight_angle": degrees between vec(W) and vec(B), "norm_ratio": ||B||/||W||}},
+    every layer's values read to the host together."""
+    values, fixed = {}, {}
     for name, layer in aligned_layers(model):
         W, B = layer.weight, layer.backward_weight
         if B is None:
-            metrics[name] = {"weight_angle": 0.0, "norm_ratio": 1.0}
+            fixed[name] = {"weight_angle": 0.0, "norm_ratio": 1.0}
         else:
-            ratio = (B.detach().double().norm() / W.detach().double().norm()).item()
-            metrics[name] = {"weight_angle": angle_degrees(W, B), "norm_ratio": ratio}
-    return metrics
+            values[f"{name}\0weight_angle"] = angle_tensor(W, B)
+            values[f"{name}\0norm_ratio"] = B.detach().double().norm() / W.detach().double().norm()
+    read = _read(values)
+    return {
+        name: fixed.get(name) or {key: read[f"{name}\0{key}"] for key in ("weight_angle", "norm_ratio")}
+        for name, _ in aligned_layers(model)
+    }
 
 
 def gradient_angle(model: nn.Module, batch: Any, loss_fn: Callable[[Tensor, Tensor], Tensor]) -> dict[str, float]:
@@ -69,7 +87,7 @@ def gradient_angle(model: nn.Module, batch: Any, loss_fn: Callable[[Tensor, Tens
         propagated = _input_gradients(model, inputs, targets, loss_fn, {})
         with native_backward():
             true = _input_gradients(model, inputs, targets, loss_fn, tied)
-    return {name: angle_degrees(propagated[name], true[name]) for name in propagated if name in true}
+    return _read({name: angle_tensor(propagated[name], true[name]) for name in propagated if name in true})
 
 
 def _input_gradients(model, inputs, targets, loss_fn, replaced: dict[str, Tensor]) -> dict[str, Tensor]:

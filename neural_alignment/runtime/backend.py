@@ -12,19 +12,23 @@ through the methods below, so its step loop reads the same for one device, DDP a
 ``prepare(model, dtype)``  the model on the device (memory format, SyncBatchNorm...) before the
                            optimizers are built; the trainer keeps it for state, alignment, metrics
 ``wrap(model)``            the module whose forward the step calls (DDP wrapper, ``torch.compile``)
-``batches(loader)``        the device batches of a host loader (this rank's share of each global
-                           batch: the sampler slices it with ``rank``/``world_size``)
+``batch_part``             (index, count): this process feeds the index-th of count contiguous
+                           parts of each global batch (``rank``, ``world_size``; XLA SPMD: its host's)
+``check_batch(b, acc)``    a ``UserError`` unless a global batch of b in acc micro-batches splits evenly
+``batches(loader)``        the device batches of a host loader (this process's part of each global
+                           batch, which the sampler slices with ``batch_part``)
 ``micro_batch(net, last)`` the context of one micro-batch's backward (DDP: sync only the last)
-``reduce_gradients(ps)``   average gradients across processes before clipping and the optimizer
-                           step (XLA; DDP averages inside the backward)
-``end_step()``             the end of a training step (XLA: ``torch_xla.sync()`` cuts the graph)
+``end_step()``             the end of a training step or an evaluation batch (XLA:
+                           ``torch_xla.sync()`` cuts the graph)
 ``sum_across(t)``          host list of ``t`` summed over processes; the trainer calls it only at
                            logging, finiteness-check and checkpoint steps
 ``save(state, path)``      rank 0 alone writes, CPU tensors, atomically (``runtime.checkpoint``)
 ``agree_stop(signum)``     after each step, every process: the stop signal any of them received
                            (0: none), so all stop after the same step (``training.preemption``)
 ``lost_process(exc)``      whether ``exc`` is a collective that failed because a process died
-``summary()``              facts for ``summary.json`` (XLA: ``xla_compilations``)
+``seed_step(seed, s)``     at the start of global step s: seed a device RNG that the checkpoint's
+                           RNG states do not carry (XLA) from (seed, s)
+``summary()``              facts for ``summary.json`` (XLA: ``xla_compilations``, ``xla_devices``)
 =========================  ===========================================================================
 
 The base class is one torch device in one process. Options every backend takes:
@@ -103,6 +107,21 @@ class Backend:
         """True in the process that writes the run folder (rank 0)."""
         return self.rank == 0
 
+    @property
+    def batch_part(self) -> tuple[int, int]:
+        """(index, count): this process feeds the index-th of ``count`` contiguous equal parts of
+        each global batch (its rank among ``world_size`` processes)."""
+        return self.rank, self.world_size
+
+    def check_batch(self, batch_size: int, accumulate: int) -> None:
+        """A ``UserError`` unless each process's part of a global batch of ``batch_size`` splits
+        into ``accumulate`` equal micro-batches."""
+        if batch_size % (accumulate * self.world_size):
+            raise UserError(
+                f"train.accumulate={accumulate} times {self.world_size} processes must divide "
+                f"data.batch_size={batch_size}"
+            )
+
     @classmethod
     def launch(cls, options: dict, command: list[str]) -> int | None:
         """Start the processes of ``nalign <command>`` and return their exit code, or ``None``
@@ -150,11 +169,8 @@ class Backend:
         """The context of one micro-batch's forward and backward (``last``: the step's last)."""
         return contextlib.nullcontext()
 
-    def reduce_gradients(self, params: list[torch.Tensor]) -> None:
-        """Average the gradients of ``params`` across processes (nothing to do in one process)."""
-
     def end_step(self) -> None:
-        """Called after each training step (lazy devices execute the step here)."""
+        """Called after each training step and each evaluation batch (lazy devices execute it here)."""
 
     def sum_across(self, tensor: torch.Tensor) -> Any:
         """``tensor`` summed over the processes, read to the host (``tolist``: a number for a 0-dim tensor, else a
@@ -171,7 +187,7 @@ class Backend:
             return signum
         votes = torch.tensor([float(signum == stop) for stop in STOP_SIGNALS])
         counts = self.sum_votes(votes)
-        return next((int(stop) for stop, count in zip(STOP_SIGNALS, counts) if count), 0)
+        return next((int(stop) for stop, count in zip(STOP_SIGNALS, counts, strict=True) if count), 0)
 
     def lost_process(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a collective failing because another process of the run died."""
@@ -188,6 +204,12 @@ class Backend:
         state = to_cpu(state)
         if self.is_main:
             checkpoint.save(state, path)
+
+    def seed_step(self, seed: int, step: int) -> None:
+        """Called at the start of global step ``step``: a device whose RNG the checkpoint's states
+        (``runtime.checkpoint.rng_state``: torch CPU and CUDA, numpy, random) do not carry seeds it
+        from (``seed``, ``step``) here, so a resumed run draws what an uninterrupted one draws. Nothing
+        to do on the CPU and CUDA."""
 
     def summary(self) -> dict:
         """Backend facts recorded in ``summary.json``."""

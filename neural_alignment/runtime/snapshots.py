@@ -39,12 +39,18 @@ def sample_indices(model: nn.Module, seed: int, limit: int = DEFAULT_LIMIT) -> d
 
 def save_snapshot(run_dir: str | Path, step: int, model: nn.Module, indices: dict[str, torch.Tensor]) -> Path:
     """Write the (W, B) pairs at ``indices`` of every aligned layer for ``step``; returns the file."""
-    arrays: dict[str, np.ndarray] = {}
-    for name, layer in aligned_layers(model):
+    layers = aligned_layers(model)
+    pairs = []
+    for name, layer in layers:
         index = indices[name].to(layer.weight.device)
         W = layer.weight.detach().reshape(-1)[index]
         B = W if layer.backward_weight is None else layer.backward_weight.detach().reshape(-1)[index]
-        arrays[name] = torch.stack([W, B], dim=1).float().cpu().numpy()
+        pairs.append(torch.stack([W, B], dim=1).float())
+    # one read to the host for every layer (one graph on a lazy device)
+    read = torch.cat(pairs).cpu().numpy() if pairs else np.zeros((0, 2), np.float32)
+    arrays: dict[str, np.ndarray] = {}
+    for (name, _), part in zip(layers, np.split(read, np.cumsum([len(p) for p in pairs])[:-1])):
+        arrays[name] = part
         arrays[INDEX_PREFIX + name] = indices[name].cpu().numpy()
     folder = Path(run_dir) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,9 @@ Data order is a seeded permutation per epoch (``seed``, epoch), independent of t
 so a resumed run sees the same batches.
 
 The backend (``runtime.backend``) carries everything that differs between one device, DDP and XLA:
-which slice of each global batch this process trains on, the wrapped module the forward runs,
-the gradient averaging before clipping and the step, the end of a step, the sums read back at
+which part of each global batch this process feeds (``batch_part``), the wrapped module the
+forward runs (DDP averages the gradients in its backward; XLA's SPMD step is one program over
+the global batch), the end of a step, the device RNG's seed per step, the sums read back at
 logging steps (all-reduced), and the checkpoint write (rank 0, CPU tensors). Rank 0 alone
 claims and writes the run folder; every process evaluates its share of the test set. Processes
 other than rank 0 draw their random numbers (input noise) from their own stream, seeded from
@@ -149,12 +150,7 @@ class Trainer:
         """Seeds, backend, data, model, optimizers and the loggers' factories: everything that can fail on a setting."""
         recipe, t = self.recipe, self.recipe.train
         seed_everything(t.seed, t.deterministic)
-        world = self.backend.world_size
-        if recipe.data.batch_size % (t.accumulate * world):
-            raise UserError(
-                f"train.accumulate={t.accumulate} times {world} processes must divide "
-                f"data.batch_size={recipe.data.batch_size}"
-            )
+        self.backend.check_batch(recipe.data.batch_size, t.accumulate)
         self.splits = splits if splits is not None else build_data(recipe)
         self.steps_per_epoch = dataset_length(self.splits.train) // recipe.data.batch_size
         if self.steps_per_epoch < 1:
@@ -175,15 +171,20 @@ class Trainer:
         self.step = 0
         self.saved_step: int | None = None  # the step of the newest checkpoint in the folder
         self._evaluated: tuple[int, dict] = (-1, {})
-        self.running = torch.zeros(2, device=self.backend.device)  # task loss sum, correct, since the last log
+        self.running = self._zeros(2)  # task loss sum, correct, since the last log
         self.seen = 0  # examples since the last log (a host count: no device read)
-        self.nonfinite = torch.zeros((), device=self.backend.device)  # > 0 once a loss was NaN/inf
+        self.nonfinite = self._zeros(())  # > 0 once a loss was NaN/inf
         self.check_every = (
             t.check_finite_every
             if t.check_finite_every is not None
             else self.backend.check_finite_every(t.metrics_every)
         )
         self._logger_factories = self._loggers()
+
+    def _zeros(self, *shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Zeros copied from the host: data, not an operation that a lazy device would fold into the
+        next step's graph (which would then differ from every other step's)."""
+        return torch.zeros(*shape, dtype=dtype).to(self.backend.device)
 
     def _resume(self) -> None:
         """Continue the folder's run: its recipe (``self.recipe`` may change only the safe keys, recorded
@@ -262,7 +263,7 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])
         if "running" in state and self.backend.is_main:  # global sums: counted once, by rank 0
-            self.running.copy_(state["running"]["sums"])
+            self.running = state["running"]["sums"].float().to(self.backend.device)
             self.seen = int(state["running"]["seen"])
 
     # -- the step -------------------------------------------------------------------------
@@ -291,6 +292,7 @@ class Trainer:
         """One optimizer step at ``self.step`` on this process's part (x, y) of the global batch;
         accumulates the running stats. No host read of a device value, except at check steps."""
         t, step = self.recipe.train, self.step
+        self.backend.seed_step(t.seed, step)
         set_epoch(self.model, step / self.steps_per_epoch, angle_factor=t.alignment_rate / t.loss_rate)
         for component in self.components.values():
             if component is not None:
@@ -307,7 +309,6 @@ class Trainer:
         updates = [
             (c, active) for c, active in zip(self.components.values(), self.updates(step), strict=True) if c is not None
         ]
-        self.backend.reduce_gradients([p for component, active in updates if active for p in component.params])
         for component, active in updates:
             if active:
                 if t.clip_grad_norm:
@@ -360,6 +361,7 @@ class Trainer:
             metrics.update(self.evaluate_split(self.splits.val, "val"))
         if self.probes is not None:
             metrics.update(self.probes.record(self.model, self.step))
+        self.backend.end_step()  # the probes' restored state: not folded into the next step's graph
         self._evaluated = (self.step, metrics)
         return metrics
 
@@ -375,13 +377,14 @@ class Trainer:
             num_workers=self.recipe.data.num_workers,
             generator=torch.Generator(),
         )
-        sums = torch.zeros(len(self.ks) + 1, dtype=torch.float64, device=self.backend.device)
+        sums = self._zeros(len(self.ks) + 1, dtype=torch.float64)
         for x, y in loader:
             x, y = self.backend.to_device((x.to(self.dtype), y))
             with self.backend.autocast():
                 logits = self.model(x)
             sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
             sums[1:] += topk_correct(logits, y, self.ks)
+            self.backend.end_step()  # one graph per batch shape, not one growing with the split
         self.model.train()
         values = [total / len(dataset) for total in self.backend.sum_across(sums)]
         return {
@@ -412,8 +415,7 @@ class Trainer:
     def train_metrics(self) -> dict[str, float]:
         """Mean loss and accuracy since the last call, learning rates, epoch, layer metrics."""
         (loss_sum, correct), count = self.backend.sum_across(self.running), self.seen
-        self.running.zero_()
-        self.seen = 0
+        self.running, self.seen = self._zeros(2), 0
         metrics = {"epoch": self.step / self.steps_per_epoch}
         if count:
             metrics.update(loss=loss_sum / count, train_acc=correct / count)
@@ -439,8 +441,7 @@ class Trainer:
             seed,
             self.step,
             self.total_steps,
-            self.backend.rank,
-            self.backend.world_size,
+            *self.backend.batch_part,
         )
         # the generator only seeds the workers (their augmentation draws): from the run's seed and start step,
         # not the global RNG (a resumed run must not shift it) nor a fixed seed (every run alike)
