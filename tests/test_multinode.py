@@ -9,6 +9,8 @@ Where the machine allows a private mount namespace (root), the worker node sees 
 over ``hidden/``: the node that cannot see the search folder.
 """
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -94,10 +96,8 @@ class Node:
             self.process.wait(timeout=5)  # then no waiting for Ray's 30 s drain
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.process.wait()
         for p in psutil.process_iter(["cmdline"]):
             if str(self.temp) in " ".join(p.info["cmdline"] or []):
@@ -127,7 +127,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def on_cluster(cluster, monkeypatch):
-    head, worker, folder = cluster
+    head, _, _ = cluster
     monkeypatch.setenv("RAY_ADDRESS", head.address)
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
@@ -146,7 +146,13 @@ def records(out: Path) -> list[dict]:
 
 
 def search_command(folder: Path, out: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "neural_alignment.cli", "search", recipe(folder, steps), "--out", str(out)] + [
+    nalign = [sys.executable, "-m", "neural_alignment.cli"]
+    return [
+        *nalign,
+        "search",
+        recipe(folder, steps),
+        "--out",
+        str(out),
         "--backend",
         "ray",
         "--parallelism",
@@ -162,7 +168,7 @@ def assert_one_trial_per_node_at_a_time(got: list[dict]) -> None:
         by_node.setdefault(record["placement"]["node_id"], []).append((start, start + record["seconds"]))
     for spans in by_node.values():
         spans.sort()
-        assert all(end <= next_start for (_, end), (next_start, _) in zip(spans, spans[1:]))
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
 
 
 def test_a_search_runs_one_trial_per_accelerator_on_both_nodes(on_cluster, tmp_path):
@@ -184,7 +190,7 @@ def test_a_search_runs_one_trial_per_accelerator_on_both_nodes(on_cluster, tmp_p
 
 
 def test_a_node_that_cannot_see_the_search_folder_fails_its_trial_with_the_reason(on_cluster):
-    head, worker, folder = on_cluster
+    _, _, folder = on_cluster
     if not mount_namespaces():
         pytest.skip("no private mount namespace here (needs root): every node sees every folder")
     out = folder / "hidden" / "search"  # the worker node sees an empty tmpfs at folder/hidden
@@ -196,10 +202,8 @@ def test_a_node_that_cannot_see_the_search_folder_fails_its_trial_with_the_reaso
     on_worker = [r for r in got if r["status"] == "failed"]
     assert on_worker, "no trial ran on the worker node"
     for record in on_worker:
-        assert (
-            record["error"].startswith(f"node ")
-            and f"({WORKER_IP}) does not see the driver's folder {out}" in (record["error"])
-        )
+        assert record["error"].startswith("node ")
+        assert f"({WORKER_IP}) does not see the driver's folder {out}" in record["error"]
         assert SHARED_MARK in record["error"] and "\n" not in record["error"]
         assert not (out / record["run_dir"]).exists()  # it trained nowhere the driver reads
     assert all(r["placement"]["node_ip"] == HEAD_IP for r in got if r["status"] == "finished")
@@ -232,7 +236,7 @@ def test_a_search_whose_driver_is_killed_resumes_without_repeating_a_finished_tr
 
 def test_a_trial_on_a_killed_node_is_retried_on_another_and_the_search_ends_whole(on_cluster, tmp_path):
     """Last in the module: it kills the worker node."""
-    head, worker, folder = on_cluster
+    _, worker, folder = on_cluster
     out = tmp_path / "lost-node"
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(search_command(folder, out, 150), stdout=log, stderr=subprocess.STDOUT)
