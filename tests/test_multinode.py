@@ -179,24 +179,6 @@ def assert_one_trial_per_node_at_a_time(got: list[dict]) -> None:
         assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
 
 
-def test_a_search_runs_one_trial_per_accelerator_on_both_nodes(on_cluster, tmp_path):
-    _, _, folder = on_cluster
-    out = tmp_path / "spread"
-    # parallelism 4, but each trial holds the node's one accel: at most one trial per node at a time
-    done = subprocess.run(search_command(folder, out, 30), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-2000:]
-    got = records(out)
-    assert len(got) == 4 and all(r["status"] == "finished" for r in got)
-    assert {r["placement"]["node_ip"] for r in got} == {HEAD_IP, WORKER_IP}  # both nodes trained
-    assert len({r["placement"]["node_id"] for r in got}) == 2
-    assert_one_trial_per_node_at_a_time(got)
-    for record in got:  # the run's own summary.json says where it ran and with what
-        summary = json.loads((out / record["run_dir"] / "summary.json").read_text())
-        assert summary["placement"] == record["placement"]
-        assert summary["placement"]["resources"] == {"CPU": 1.0, "accel": 1.0}
-        assert summary["placement"]["backend"] == "cpu"  # accel is not a GPU or TPU: the recipe's backend
-
-
 def test_a_node_that_cannot_see_the_search_folder_fails_its_trial_with_the_reason(on_cluster):
     _, _, folder = on_cluster
     if not mount_namespaces():
@@ -217,7 +199,9 @@ def test_a_node_that_cannot_see_the_search_folder_fails_its_trial_with_the_reaso
     assert all(r["placement"]["node_ip"] == HEAD_IP for r in got if r["status"] == "finished")
 
 
-def test_a_search_whose_driver_is_killed_resumes_without_repeating_a_finished_trial(on_cluster, tmp_path):
+def test_a_search_killed_and_resumed_ran_one_trial_per_accelerator_on_both_nodes(on_cluster, tmp_path):
+    """Parallelism 4, but each trial holds its node's one accel: at most one trial per node at a time,
+    on both nodes; the driver killed (SIGKILL) mid-search, the resumed search runs no finished trial again."""
     _, _, folder = on_cluster
     out = tmp_path / "killed"
     driver = subprocess.Popen(search_command(folder, out, 60), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -239,7 +223,15 @@ def test_a_search_whose_driver_is_killed_resumes_without_repeating_a_finished_tr
     assert len(after) == 4 and len({r["trial"] for r in after}) == 4
     for record in before:  # the same record, started_at included: not trained again
         assert next(r for r in after if r["trial"] == record["trial"]) == record
+    assert all(r["status"] == "finished" for r in after)
+    assert {r["placement"]["node_ip"] for r in after} == {HEAD_IP, WORKER_IP}  # both nodes trained
+    assert len({r["placement"]["node_id"] for r in after}) == 2
     assert_one_trial_per_node_at_a_time(after)
+    for record in after:  # the run's own summary.json says where it ran and with what
+        summary = json.loads((out / record["run_dir"] / "summary.json").read_text())
+        assert summary["placement"] == record["placement"]
+        assert summary["placement"]["resources"] == {"CPU": 1.0, "accel": 1.0}
+        assert summary["placement"]["backend"] == "cpu"  # accel is not a GPU or TPU: the recipe's backend
 
 
 def test_a_trial_on_a_killed_node_is_retried_on_another_and_the_search_ends_whole(on_cluster, tmp_path):
