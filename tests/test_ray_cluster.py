@@ -10,4 +10,4 @@ def test_ray_address_names_the_cluster(monkeypatch):
 
 def test_without_ray_address_a_local_cluster_of_num_cpus(monkeypatch):
     monkeypatch.delenv(ADDRESS_VARIABLE, raising=False)
-    assert init_arguments(num_cpus=2) == {"num_cpus": 2, "include_dashboard": False}
+    assert init_arguments(num_cpus=2) == {"address": "local", "num_cpus": 2, "include_dashboard": False}

@@ -4,17 +4,44 @@ from __future__ import annotations
 
 import argparse
 
+from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.commands import add_recipe_arguments
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``nalign compare NAME --rules bp,fa,... [--seeds K] [--vary KEY=V1,V2,...] [--backend local|ray]
-    [KEY=VALUE ...] [--out DIR]``: one run per rule x value x seed, a table (mean ± s.e.m.) and a figure."""
+    [--trial-resources MAPPING] [KEY=VALUE ...] [--out DIR]``: one run per rule x value x seed, a table
+    (mean ± s.e.m.) and a figure."""
     from neural_alignment.grids.compare import compare
+    from neural_alignment.grids.placement import trial_resources
 
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    compare(args.recipe, rules, args.overrides, args.out, seeds=args.seeds, vary=args.vary, backend=args.backend)
+    resources = trial_resources(parse_mapping(args.trial_resources, "--trial-resources"), "--trial-resources")
+    compare(
+        args.recipe,
+        rules,
+        args.overrides,
+        args.out,
+        seeds=args.seeds,
+        vary=args.vary,
+        backend=args.backend,
+        trial_resources=resources,
+    )
     return 0
+
+
+def parse_mapping(text: str | None, flag: str) -> dict:
+    """``text`` (YAML flow syntax: ``{gpu: 1}``) as a mapping (``{}`` for ``None``); a ``UserError`` naming
+    ``flag`` when it is not one."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError:
+        value = None
+    if not isinstance(value, dict):
+        raise UserError(f"{flag} must be a mapping of Ray resources, e.g. '{{gpu: 1}}' or '{{TPU: 4}}'; got {text!r}")
+    return value
 
 
 def register(subparsers) -> None:
@@ -40,6 +67,12 @@ def register(subparsers) -> None:
         default="local",
         help="run the grid one run after another (local) or as parallel tasks on Ray "
         "(RAY_ADDRESS, else a local cluster)",
+    )
+    comp.add_argument(
+        "--trial-resources",
+        metavar="MAPPING",
+        help="Ray resources each run holds on --backend ray, merged onto {cpu: 1}: e.g. '{gpu: 1}' (a GPU "
+        "run trains on cuda), '{TPU: 4}' (xla); see docs/scaling.md",
     )
     comp.add_argument(
         "--out",

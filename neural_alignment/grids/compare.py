@@ -141,8 +141,9 @@ def plan(
     return points, specs
 
 
-def run_grid(specs: Sequence[RunSpec], backend: str) -> list[dict]:
-    """Train (or reuse, or resume) every spec; prints one progress line per run as it ends."""
+def run_grid(specs: Sequence[RunSpec], backend: str, **ray_options) -> list[dict]:
+    """Train (or reuse, or resume) every spec (``ray_options``: ``executor.run_all_on_ray``'s);
+    prints one progress line per run as it ends."""
     total, done = len(specs), []
 
     def progress(spec: RunSpec, summary: dict) -> None:
@@ -151,7 +152,7 @@ def run_grid(specs: Sequence[RunSpec], backend: str) -> list[dict]:
         error = f": {summary['error']}" if summary.get("error") else ""
         print(f"[{len(done)}/{total}] {spec.run_dir}: {how}{error}", file=sys.stderr, flush=True)
 
-    return run_specs(specs, backend, on_done=progress)
+    return run_specs(specs, backend, on_done=progress, **ray_options)
 
 
 def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[RunSpec]) -> tuple[str, list[dict], dict]:
@@ -192,16 +193,19 @@ def compare(
     seeds: int = 1,
     vary: str | Vary | None = None,
     backend: str = "local",
+    trial_resources: dict | None = None,
 ) -> dict:
     """Train ``name`` for every rule x ``vary`` value x seed; print and write the comparison
-    (see the module docstring); returns what ``comparison.json`` holds."""
+    (see the module docstring; ``trial_resources``: what each run holds on Ray, ``grids.placement``);
+    returns what ``comparison.json`` holds."""
     vary = parse_vary(vary) if isinstance(vary, str) else vary
     extra, notice = dataset_overrides(name, overrides)
     if notice:
         print(f"nalign: notice: {notice}", file=sys.stderr)
     out = Path(out) if out else default_run_dir(f"compare-{name}")
     points, specs = plan(name, rules, [*overrides, *extra], seeds, vary, out)
-    results = list(zip(points, run_grid(specs, backend), strict=True))
+    ray_options = {"resources": trial_resources, "shared": out} if backend == "ray" else {}
+    results = list(zip(points, run_grid(specs, backend, **ray_options), strict=True))
     failed = [
         (spec, summary) for spec, (_, summary) in zip(specs, results, strict=True) if summary.get("status") != FINISHED
     ]

@@ -11,8 +11,8 @@ into that folder and returns its summary, and is idempotent on the folder:
 A run that raises (a user error, a divergence, a bug) returns a summary with
 ``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
 :func:`run_all` runs a list of specs one after another (``local``); :func:`run_all_on_ray` runs
-them as parallel Ray tasks (one CPU each) on the cluster of ``grids.ray_cluster``, with the same
-contract; :func:`run_specs` picks one by backend name.
+them as parallel Ray tasks (each holding its trial resources, ``grids.placement``) on the cluster
+of ``grids.ray_cluster``, with the same contract; :func:`run_specs` picks one by backend name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from neural_alignment.core.errors import UserError
@@ -53,22 +53,24 @@ def finished_summary(run_dir: str | os.PathLike) -> dict | None:
     return summary if summary.get("status") == FINISHED else None
 
 
-def run_one(spec: RunSpec) -> dict:
+def run_one(spec: RunSpec, placement: dict | None = None) -> dict:
     """Train ``spec`` (reusing a finished run, resuming an interrupted one); never raises for a failed run.
 
-    The returned summary always has ``status`` and ``seconds`` (wall time of this call) and, on
-    failure, ``error`` (one line for a user error or a divergence, the last traceback line otherwise).
+    The returned summary always has ``status``, ``seconds`` (wall time of this call) and
+    ``started_at`` (its Unix time) and, on failure, ``error`` (one line for a user error or a
+    divergence, the last traceback line otherwise); ``placement`` (where it runs: ``grids.placement``)
+    is recorded in it and in ``summary.json``.
     """
     from neural_alignment.training.trainer import train
 
-    started = time.perf_counter()
+    started, started_at = time.perf_counter(), time.time()
     reused = finished_summary(spec.run_dir)
     if reused is not None:
         return {**reused, "reused": True}
     try:
         recipe = load_recipe(spec.name, list(spec.overrides))
         resume = has_checkpoint(spec.run_dir)
-        result = train(recipe, spec.run_dir, resume=resume, overwrite=not resume)
+        result = train(recipe, spec.run_dir, resume=resume, overwrite=not resume, placement=placement)
         summary = dict(result.summary)
     except TrainingDiverged as exc:
         summary = {"status": "diverged", "error": str(exc)}
@@ -77,8 +79,18 @@ def run_one(spec: RunSpec) -> dict:
     except Exception as exc:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
         summary = {"status": "failed", "error": last}
-    summary["seconds"] = time.perf_counter() - started
+    summary.update(seconds=time.perf_counter() - started, started_at=started_at)
+    if placement is not None:
+        summary["placement"] = placement
     return summary
+
+
+def run_placed(spec: RunSpec) -> dict:
+    """``run_one(spec)`` on a Ray worker, on the backend its assigned resources choose, its placement recorded."""
+    from neural_alignment.grids.placement import placed
+
+    overrides, here = placed(spec.name, spec.overrides)
+    return run_one(replace(spec, overrides=overrides), placement=here)
 
 
 def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:
@@ -93,15 +105,30 @@ def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] |
 
 
 def run_all_on_ray(
-    specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None, num_cpus: int | None = None
+    specs: Sequence[RunSpec],
+    on_done: Callable[[RunSpec, dict], None] | None = None,
+    num_cpus: int | None = None,
+    resources: dict | None = None,
+    shared: Path | None = None,
 ) -> list[dict]:
-    """Run ``specs`` as Ray tasks (``run_one`` each, one CPU per task) on the cluster of
-    :func:`~neural_alignment.grids.ray_cluster.ray_cluster` (``num_cpus``: a local cluster's size);
-    ``on_done`` in the order runs finish; the summaries are returned in the order of ``specs``."""
+    """Run ``specs`` as Ray tasks (:func:`run_placed` each, holding ``resources``,
+    default one CPU) on the cluster of :func:`~neural_alignment.grids.ray_cluster.ray_cluster`
+    (``num_cpus``: a local cluster's size); ``on_done`` in the order runs finish; the summaries
+    are returned in the order of ``specs``. A task whose worker dies (its node lost) is started
+    again up to ``placement.RETRIES`` times (its run folder resumes from its checkpoint). Each task
+    first checks that its node sees ``shared`` (the folder the driver reads), else fails with why."""
+    from neural_alignment.grids import placement
     from neural_alignment.grids.ray_cluster import ray_cluster
 
+    resources = placement.trial_resources(resources, "--trial-resources")
+    token = placement.mark_shared(shared) if shared is not None else None
+
+    def run(spec: RunSpec) -> dict:
+        problem = placement.unseen_folder(shared, token) if token else None
+        return {"status": "failed", "error": problem} if problem else run_placed(spec)
+
     with ray_cluster(num_cpus) as ray:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_one)
+        remote = ray.remote(max_retries=placement.RETRIES, **placement.remote_options(resources))(run)
         pending = {remote.remote(spec): index for index, spec in enumerate(specs)}
         summaries: list[dict | None] = [None] * len(specs)
         while pending:
@@ -121,9 +148,13 @@ EXECUTORS: dict[str, Callable[..., list[dict]]] = {"local": run_all, "ray": run_
 
 
 def run_specs(
-    specs: Sequence[RunSpec], backend: str = "local", on_done: Callable[[RunSpec, dict], None] | None = None
+    specs: Sequence[RunSpec],
+    backend: str = "local",
+    on_done: Callable[[RunSpec, dict], None] | None = None,
+    **ray_options,
 ) -> list[dict]:
-    """Run ``specs`` with the executor named ``backend`` (``local`` or ``ray``)."""
+    """Run ``specs`` with the executor named ``backend`` (``local`` or ``ray``; ``ray_options``:
+    :func:`run_all_on_ray`'s ``resources`` and ``shared``)."""
     if backend not in EXECUTORS:
         raise UserError(f"unknown executor backend {backend!r}; valid: {', '.join(EXECUTORS)}")
-    return EXECUTORS[backend](specs, on_done)
+    return EXECUTORS[backend](specs, on_done, **(ray_options if backend == "ray" else {}))

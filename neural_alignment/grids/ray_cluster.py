@@ -5,7 +5,8 @@ cluster through :func:`ray_cluster`, so both connect the same way:
 
 - ``RAY_ADDRESS`` set (``auto``, ``ray://head:10001``, ``head:6379``): connect to that cluster;
 - otherwise: start a local cluster of ``num_cpus`` CPUs (all of this machine's when ``None``)
-  and shut it down when the block ends.
+  and shut it down when the block ends; always a new one (``address="local"``), never one that
+  ``ray start`` left on this machine (Ray's own ``ray.init()`` would join that one).
 
 A cluster that was already initialised in this process (a test, a notebook) is used as it is
 and left running.
@@ -37,7 +38,7 @@ def init_arguments(num_cpus: int | None = None) -> dict:
     address = os.environ.get(ADDRESS_VARIABLE)
     if address:
         return {"address": address}
-    return {"num_cpus": num_cpus, "include_dashboard": False}
+    return {"address": "local", "num_cpus": num_cpus, "include_dashboard": False}
 
 
 @contextmanager

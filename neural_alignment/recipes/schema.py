@@ -108,6 +108,26 @@ class OptionsByName(Check):
         return None
 
 
+@dataclass(frozen=True)
+class RayResources(Check):
+    """Ray resources per trial: ``{name: amount}`` with ``cpu``, ``gpu``, ``memory`` (bytes) or a
+    resource a node declares (``TPU``, a custom name); amounts >= 0, a fraction only below 1 (Ray's
+    rule), at least one above 0."""
+
+    def problem(self, value: Any) -> str | None:
+        if not hasattr(value, "items"):
+            return f"{value!r} is not a mapping of Ray resources (e.g. {{cpu: 1, gpu: 1}})"
+        for name, amount in value.items():
+            if name in ("CPU", "GPU"):
+                return f"write {name.lower()!r}, not {name!r} (Ray's own spelling of the built-in resources)"
+            number = isinstance(amount, (int, float)) and not isinstance(amount, bool) and math.isfinite(amount)
+            if not number or amount < 0 or (amount > 1 and amount != int(amount)):
+                return f"{name}: {amount!r} is not an amount of a Ray resource (>= 0; above 1 a whole number)"
+        if not any(amount > 0 for amount in value.values()):
+            return f"{dict(value)!r} asks for nothing; a trial needs some resource, e.g. {{cpu: 1}}"
+        return None
+
+
 def at_least(low: float) -> Range:
     return Range(low)
 
@@ -269,6 +289,8 @@ class SearchConfig:
     ``metric``: the trial summary's value to optimise, ``goal``: max or min it. A search never
     reads the test set: ``test_*`` metrics are refused, ``val_*`` ones need ``data.val_split``.
     ``startup_trials``: random trials before TPE models the scores (hyperopt's n_startup_jobs).
+    ``trial_resources``: the Ray resources each trial holds on the ``ray`` backend (merged onto
+    ``{cpu: 1}``: ``{gpu: 1}`` asks for a CPU and a GPU; ``grids.placement``).
     """
 
     space: dict[str, Any] = field(default_factory=dict)
@@ -276,6 +298,7 @@ class SearchConfig:
     metric: str = "val_acc"
     goal: str = field(default="max", metadata=valid(OneOf(("max", "min"))))
     startup_trials: int = field(default=10, metadata=valid(at_least(1)))
+    trial_resources: dict[str, Any] = field(default_factory=lambda: {"cpu": 1}, metadata=valid(RayResources()))
 
 
 @dataclass

@@ -57,8 +57,11 @@ RECORDED_METRICS = (
     "last_weight_angle",
     "mean_norm_ratio",
     "steps",
+    "started_at",
+    "placement",
 )
-"""Summary values copied into ``trials.jsonl`` beside the score (never a ``test_*`` one)."""
+"""Summary values copied into ``trials.jsonl`` beside the score (never a ``test_*`` one); ``placement``
+and ``started_at``: where (a Ray node) and when the trial trained."""
 
 
 @dataclass
@@ -139,8 +142,16 @@ def override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def run_trial(plan: SearchPlan, objective: Objective, sample: Sample, run_dir: Path, trial) -> dict:
-    """Train one trial into ``run_dir`` and return its ``trials.jsonl`` record (never raises for a failed run).
+def run_trial(
+    plan: SearchPlan,
+    objective: Objective,
+    sample: Sample,
+    run_dir: Path,
+    trial,
+    run: Callable[[RunSpec], dict] = run_one,
+) -> dict:
+    """Train one trial into ``run_dir`` with ``run`` (``run_one``; on Ray ``run_placed``) and return
+    its ``trials.jsonl`` record (never raises for a failed run).
 
     A ``run_dir`` left by another suggestion (its ``trial.json`` differs) is cleared first;
     one left by this suggestion is reused or resumed by ``run_one``.
@@ -154,7 +165,12 @@ def run_trial(plan: SearchPlan, objective: Objective, sample: Sample, run_dir: P
     overrides = [*plan.overrides, *(override(k, v) for k, v in sample.overrides.items())]
     if objective.wandb:
         overrides.append(override("log.options.wandb.group", run_dir.parent.parent.name))
-    summary = run_one(RunSpec(plan.recipe, tuple(overrides), run_dir))
+    return trial_record(objective, trial, sample, run(RunSpec(plan.recipe, tuple(overrides), run_dir)), run_dir.name)
+
+
+def trial_record(objective: Objective, trial, sample: Sample, summary: dict, folder: str) -> dict:
+    """The ``trials.jsonl`` record of ``trial`` given ``sample``, from its run's ``summary``."""
+    given = {"values": sample.values, "overrides": sample.overrides}
     record = {
         "trial": trial,
         **given,
@@ -162,7 +178,7 @@ def run_trial(plan: SearchPlan, objective: Objective, sample: Sample, run_dir: P
         "status": summary.get("status"),
         "error": summary.get("error"),
         "seconds": summary.get("seconds"),
-        "run_dir": f"{TRIAL_FOLDERS}/{run_dir.name}",
+        "run_dir": f"{TRIAL_FOLDERS}/{folder}",
     }
     record.update({k: summary[k] for k in RECORDED_METRICS if k in summary})
     if record["status"] == FINISHED:

@@ -108,11 +108,13 @@ class Trainer:
         on_step: Callable[[Trainer, int], None] | None = None,
         overwrite: bool = False,
         splits: DataSplits | None = None,
+        placement: dict | None = None,
     ):
         """Claim ``run_dir`` (``training.rundir``: locked, empty unless ``overwrite``; with ``resume``
         its checkpoint and recipe, of which ``recipe`` may change only the safe keys), build
-        everything (``splits``: a dataset already built for this recipe, shared), then write the folder."""
-        self.recipe, self.run_dir, self.on_step = recipe, Path(run_dir), on_step
+        everything (``splits``: a dataset already built for this recipe, shared), then write the folder.
+        ``placement`` (where this run trains on a Ray cluster, ``grids.placement``) goes into ``summary.json``."""
+        self.recipe, self.run_dir, self.on_step, self.placement = recipe, Path(run_dir), on_step, placement
         self.backend = build_backend(recipe)  # first: rank 0 alone claims and writes the folder
         self.folder = RunFolder(run_dir)
         if self.backend.is_main:
@@ -499,6 +501,8 @@ class Trainer:
                 raise
             finally:
                 bar.close()
+                if self.placement is not None:
+                    summary["placement"] = self.placement
                 self._close_loggers(summary)
                 self.folder.release()
 
@@ -612,7 +616,8 @@ def train(
     resume: bool = False,
     on_step: Callable[[Trainer, int], None] | None = None,
     overwrite: bool = False,
+    placement: dict | None = None,
 ) -> RunResult:
     """Train ``recipe`` into ``run_dir`` (continuing its checkpoint when ``resume``; replacing what
-    the folder holds when ``overwrite``, else refusing a non-empty folder)."""
-    return Trainer(recipe, run_dir, resume, on_step, overwrite).run()
+    the folder holds when ``overwrite``, else refusing a non-empty folder; ``placement``: see ``Trainer``)."""
+    return Trainer(recipe, run_dir, resume, on_step, overwrite, placement=placement).run()
