@@ -1,13 +1,17 @@
 """Errors that are the user's to fix (a bad name, key, file or value).
 
 The ``nalign`` command prints such an error as one line and exits 2, with no traceback.
-Every message names the bad thing and what would be valid.
+Every message names the bad thing and what would be valid. A command that ran but some of whose
+work failed (a grid with failed cells, a search in which no trial scored) exits ``EXIT_FAILED``.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+
+EXIT_FAILED = 1
+"""The exit status of a command that ran to its end but some of whose work failed (it says which)."""
 
 
 class UserError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from neural_alignment.core.errors import EXIT_FAILED
 from neural_alignment.recipes.commands import add_recipe_arguments
 
 
@@ -13,8 +14,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from neural_alignment.grids.compare import compare
 
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    compare(args.recipe, rules, args.overrides, args.out, seeds=args.seeds, vary=args.vary, backend=args.backend)
-    return 0
+    report = compare(
+        args.recipe, rules, args.overrides, args.out, seeds=args.seeds, vary=args.vary, backend=args.backend
+    )
+    return EXIT_FAILED if report["failed"] else 0
 
 
 def register(subparsers) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import EXIT_FAILED, UserError
 from neural_alignment.recipes.commands import add_recipe_arguments
 
 
@@ -14,7 +13,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     """``nalign search NAME [KEY=VALUE ...] --out DIR [--max-evals N] [--backend local|ray] [--parallelism K]``,
     or ``nalign search --resume DIR [--max-evals N]``: TPE over the recipe's ``search.space``."""
     from neural_alignment.search.run import plan_for, run_search
-    from neural_alignment.search.trials import PLAN, SearchPlan
+    from neural_alignment.search.trials import SearchPlan
     from neural_alignment.training.rundir import default_run_dir
 
     if args.resume:
@@ -29,11 +28,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError("nalign search needs a recipe NAME (e.g. search-fmnist-wm) or --resume DIR")
         plan = plan_for(args.recipe, args.overrides, args.max_evals, args.backend, args.parallelism, args.seed)
         out = Path(args.out) if args.out else default_run_dir(f"search-{plan.load().name}")
-        if (out / PLAN).is_file():
-            raise UserError(f"{out} already holds a search; continue it with: nalign search --resume {out}")
-    run_search(plan, out)
+    best = run_search(plan, out, new=not args.resume)
     print(f"search folder: {out}")
-    return 0
+    return 0 if best is not None else EXIT_FAILED
 
 
 def cmd_search_report(args: argparse.Namespace) -> int:
@@ -46,14 +43,16 @@ def cmd_search_report(args: argparse.Namespace) -> int:
         scores_figure,
     )
     from neural_alignment.search.space import categorical_keys
-    from neural_alignment.search.trials import TRIALS, Objective, SearchPlan
+    from neural_alignment.search.trials import TRIALS, Objective, SearchPlan, read_records
 
     out = Path(args.dir)
     objective = Objective.of(SearchPlan.read(out).load())
     path = out / TRIALS
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: no trial of this search has finished yet")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a file; a search writes its records there (move it aside)")
+    records = read_records(path)
+    if not records:
+        raise UserError(f"{path} holds no trial record: no trial of this search has finished yet")
     ranked = importance(records, categorical_keys(objective.space))
     finished = sum(r.get("score") is not None for r in records)
     print(f"{len(records)} trials, {finished} with a score ({objective.metric}, goal {objective.goal})")
