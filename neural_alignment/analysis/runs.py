@@ -138,7 +138,10 @@ def expand(path: str | Path) -> list[tuple[Path, str]]:
         return [(path, path.name)]
     if (path / COMPARISON_FILE).is_file():
         entries = compare_entries(path)
-        found = [(run, label) for run, label in entries if (run / METRICS_FILE).is_file()]
+        found = [(run, label) for run, label in entries if (run / METRICS_FILE).is_file() and read_history(run)]
+        if found and len(found) < len(entries):
+            missing = ", ".join(label for entry, label in entries if (entry, label) not in found)
+            print(f"nalign: notice: {path}: no records (yet) of {missing}; shown without them", file=sys.stderr)
         if not found:
             raise UserError(
                 f"{path} is a compare folder but none of its {len(entries)} run folders holds a {METRICS_FILE} "
