@@ -366,7 +366,7 @@ def test_damaged_records_are_read_with_a_notice_and_kept(tmp_path, capsys):
     (out / "trials.pkl").write_bytes(pickled[:100])
     capsys.readouterr()
     assert main(["search", "--resume", str(out), "--max-evals", "3"]) == 0
-    err = capsys.readouterr().err.splitlines()
+    err = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]  # the trials' schedules warn
     assert len(err) == 1 and "trials.pkl is unreadable" in err[0] and "rebuilt" in err[0]
     assert (out / "trials.pkl.damaged").read_bytes() == pickled[:100]
     after = records(out)
@@ -389,3 +389,35 @@ def test_a_search_in_which_no_trial_scored_exits_1(tmp_path, capsys):
     hopeless = tiny(tmp_path, extra="    optim.task.lr: {dist: uniform, low: 1.0e+29, high: 1.0e+30}\n")
     assert main(["search", hopeless, "--out", str(tmp_path / "s"), "--max-evals", "2"]) == 1
     assert "no trial finished with a score" in capsys.readouterr().out
+
+
+def test_search_report_of_a_one_weight_search_plots_score_and_angle_against_the_value(tmp_path, capsys):
+    """A space of one continuous value: no importance table or blank importance.png; values.png
+    holds each scored trial's (value, score) and (value, angle); scores.png numbers trials as the records do."""
+    from neural_alignment.analysis.importance import scores_figure, values_figure
+
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(TINY.format(steps=4, extra="").split("  space:")[0] + "  space:\n" + ONE_WEIGHT)
+    out = tmp_path / "s"
+    SearchPlan(str(recipe), max_evals=3).save(out)
+    rows = [(0, 1e-3, 0.5, 80.0), (1, 1e-2, 0.7, 60.0), (2, 3e-3, None, None)]
+    trials = [
+        {"trial": t, "values": {"rule.weights.decay": v}, "score": s, "status": "finished" if s else "failed"}
+        | ({"mean_weight_angle": a} if a else {})
+        for t, v, s, a in rows
+    ]
+    (out / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trials))
+    assert main(["search-report", str(out)]) == 0
+    assert "no importance table" in capsys.readouterr().out
+    assert not (out / "importance.png").exists() and not (out / "importance.md").exists()
+    assert (out / "values.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+    score_ax, angle_ax = values_figure(trials, {"rule.weights.decay": True}, "val_acc").axes
+    assert [tuple(p) for p in score_ax.lines[0].get_xydata()] == [(1e-3, 0.5), (1e-2, 0.7)]
+    assert [tuple(p) for p in angle_ax.lines[0].get_xydata()] == [(1e-3, 80.0), (1e-2, 60.0)]
+    assert score_ax.get_xscale() == "log"
+    marks = scores_figure(trials, "val_acc", "max").axes[0].lines
+    assert [tuple(p) for p in marks[0].get_xydata()] == [(0, 0.5), (1, 0.7)] and list(marks[-1].get_xdata()) == [2]
+    assert values_figure(trials[2:], {"rule.weights.decay": True}, "val_acc") is None  # nothing scored: no figure
+
+
+ONE_WEIGHT = "    rule.weights.decay: {dist: loguniform, low: 1.0e-4, high: 1.0e-1}\n"

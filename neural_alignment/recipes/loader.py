@@ -19,6 +19,7 @@ import fnmatch
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -142,10 +143,8 @@ def _shape_mismatch(schema: DictConfig, cfg, prefix: str = "") -> str:
     """The first key where ``cfg`` holds a list and ``schema`` a mapping, or the other way round."""
     for key, value in cfg.items_ex(resolve=False) if isinstance(cfg, DictConfig) else ():
         below = schema._get_node(key) if key in schema else None
-        if (
-            (isinstance(value, ListConfig)
-            and isinstance(below, DictConfig))
-            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        if (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig)
         ):
             return f"{prefix}{key}"
         if isinstance(value, DictConfig) and isinstance(below, DictConfig):
@@ -167,10 +166,8 @@ def _clear_replaced(base: DictConfig, other: DictConfig) -> None:
         if key not in base:
             continue
         below = base._get_node(key)
-        mixed = (
-            (isinstance(value, ListConfig)
-            and isinstance(below, DictConfig))
-            or (isinstance(value, DictConfig) and isinstance(below, ListConfig))
+        mixed = (isinstance(value, ListConfig) and isinstance(below, DictConfig)) or (
+            isinstance(value, DictConfig) and isinstance(below, ListConfig)
         )
         if mixed or (
             isinstance(value, DictConfig)
@@ -286,13 +283,20 @@ def check_values(recipe: DictConfig, where: str) -> DictConfig:
     return _check_schedules(recipe, where)
 
 
-def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:
-    """``recipe`` once every schedule in it builds; else a ``RecipeError`` naming the key."""
+def recipe_schedules(recipe: DictConfig) -> dict[str, Any]:
+    """Every schedule config of ``recipe`` (plain containers) by key: the two optimizers' and the rule coefficients'."""
     schedules = {f"optim.{part}.schedule": recipe.optim[part].schedule for part in ("task", "alignment")}
     schedules.update({f"rule.schedules.{key}": value for key, value in recipe.rule.schedules.items()})
-    for key, cfg in schedules.items():
+    return {
+        k: OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v for k, v in schedules.items()
+    }
+
+
+def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:
+    """``recipe`` once every schedule in it builds; else a ``RecipeError`` naming the key."""
+    for key, cfg in recipe_schedules(recipe).items():
         try:
-            make_schedule(OmegaConf.to_container(cfg) if isinstance(cfg, (DictConfig, ListConfig)) else cfg)
+            make_schedule(cfg)
         except (UserError, TypeError, ValueError) as exc:
             raise RecipeError(f"bad value for recipe key {key!r} in {where}: {exc}") from None
     return recipe

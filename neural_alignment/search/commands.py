@@ -34,15 +34,18 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_search_report(args: argparse.Namespace) -> int:
-    """``nalign search-report DIR``: the metaparameter importance table, importance.png and scores.png."""
+    """``nalign search-report DIR``: scores.png; the importance table and importance.png (categorical
+    choices); values.png (score and weight angle against each continuous value). No empty figure."""
     from neural_alignment.analysis.importance import (
         importance,
         importance_figure,
         importance_table,
         save,
         scores_figure,
+        values_figure,
     )
-    from neural_alignment.search.space import categorical_keys
+    from neural_alignment.runtime.atomic import write_text_atomically
+    from neural_alignment.search.space import categorical_keys, continuous_keys
     from neural_alignment.search.trials import TRIALS, Objective, SearchPlan, read_records
 
     out = Path(args.dir)
@@ -56,13 +59,18 @@ def cmd_search_report(args: argparse.Namespace) -> int:
     ranked = importance(records, categorical_keys(objective.space))
     finished = sum(r.get("score") is not None for r in records)
     print(f"{len(records)} trials, {finished} with a score ({objective.metric}, goal {objective.goal})")
-    table = importance_table(ranked, objective.metric)
-    print(table)
-    (out / "importance.md").write_text(table + "\n", encoding="utf-8")
-    print(
-        f"figures: {save(importance_figure(ranked, objective.metric), out / 'importance.png')}, "
-        f"{save(scores_figure(records, objective.metric, objective.goal), out / 'scores.png')}"
-    )
+    written = [save(scores_figure(records, objective.metric, objective.goal), out / "scores.png")]
+    if ranked:
+        table = importance_table(ranked, objective.metric)
+        print(table)
+        write_text_atomically(out / "importance.md", table + "\n")
+        written.append(save(importance_figure(ranked, objective.metric), out / "importance.png"))
+    else:
+        print("no categorical choice in the space has a scored trial: no importance table (importance.md, .png)")
+    values = values_figure(records, continuous_keys(objective.space), objective.metric)
+    if values is not None:
+        written.append(save(values, out / "values.png"))
+    print(f"figures: {', '.join(map(str, written))}")
     return 0
 
 
@@ -87,7 +95,8 @@ def register(subparsers) -> None:
     search.set_defaults(func=cmd_search)
 
     report = subparsers.add_parser(
-        "search-report", help="rank a search's categorical choices by their effect on the score"
+        "search-report",
+        help="a search's scores, its categorical choices ranked by effect, the score against continuous values",
     )
     report.add_argument("dir", metavar="DIR", help="a search folder")
     report.set_defaults(func=cmd_search_report)

@@ -221,3 +221,19 @@ def categorical_keys(space: Mapping[str, Any]) -> list[str]:
                 for option in spec["options"]:
                     keys.extend(k for k in categorical_keys(option) if k not in keys)
     return keys
+
+
+def continuous_keys(space: Mapping[str, Any]) -> dict[str, bool]:
+    """The value keys (as :class:`Sample` ``values`` names them: ``KEY`` or ``KEY/OTHER`` for a
+    ``times`` ratio) of every uniform, loguniform or quniform entry, branches' included, each with
+    whether it is searched on a log scale (loguniform)."""
+    keys: dict[str, bool] = {}
+    for key, spec in space.items():
+        if not is_distribution(spec):
+            continue
+        if spec["dist"] != "choice":
+            keys[f"{key}/{spec['times']}" if "times" in spec else key] = spec["dist"] == "loguniform"
+        elif is_branch_label(key):
+            for option in spec["options"]:
+                keys.update({k: v for k, v in continuous_keys(option).items() if k not in keys})
+    return keys
