@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 import neural_alignment as na
-
 from neural_alignment.core.errors import UserError
 from neural_alignment.registry import Registry
 

@@ -1,7 +1,11 @@
 """``nalign compare --seeds K --vary key=...``: the grid, its aggregation, resuming it, running it on Ray."""
 
 import json
+import re
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import matplotlib.image
@@ -171,3 +175,50 @@ def test_bad_grid_input_fails_before_training(tmp_path, capsys):
     )
     assert "optim.task.lrr" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_second_compare_into_a_folder_in_use_is_refused_and_changes_nothing(tmp_path, capsys):
+    """While a real compare process runs (it holds the folder's lock), the same compare is refused in
+    one line before it trains or writes anything (it used to lose its cells to the runs' locks)."""
+    out = tmp_path / "grid"
+    args = ["compare", "digits-mlp", "--rules", "bp", "--seeds", "2", *FEW, "train.steps=5000", "--out", str(out)]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "neural_alignment.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "bp" / "seed0" / "recipe.yaml").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, "the first compare ended before the second started"
+        before = sorted(p.relative_to(out) for p in out.rglob("*"))
+        assert main(args) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and "in use by another nalign compare" in err[0] and str(out) in err[0]
+        after = sorted(p.relative_to(out) for p in out.rglob("*"))
+        assert set(before) <= set(after)  # nothing removed; only the first compare's running run grows
+        assert [p for p in after if p not in before and Path("bp", "seed0") not in p.parents] == []
+        assert not (out / "comparison.json").exists()
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_grid_with_a_diverged_cell_exits_1_and_its_report_names_every_cell(tmp_path, capsys):
+    out = tmp_path / "grid"
+    vary = "optim.task.lr=0.05,1e30"
+    assert (
+        main(["compare", "digits-mlp", "--rules", "bp", "--seeds", "2", "--vary", vary, *FEW, "--out", str(out)]) == 1
+    )
+    report = json.loads((out / "comparison.json").read_text())
+    assert report["failed"] == 2 and [r["status"] for r in report["runs"]] == ["finished"] * 2 + ["diverged"] * 2
+    assert capsys.readouterr().err.count("diverged") >= 2
+    # nalign report reads the grid folder (it used to refuse it) and labels each run by its cell
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    labels = re.findall(r"<tr><td>([^<]*)</td><td><code>", page)
+    expected = [f"bp optim.task.lr={v} seed{s}" for v in ("0.05", "1e30") for s in (0, 1)]
+    assert labels == expected[:2]  # the diverged cells logged no step: named in a notice, not drawn
+    assert f"no records (yet) of {expected[2]}, {expected[3]}" in capsys.readouterr().err
+    # a leaf run passed alone keeps its rule and cell in its label
+    assert main(["report", str(out / "bp" / "optim.task.lr=0.05" / "seed1"), "--out", str(tmp_path / "leaf")]) == 0
+    assert "<tr><td>bp optim.task.lr=0.05 seed1</td>" in (tmp_path / "leaf" / "index.html").read_text()

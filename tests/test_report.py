@@ -42,7 +42,7 @@ def test_report_of_a_compare_folder(compare_dir, tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", str(compare_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    names = ["curves.png", "alignment.png", "layers-bp.png", "weights-bp.png", "layers-sa.png", "weights-sa.png"]
+    names = ["curves.png", "alignment.png", "layers-bp.png", "layers-sa.png", "weights-sa.png"]  # bp: B is W
     assert sorted(p.name for p in out.glob("*.png")) == sorted(names)
     for name in names:
         assert str(out / name) in printed
@@ -52,6 +52,7 @@ def test_report_of_a_compare_folder(compare_dir, tmp_path, capsys):
     assert len(sources) == len(names) and all(s.startswith("data:image/png;base64,") for s in sources)
     assert not re.search(r"url\(|@import|<link|<script", page, flags=re.I)
     assert ">bp<" in page and ">sa<" in page
+    assert "bp has no separate backward weights (B is W), so no W-versus-B scatter" in page
 
 
 def test_report_replaces_an_earlier_report_and_refuses_any_other_folder(compare_dir, tmp_path, capsys):

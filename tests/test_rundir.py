@@ -17,6 +17,8 @@ from neural_alignment.runtime import checkpoint
 from neural_alignment.training import rundir
 
 TINY = [
+    "optim.task.schedule=null",  # digits-mlp's schedules span 20 epochs: these few-step runs would be warned
+    "optim.alignment.schedule=null",
     "data.train_limit=128",
     "data.test_limit=64",
     "data.batch_size=32",

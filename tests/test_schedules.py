@@ -125,3 +125,21 @@ def test_values_are_python_floats():
 def test_bad_values_are_user_errors_naming_the_key(cfg, message):
     with pytest.raises(UserError, match=message):
         make_schedule(cfg)
+
+
+def test_last_change_and_the_warnings_of_a_run_whose_length_train_steps_sets():
+    from neural_alignment.core.schedules import last_change, make_schedule
+    from neural_alignment.recipes.loader import load_recipe
+    from neural_alignment.training.build import schedule_warnings
+
+    assert last_change(make_schedule({"kind": "step", "warmup_epochs": 2, "drops": [30, 60]})) == 60
+    assert last_change(make_schedule({"kind": "linear", "start": 5, "end": 20})) == 20
+    assert last_change(make_schedule([{"kind": "window", "end": 7}, "constant"])) == 7
+    assert last_change(make_schedule({"kind": "cyclic"})) is None and last_change(make_schedule(None)) is None
+    # digits-mlp's schedules go linearly from epoch 5 to 20 (to 0.05x)
+    cut = schedule_warnings(load_recipe("digits-mlp", ["train.steps=200"]), 22, 200)  # 9.09 epochs
+    assert len(cut) == 2 and cut[0].startswith("optim.task.schedule changes until epoch 20") and "9.09 epochs" in cut[0]
+    early = schedule_warnings(load_recipe("digits-mlp", ["train.steps=100"]), 1, 100)  # 100 epochs: settles at 20
+    assert len(early) == 2 and "settles at 0.05x after epoch 20" in early[1] and early[1].startswith("optim.alignment")
+    assert schedule_warnings(load_recipe("digits-mlp", ["train.steps=600"]), 22, 600) == []  # 27 epochs: fits
+    assert schedule_warnings(load_recipe("digits-mlp"), 22, 440) == []  # a length in epochs: the schedules' own unit

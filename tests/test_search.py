@@ -12,6 +12,7 @@ import sys
 import time
 
 import pytest
+import torch
 import yaml
 
 from neural_alignment.cli import main
@@ -274,3 +275,149 @@ def test_the_ray_callback_keeps_a_record_trials_jsonl_already_holds(tmp_path):
     callback.on_trial_result(0, [], None, {"record": json.dumps({**first, "seconds": 9.0})})
     callback.on_trial_result(0, [], None, {"record": json.dumps({**first, "trial": "def"})})
     assert records(tmp_path) == [first, {**first, "trial": "def"}]
+
+
+def folder_state(folder):
+    """Every file below ``folder`` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_second_search_on_a_folder_in_use_is_refused_and_changes_nothing(tmp_path, capsys):
+    """While a real search process runs (it holds the folder's lock), a second search, new or
+    --resume, is refused in one line before it writes or removes anything."""
+    out = tmp_path / "search"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "neural_alignment.cli", "search", tiny(tmp_path, steps=5000), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "search.json").is_file() and time.monotonic() < deadline:  # written under the lock
+            time.sleep(0.05)
+        for second in (["search", tiny(tmp_path), "--out", str(out)], ["search", "--resume", str(out)]):
+            before = folder_state(out)
+            assert first.poll() is None, "the first search ended before the second started"
+            assert main(second) == 2
+            err = capsys.readouterr().err.splitlines()
+            assert len(err) == 1 and "in use by another search" in err[0] and str(out) in err[0]
+            held = folder_state(out)
+            assert set(before) <= set(held)  # nothing removed
+            assert all(
+                held[k] == v for k, v in before.items() if "trial-0000/" not in k
+            )  # only the running trial grows
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_a_space_key_the_recipe_lacks_is_one_line_before_any_trial(tmp_path, capsys):
+    extra = "    rule.noise_sd: {dist: uniform, low: 0.0, high: 1.0}\n"
+    out = tmp_path / "search"
+    assert main(["search", tiny(tmp_path, extra=extra), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown recipe key 'rule.noise_sd'" in err[0] and "noise_std" in err[0]
+    assert not out.exists()  # nothing written
+    # a key set only in the second branch of a conditional choice is caught too
+    branch = "    pick:\n      dist: choice\n      options: [{rule.noise_std: 0.1}, {train.stpes: 3}]\n"
+    assert main(["search", tiny(tmp_path, extra=branch), "--out", str(out)]) == 2
+    assert "unknown recipe key 'train.stpes'" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_search_killed_in_a_trial_resumes_that_trials_run_folder(tmp_path):
+    """A real search process killed (SIGKILL) once its trial has checkpoints: --resume resumes that
+    trial's run folder from its checkpoint; it is not emptied and trained again from step 0."""
+    out = tmp_path / "search"
+    recipe = tmp_path / "checkpointed.yaml"
+    recipe.write_text(
+        TINY.format(steps=150, extra="").replace("metrics_every: 2", "metrics_every: 25, checkpoint_every: 5")
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "neural_alignment.cli", "search", str(recipe), "--out", str(out), "--max-evals", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    trial = out / "trials" / "trial-0000"
+    try:
+        deadline = time.monotonic() + 120
+        while not (trial / "checkpoint.prev.pt").is_file() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        process.kill()
+        process.wait()
+    assert (trial / "checkpoint.pt").is_file() and not (trial / "summary.json").is_file(), "not killed mid-trial"
+    (trial / "notes.txt").write_text("the user's own notes")  # a fresh run would empty the folder
+    killed_at = torch.load(trial / "checkpoint.pt", weights_only=True)["step"]
+    assert main(["search", "--resume", str(out)]) == 0
+    assert (trial / "notes.txt").read_text() == "the user's own notes"
+    summary = json.loads((trial / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 150 and 0 < killed_at < 150
+    assert records(out)[0]["status"] == "finished"
+
+
+def test_damaged_records_are_read_with_a_notice_and_kept(tmp_path, capsys):
+    """A torn trials.pkl is rebuilt by replaying trials.jsonl (no trial trained again); a torn last
+    line of trials.jsonl is skipped with a notice by search-report and by --resume, which keeps the
+    file as it was in trials.jsonl.damaged and runs that trial again."""
+    out = tmp_path / "search"
+    assert main(["search", tiny(tmp_path), "--out", str(out), "--max-evals", "2"]) == 0
+    before = records(out)
+    pickled = (out / "trials.pkl").read_bytes()
+    (out / "trials.pkl").write_bytes(pickled[:100])
+    capsys.readouterr()
+    assert main(["search", "--resume", str(out), "--max-evals", "3"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "notice" in line]  # the trials' schedules warn
+    assert len(err) == 1 and "trials.pkl is unreadable" in err[0] and "rebuilt" in err[0]
+    assert (out / "trials.pkl.damaged").read_bytes() == pickled[:100]
+    after = records(out)
+    assert after[:2] == before and len(after) == 3  # the recorded trials kept as they were (seconds too)
+    assert len(pickle.loads((out / "trials.pkl").read_bytes()).trials) == 3
+
+    whole = (out / "trials.jsonl").read_text()
+    torn = whole + '{"trial": 3, "values": {"rule.no'
+    (out / "trials.jsonl").write_text(torn)
+    assert main(["search-report", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "skipped unreadable line(s) 4" in captured.err and "3 trials, 3 with a score" in captured.out
+    assert main(["search", "--resume", str(out), "--max-evals", "4"]) == 0
+    assert "trials.jsonl.damaged" in capsys.readouterr().err
+    assert (out / "trials.jsonl.damaged").read_text() == torn
+    assert records(out)[:3] == after and [r["trial"] for r in records(out)] == [0, 1, 2, 3]
+
+
+def test_a_search_in_which_no_trial_scored_exits_1(tmp_path, capsys):
+    hopeless = tiny(tmp_path, extra="    optim.task.lr: {dist: uniform, low: 1.0e+29, high: 1.0e+30}\n")
+    assert main(["search", hopeless, "--out", str(tmp_path / "s"), "--max-evals", "2"]) == 1
+    assert "no trial finished with a score" in capsys.readouterr().out
+
+
+def test_search_report_of_a_one_weight_search_plots_score_and_angle_against_the_value(tmp_path, capsys):
+    """A space of one continuous value: no importance table or blank importance.png; values.png
+    holds each scored trial's (value, score) and (value, angle); scores.png numbers trials as the records do."""
+    from neural_alignment.analysis.importance import scores_figure, values_figure
+
+    recipe = tmp_path / "one.yaml"
+    recipe.write_text(TINY.format(steps=4, extra="").split("  space:")[0] + "  space:\n" + ONE_WEIGHT)
+    out = tmp_path / "s"
+    SearchPlan(str(recipe), max_evals=3).save(out)
+    rows = [(0, 1e-3, 0.5, 80.0), (1, 1e-2, 0.7, 60.0), (2, 3e-3, None, None)]
+    trials = [
+        {"trial": t, "values": {"rule.weights.decay": v}, "score": s, "status": "finished" if s else "failed"}
+        | ({"mean_weight_angle": a} if a else {})
+        for t, v, s, a in rows
+    ]
+    (out / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trials))
+    assert main(["search-report", str(out)]) == 0
+    assert "no importance table" in capsys.readouterr().out
+    assert not (out / "importance.png").exists() and not (out / "importance.md").exists()
+    assert (out / "values.png").stat().st_size > 0 and (out / "scores.png").stat().st_size > 0
+    score_ax, angle_ax = values_figure(trials, {"rule.weights.decay": True}, "val_acc").axes
+    assert [tuple(p) for p in score_ax.lines[0].get_xydata()] == [(1e-3, 0.5), (1e-2, 0.7)]
+    assert [tuple(p) for p in angle_ax.lines[0].get_xydata()] == [(1e-3, 80.0), (1e-2, 60.0)]
+    assert score_ax.get_xscale() == "log"
+    marks = scores_figure(trials, "val_acc", "max").axes[0].lines
+    assert [tuple(p) for p in marks[0].get_xydata()] == [(0, 0.5), (1, 0.7)] and list(marks[-1].get_xdata()) == [2]
+    assert values_figure(trials[2:], {"rule.weights.decay": True}, "val_acc") is None  # nothing scored: no figure
+
+
+ONE_WEIGHT = "    rule.weights.decay: {dist: loguniform, low: 1.0e-4, high: 1.0e-1}\n"

@@ -6,8 +6,10 @@ sqrt(n) (``nan`` for n = 1). The key's ``effect`` = max over v of mean - min ove
 keys are ranked by effect, largest first (a key seen with one value only has effect 0).
 
 :func:`importance_figure` draws a panel per key (mean per value, s.e.m. error bars), in rank
-order, as Fig. S2 does; :func:`scores_figure` the score of each trial against its number, with
-the best so far.
+order, as Fig. S2 does; :func:`scores_figure` the score of each trial against its number (the
+``trial`` of its record, from 0), with the best so far; :func:`values_figure` the score, and the
+mean weight angle, of each trial against each continuous value searched (a search over one
+weight is read there). A figure with nothing to draw is not made (``None``).
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def importance_table(ranked: Sequence[KeyImportance], metric: str) -> str:
     return "\n".join(lines)
 
 
-def importance_figure(ranked: Sequence[KeyImportance], metric: str) -> Figure:
-    """One bar panel per key (rank order): mean ``metric`` per value with s.e.m. error bars."""
+def importance_figure(ranked: Sequence[KeyImportance], metric: str) -> Figure | None:
+    """One bar panel per key (rank order): mean ``metric`` per value with s.e.m. error bars; ``None`` without keys."""
+    if not ranked:
+        return None
     columns = min(4, max(1, len(ranked)))
     rows = max(1, math.ceil(len(ranked) / columns))
     figure = Figure(figsize=(3.2 * columns, 2.6 * rows), layout="constrained")
@@ -96,13 +100,20 @@ def importance_figure(ranked: Sequence[KeyImportance], metric: str) -> Figure:
     return figure
 
 
+def trial_number(record: dict, position: int) -> int:
+    """A record's trial number: its ``trial`` (local searches count from 0), else its position (Ray's ids are names)."""
+    return record["trial"] if isinstance(record.get("trial"), int) else position
+
+
 def scores_figure(records: Sequence[dict], metric: str, goal: str) -> Figure:
-    """The score of each trial (in the order they finished) and the best so far; failed trials marked at the bottom."""
+    """The score of each trial against its number (:func:`trial_number`) and the best so far; failed
+    trials marked at the bottom."""
     figure = Figure(figsize=(6, 3.5), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.subplots()
-    numbers = list(range(1, len(records) + 1))
-    scores = [r.get("score") for r in records]
+    ordered = sorted(enumerate(records), key=lambda item: trial_number(item[1], item[0]))
+    numbers = [trial_number(r, i) for i, r in ordered]
+    scores = [r.get("score") for _, r in ordered]
     done = [(n, s) for n, s in zip(numbers, scores, strict=True) if s is not None]
     if done:
         ax.plot(*zip(*done, strict=True), "o", color="C0", label="trial")
@@ -115,10 +126,42 @@ def scores_figure(records: Sequence[dict], metric: str, goal: str) -> Figure:
     if failed:
         bottom = min((s for _, s in done), default=0.0)
         ax.plot(failed, [bottom] * len(failed), "x", color="C3", label="failed")
-    ax.set_xlabel("trial (order finished)")
+    ax.set_xlabel("trial (as trials.jsonl numbers it)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
+    return figure
+
+
+ANGLE = "mean_weight_angle"
+
+
+def values_figure(records: Sequence[dict], keys: dict[str, bool], metric: str) -> Figure | None:
+    """Per continuous key of ``keys`` (key -> log scale) a column: ``metric`` (top) and the mean
+    weight angle (bottom, when recorded) of each scored trial against its value; ``None`` when no
+    scored trial has a value of any of them."""
+    scored = [r for r in records if r.get("score") is not None]
+    drawn = [k for k in keys if any(isinstance(r["values"].get(k), (int, float)) for r in scored)]
+    if not drawn:
+        return None
+    angles = any(ANGLE in r for r in scored)
+    rows = 2 if angles else 1
+    figure = Figure(figsize=(3.6 * len(drawn), 2.8 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, len(drawn), squeeze=False)
+    for column, key in enumerate(drawn):
+        points = [r for r in scored if isinstance(r["values"].get(key), (int, float))]
+        for row, (name, label) in enumerate([("score", metric), (ANGLE, "mean weight angle (degrees)")][:rows]):
+            ax = axes[row][column]
+            pairs = sorted((r["values"][key], r[name]) for r in points if r.get(name) is not None)
+            if pairs:
+                ax.plot(*zip(*pairs), "o-", color=f"C{row}", markersize=4, linewidth=0.8)
+            if keys[key]:
+                ax.set_xscale("log")
+            ax.set_xlabel(key, fontsize="small")
+            ax.set_ylabel(label, fontsize="small")
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize="x-small")
     return figure
 
 

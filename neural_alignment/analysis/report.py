@@ -11,7 +11,7 @@ page references no other file):
   against the step, layers coloured by depth (dark: input side, yellow: output side);
 - ``weights-<run>.png`` (Fig. S3): for chosen layers (rows) at chosen steps (columns), each
   sampled entry as the point (W_ij, B_ij), with the diagonal B = W dotted (runs with weight
-  snapshots only).
+  snapshots only; not for bp, whose B is W: a note says so).
 """
 
 from __future__ import annotations
@@ -274,6 +274,9 @@ def build_report(
             )
         )
         _save(layers_figure(run), out, figures[-1].name)
+        if run.summary.get("rule") == "bp":  # B is W: the scatter would be the diagonal
+            notes.append(f"{run.label}: bp has no separate backward weights (B is W), so no W-versus-B scatter.")
+            continue
         choice = scatter[run.label]
         if choice is None:
             notes.append(f"{run.label}: no weight snapshots in {run.path}, so no W-versus-B scatter.")

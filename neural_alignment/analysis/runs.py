@@ -3,14 +3,17 @@
 A run folder holds ``metrics.jsonl`` (one JSON object per logged step, written by the ``jsonl``
 logger), ``summary.json`` (at the end) and, when the trainer recorded them, weight snapshots
 (``runtime/snapshots.py``). A ``nalign compare`` output folder holds ``comparison.json`` and one
-run folder per rule. Per-layer metrics are named ``<metric>/<layer>`` (``runtime/logger.py``):
-``angle`` (weight angle), ``grad_angle`` (gradient angle), ``norm_ratio``.
+run folder per rule (a grid, ``--vary``/``--seeds``: per rule, value and seed). Per-layer metrics
+are named ``<metric>/<layer>`` (``runtime/logger.py``): ``angle`` (weight angle), ``grad_angle``
+(gradient angle), ``norm_ratio``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,23 +72,80 @@ def _run(path: Path, label: str) -> Run:
     if not history:
         raise UserError(f"{path / METRICS_FILE} holds no records (did the run log a step?)")
     summary_path = path / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
-    return Run(path, label, history, summary)
+    summary = {}
+    if summary_path.exists():
+        try:
+            summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            print(
+                f"nalign: notice: {summary_path} is unreadable ({type(exc).__name__}); shown without it",
+                file=sys.stderr,
+            )
+    return Run(path, label, history, summary if isinstance(summary, dict) else {})
+
+
+def compare_entries(folder: Path) -> list[tuple[Path, str]]:
+    """(run folder, label) of every run a ``nalign compare`` folder lists in its ``comparison.json``,
+    whether or not it has a record yet. A one-run-per-rule comparison labels a run by its rule; a
+    grid (``--vary``, ``--seeds``) by rule, varied value and seed, e.g. ``kp optim.task.lr=0.1 seed1``.
+    A run's folder is found below ``folder`` (``<rule>[/<key>=<value>][/seed<seed>]``), wherever the
+    comparison was run from or moved to."""
+    path = folder / COMPARISON_FILE
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        runs = report["runs"] if "runs" in report else [{"rule": rule} for rule in report["rules"]]
+        vary, seeded = report.get("vary"), len(report.get("seeds") or ()) > 1
+        entries = []
+        for run in runs:
+            depth = 1 + bool(vary) + seeded
+            below = Path(*Path(run["run_dir"]).parts[-depth:]) if "run_dir" in run else Path(run["rule"])
+            label = " ".join(
+                [run["rule"], *([f"{vary['key']}={run['value']}"] if vary else []), *([f"seed{run['seed']}"] * seeded)]
+            )
+            entries.append((folder / below, label))
+        return entries
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{path} is unreadable or not a comparison's ({type(exc).__name__}: {exc}); "
+            "run the comparison again into this folder (its finished runs are reused)"
+        ) from None
+
+
+def enclosing_comparison(path: Path) -> Path | None:
+    """The ``nalign compare`` folder ``path`` is a run of (up to three levels up), or None."""
+    for parent in list(path.resolve().parents)[:3]:
+        if (parent / COMPARISON_FILE).is_file():
+            return parent
+    return None
 
 
 def expand(path: str | Path) -> list[tuple[Path, str]]:
-    """(run folder, label) for a run folder (label: its name) or a compare folder (one per rule, label: the rule)."""
+    """(run folder, label) for a run folder or a compare folder (each of its runs that has a record).
+
+    A run folder is labelled by its name, or as its comparison labels it when it is a run of one
+    (:func:`compare_entries`: a grid's leaf ``seed0`` is ``kp optim.task.lr=0.1 seed0``)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist (give a run folder or a 'nalign compare' output folder)")
+    if not path.is_dir():
+        raise UserError(f"{path} is a file; give a run folder or a 'nalign compare' output folder")
     if (path / METRICS_FILE).is_file():
+        comparison = enclosing_comparison(path)
+        if comparison is not None:
+            with contextlib.suppress(UserError):  # a damaged comparison.json: the folder's own name
+                labels = {p.resolve(): label for p, label in compare_entries(comparison)}
+                return [(path, labels.get(path.resolve(), path.name))]
         return [(path, path.name)]
     if (path / COMPARISON_FILE).is_file():
-        rules = json.loads((path / COMPARISON_FILE).read_text(encoding="utf-8")).get("rules", [])
-        found = [(path / rule, rule) for rule in rules if (path / rule / METRICS_FILE).is_file()]
+        entries = compare_entries(path)
+        found = [(run, label) for run, label in entries if (run / METRICS_FILE).is_file() and read_history(run)]
+        if found and len(found) < len(entries):
+            missing = ", ".join(label for entry, label in entries if (entry, label) not in found)
+            print(f"nalign: notice: {path}: no records (yet) of {missing}; shown without them", file=sys.stderr)
         if not found:
             raise UserError(
-                f"{path} is a compare folder but none of its rules' folders ({', '.join(rules)}) holds a {METRICS_FILE}"
+                f"{path} is a compare folder but none of its {len(entries)} run folders holds a {METRICS_FILE} "
+                "(did every run fail before its first step?)"
             )
         return found
     raise UserError(

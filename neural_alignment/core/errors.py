@@ -3,13 +3,18 @@ that failed for a cause outside the recipe.
 
 The ``nalign`` command prints such an error as one line, with no traceback: a ``UserError``
 exits 2, a ``RunFailure`` its ``exit_code`` (1). Every message names the bad thing and what
-would be valid, or the cause and what the user keeps.
+would be valid, or the cause and what the user keeps. A command that ran but some of
+whose work failed (a grid with failed cells, a search in which no trial scored) exits
+``EXIT_FAILED`` (1).
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+
+EXIT_FAILED = 1
+"""The exit status of a command that ran to its end but some of whose work failed (it says which)."""
 
 
 class UserError(Exception):

@@ -25,6 +25,11 @@ plain config (YAML-friendly) with :func:`make_schedule`:
 
 A list of configs is the product of its schedules. Unknown kinds or keys raise
 :class:`~neural_alignment.core.errors.UserError` naming them and listing the valid ones.
+
+Units: every epoch above is an epoch of data (``steps_per_epoch`` = training examples // batch
+size steps), not a fraction of the run; a run whose length is set in steps (``train.steps``)
+meets its schedules at ``step / steps_per_epoch``. :func:`last_change` gives the epoch after which
+a schedule is constant, what a run checks its length against (``training.build.schedule_warnings``).
 """
 
 from __future__ import annotations
@@ -144,6 +149,23 @@ class Product:
 
     def __call__(self, epoch: float) -> float:
         return math.prod(part(epoch) for part in self.parts)
+
+
+def last_change(schedule: Schedule) -> float | None:
+    """The epoch after which ``schedule`` no longer changes: a step schedule's last drop (or its
+    warmup's end), a linear one's ``end``, a window's finite ``end``, a product's latest part;
+    ``None`` when it never changes (constant) or never settles (exponential, cyclic, a callable)."""
+    if isinstance(schedule, Step):
+        points = [*schedule.drops, *([schedule.warmup_epochs] if schedule.warmup_epochs > 0 else [])]
+        return max(points) if points else None
+    if isinstance(schedule, Linear):
+        return float(schedule.end)
+    if isinstance(schedule, Window):
+        return float(schedule.end) if math.isfinite(schedule.end) else None
+    if isinstance(schedule, Product):
+        ends = [end for end in map(last_change, schedule.parts) if end is not None]
+        return max(ends) if ends else None
+    return None
 
 
 KINDS: dict[str, type] = {

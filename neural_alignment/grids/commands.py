@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import EXIT_FAILED, UserError
 from neural_alignment.recipes.commands import add_recipe_arguments
 
 
@@ -17,7 +17,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
     resources = trial_resources(parse_mapping(args.trial_resources, "--trial-resources"), "--trial-resources")
-    compare(
+    report = compare(
         args.recipe,
         rules,
         args.overrides,
@@ -27,7 +27,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         backend=args.backend,
         trial_resources=resources,
     )
-    return 0
+    return EXIT_FAILED if report["failed"] else 0
 
 
 def parse_mapping(text: str | None, flag: str) -> dict:

@@ -24,8 +24,11 @@ A grid (``--vary`` or ``--seeds`` above 1): the table has per rule and value the
 error across seeds of those metrics (``grids.aggregate``), and the figure each against the
 varied value, one line per rule, with error bars (without ``--vary``: the curves of the first seed).
 
-Written to ``<out>``: ``comparison.json`` (the rows, and every run's summary), ``comparison.md``
-(the table) and ``comparison.png``.
+Written to ``<out>``: ``comparison.json`` (the rows, and every run's summary; ``failed``: how many
+runs did not finish), ``comparison.md`` (the table) and ``comparison.png``. The comparison holds
+the lock of ``<out>`` (``runtime.folder_lock``) while it runs, so a second ``compare`` into the
+same folder is refused in one line before it trains anything; ``nalign compare`` exits 1 when a
+run of the grid failed (each named on stderr).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from neural_alignment.grids.executor import FINISHED, RunSpec, run_specs
 from neural_alignment.grids.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.registry import UnknownNameError, get_registry
+from neural_alignment.runtime.atomic import write_text_atomically
+from neural_alignment.runtime.folder_lock import FolderLock
 from neural_alignment.runtime.logger import METRICS_FILE
 from neural_alignment.training.build import build_data, data_key
 from neural_alignment.training.rundir import default_run_dir
@@ -204,7 +209,35 @@ def compare(
         print(f"nalign: notice: {notice}", file=sys.stderr)
     out = Path(out) if out else default_run_dir(f"compare-{name}")
     points, specs = plan(name, rules, [*overrides, *extra], seeds, vary, out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"comparison folder {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create comparison folder {out}: {exc.strerror or exc}") from None
+    in_use = (
+        f"comparison folder {out} is in use by another nalign compare (it holds the folder's lock); "
+        "wait for it to end (its finished runs are then reused) or give another --out"
+    )
     ray_options = {"resources": trial_resources, "shared": out} if backend == "ray" else {}
+    with FolderLock(out, in_use):
+        return write_comparison(name, rules, overrides, out, seeds, vary, notice, points, specs, backend, ray_options)
+
+
+def write_comparison(
+    name: str,
+    rules: Sequence[str],
+    overrides: Sequence[str],
+    out: Path,
+    seeds: int,
+    vary: Vary | None,
+    notice: str | None,
+    points: list[GridPoint],
+    specs: list[RunSpec],
+    backend: str,
+    ray_options: dict,
+) -> dict:
+    """Run the planned grid and write ``comparison.{json,md,png}`` (the caller holds ``out``'s lock)."""
     results = list(zip(points, run_grid(specs, backend, **ray_options), strict=True))
     failed = [
         (spec, summary) for spec, (_, summary) in zip(specs, results, strict=True) if summary.get("status") != FINISHED
@@ -217,12 +250,12 @@ def compare(
         "notice": notice,
         "overrides": list(overrides),
         "vary": {"key": vary.key, "values": list(vary.values)} if vary else None,
+        "failed": len(failed),
         "runs": [
             {"rule": p.rule, "value": p.value, "seed": p.seed, "run_dir": str(spec.run_dir), **summary}
             for (p, summary), spec in zip(results, specs, strict=True)
         ],
     }
-    out.mkdir(parents=True, exist_ok=True)
     if seeds == 1 and vary is None:
         table, report["rows"], histories = single_run_report(results, specs)
         plot_comparison(histories, out / "comparison.png")
@@ -244,8 +277,8 @@ def compare(
     print(table)
     for spec, summary in failed:
         print(f"nalign: warning: {spec.run_dir} {summary['status']}: {summary.get('error', '')}", file=sys.stderr)
-    (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomically(out / "comparison.json", json.dumps(report, indent=2) + "\n")
     title = f"nalign compare {name} ({report['dataset']})" + (f", {seeds} seeds" if seeds > 1 else "")
-    (out / "comparison.md").write_text(f"# {title}\n\n{table}\n")
+    write_text_atomically(out / "comparison.md", f"# {title}\n\n{table}\n")
     print(f"comparison written to {out}/comparison.{{md,json,png}}")
     return report

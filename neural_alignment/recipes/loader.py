@@ -301,11 +301,18 @@ def check_values(recipe: DictConfig, where: str) -> DictConfig:
     return _check_schedules(recipe, where)
 
 
-def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:
-    """``recipe`` once every schedule in it builds; else a ``RecipeError`` naming the key."""
+def recipe_schedules(recipe: DictConfig) -> dict[str, Any]:
+    """Every schedule config of ``recipe`` (plain containers) by key: the two optimizers' and the rule coefficients'."""
     schedules = {f"optim.{part}.schedule": recipe.optim[part].schedule for part in ("task", "alignment")}
     schedules.update({f"rule.schedules.{key}": value for key, value in recipe.rule.schedules.items()})
-    for key, cfg in schedules.items():
+    return {
+        k: OmegaConf.to_container(v) if isinstance(v, (DictConfig, ListConfig)) else v for k, v in schedules.items()
+    }
+
+
+def _check_schedules(recipe: DictConfig, where: str) -> DictConfig:
+    """``recipe`` once every schedule in it builds; else a ``RecipeError`` naming the key."""
+    for key, cfg in recipe_schedules(recipe).items():
         try:
             plain = OmegaConf.to_container(cfg) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
             make_schedule(cast(ScheduleConfig, plain))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from neural_alignment.core.errors import UserError
+from neural_alignment.core.errors import EXIT_FAILED, UserError
 from neural_alignment.recipes.commands import add_recipe_arguments
 
 
@@ -14,7 +13,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     """``nalign search NAME [KEY=VALUE ...] --out DIR [--max-evals N] [--backend local|ray] [--parallelism K]``,
     or ``nalign search --resume DIR [--max-evals N]``: TPE over the recipe's ``search.space``."""
     from neural_alignment.search.run import plan_for, run_search
-    from neural_alignment.search.trials import PLAN, SearchPlan
+    from neural_alignment.search.trials import SearchPlan
     from neural_alignment.training.rundir import default_run_dir
 
     if args.resume:
@@ -29,41 +28,49 @@ def cmd_search(args: argparse.Namespace) -> int:
             raise UserError("nalign search needs a recipe NAME (e.g. search-fmnist-wm) or --resume DIR")
         plan = plan_for(args.recipe, args.overrides, args.max_evals, args.backend, args.parallelism, args.seed)
         out = Path(args.out) if args.out else default_run_dir(f"search-{plan.load().name}")
-        if (out / PLAN).is_file():
-            raise UserError(f"{out} already holds a search; continue it with: nalign search --resume {out}")
-    run_search(plan, out)
+    best = run_search(plan, out, new=not args.resume)
     print(f"search folder: {out}")
-    return 0
+    return 0 if best is not None else EXIT_FAILED
 
 
 def cmd_search_report(args: argparse.Namespace) -> int:
-    """``nalign search-report DIR``: the metaparameter importance table, importance.png and scores.png."""
+    """``nalign search-report DIR``: scores.png; the importance table and importance.png (categorical
+    choices); values.png (score and weight angle against each continuous value). No empty figure."""
     from neural_alignment.analysis.importance import (
         importance,
         importance_figure,
         importance_table,
         save,
         scores_figure,
+        values_figure,
     )
-    from neural_alignment.search.space import categorical_keys
-    from neural_alignment.search.trials import TRIALS, Objective, SearchPlan
+    from neural_alignment.runtime.atomic import write_text_atomically
+    from neural_alignment.search.space import categorical_keys, continuous_keys
+    from neural_alignment.search.trials import TRIALS, Objective, SearchPlan, read_records
 
     out = Path(args.dir)
     objective = Objective.of(SearchPlan.read(out).load())
     path = out / TRIALS
-    if not path.is_file():
-        raise UserError(f"{path} does not exist: no trial of this search has finished yet")
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.exists() and not path.is_file():
+        raise UserError(f"{path} is not a file; a search writes its records there (move it aside)")
+    records = read_records(path)
+    if not records:
+        raise UserError(f"{path} holds no trial record: no trial of this search has finished yet")
     ranked = importance(records, categorical_keys(objective.space))
     finished = sum(r.get("score") is not None for r in records)
     print(f"{len(records)} trials, {finished} with a score ({objective.metric}, goal {objective.goal})")
-    table = importance_table(ranked, objective.metric)
-    print(table)
-    (out / "importance.md").write_text(table + "\n", encoding="utf-8")
-    print(
-        f"figures: {save(importance_figure(ranked, objective.metric), out / 'importance.png')}, "
-        f"{save(scores_figure(records, objective.metric, objective.goal), out / 'scores.png')}"
-    )
+    written = [save(scores_figure(records, objective.metric, objective.goal), out / "scores.png")]
+    if ranked:
+        table = importance_table(ranked, objective.metric)
+        print(table)
+        write_text_atomically(out / "importance.md", table + "\n")
+        written.append(save(importance_figure(ranked, objective.metric), out / "importance.png"))
+    else:
+        print("no categorical choice in the space has a scored trial: no importance table (importance.md, .png)")
+    values = values_figure(records, continuous_keys(objective.space), objective.metric)
+    if values is not None:
+        written.append(save(values, out / "values.png"))
+    print(f"figures: {', '.join(map(str, written))}")
     return 0
 
 
@@ -88,7 +95,8 @@ def register(subparsers) -> None:
     search.set_defaults(func=cmd_search)
 
     report = subparsers.add_parser(
-        "search-report", help="rank a search's categorical choices by their effect on the score"
+        "search-report",
+        help="a search's scores, its categorical choices ranked by effect, the score against continuous values",
     )
     report.add_argument("dir", metavar="DIR", help="a search folder")
     report.set_defaults(func=cmd_search_report)

@@ -9,12 +9,31 @@ from pathlib import Path
 
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import find_recipe, load_recipe, to_yaml
+from neural_alignment.runtime.atomic import write_text_atomically
+from neural_alignment.runtime.folder_lock import FolderLock
 from neural_alignment.search.local import search_local
-from neural_alignment.search.trials import BEST, TABLE, Objective, SearchPlan, TrialLog, format_value, override
+from neural_alignment.search.trials import (
+    BEST,
+    PLAN,
+    TABLE,
+    Objective,
+    SearchPlan,
+    TrialLog,
+    check_space_fits,
+    format_value,
+    override,
+)
 
 
-def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print) -> dict | None:
-    """Run (or continue) the search ``plan`` in ``out``; write best.yaml and summary.md; return the best record."""
+def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print, new: bool = False) -> dict | None:
+    """Run (or continue) the search ``plan`` in ``out``; write best.yaml and summary.md; return the best record.
+
+    The plan and its space are checked against the recipe before anything is written; then the
+    search holds the lock of ``out`` (``runtime.folder_lock``) for its whole life, so a second
+    search on the same folder is refused before it writes or removes anything. ``new``: a new
+    search, which refuses a folder that holds a search (continue that with ``--resume``) or
+    anything else.
+    """
     if plan.max_evals < 1:
         raise UserError(f"the number of trials must be >= 1, got {plan.max_evals} (--max-evals or search.max_evals)")
     if plan.backend not in ("local", "ray"):
@@ -22,15 +41,35 @@ def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print)
     if plan.parallelism < 1:
         raise UserError(f"--parallelism must be >= 1, got {plan.parallelism}")
     objective = Objective.of(plan.load())
-    plan.save(out)
-    log = TrialLog(out, objective, plan.max_evals, echo)
-    if plan.backend == "local":
-        search_local(plan, objective, out, log)
-    else:
-        from neural_alignment.search.on_ray import search_ray  # imports Ray: only when asked for
+    check_space_fits(plan, objective.space)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"search folder {out} is a file; give a new or empty folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create search folder {out}: {exc.strerror or exc}") from None
+    in_use = (
+        f"search folder {out} is in use by another search (it holds the folder's lock); "
+        "wait for it to end or give another --out"
+    )
+    with FolderLock(out, in_use):
+        if new and (out / PLAN).is_file():
+            raise UserError(f"{out} already holds a search; continue it with: nalign search --resume {out}")
+        held = sorted(p.name for p in out.iterdir())
+        if new and held:
+            shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+            raise UserError(
+                f"search folder {out} is not empty ({shown}) and holds no search; give a new or empty folder"
+            )
+        plan.save(out)
+        log = TrialLog(out, objective, plan.max_evals, echo)
+        if plan.backend == "local":
+            search_local(plan, objective, out, log)
+        else:
+            from neural_alignment.search.on_ray import search_ray  # imports Ray: only when asked for
 
-        search_ray(plan, objective, out, log)
-    return finish(plan, objective, out, log, echo)
+            search_ray(plan, objective, out, log)
+        return finish(plan, objective, out, log, echo)
 
 
 def finish(
@@ -38,13 +77,13 @@ def finish(
 ) -> dict | None:
     """Write ``summary.md`` (the trials table) and ``best.yaml``; echo both's whereabouts."""
     table = trials_table(list(log.records.values()), objective)
-    (out / TABLE).write_text(table + "\n", encoding="utf-8")
+    write_text_atomically(out / TABLE, table + "\n")
     echo(table)
     best = log.best()
     if best is None:
         echo(f"[search] no trial finished with a score; nothing written to {out / BEST}")
         return None
-    (out / BEST).write_text(best_recipe_yaml(plan, objective, best), encoding="utf-8")
+    write_text_atomically(out / BEST, best_recipe_yaml(plan, objective, best))
     echo(f"[search] best: trial {best['trial']}, {objective.metric} {best['score']:.4f}; recipe {out / BEST}")
     return best
 

@@ -171,6 +171,46 @@ def resolve(space: Mapping[str, Any], point: Mapping[str, Any]) -> Sample:
     return Sample(values, overrides)
 
 
+def middle(spec: Mapping[str, Any]) -> Any:
+    """A value inside ``spec``'s range: the first option, the midpoint (uniform, quniform) or the
+    geometric midpoint (loguniform)."""
+    if spec["dist"] == "choice":
+        return spec["options"][0]
+    if spec["dist"] == "loguniform":
+        return math.sqrt(spec["low"] * spec["high"])
+    return (spec["low"] + spec["high"]) / 2
+
+
+def representative_points(space: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Points of ``space`` (as a hyperopt sample is shaped) that together visit every branch of every
+    conditional choice, each distribution at :func:`middle`: the first takes every branch's first
+    option, each further one changes one branch. What a check of the keys a space sets resolves."""
+
+    def point(entries: Mapping[str, Any], picks: Mapping[str, int], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, spec in entries.items():
+            label = f"{prefix}{key}"
+            if is_distribution(spec) and is_branch_label(key):
+                index = picks.get(label, 0)
+                out[key] = {BRANCH: index, **point(spec["options"][index], picks, f"{label}/{index}/")}
+            elif is_distribution(spec):
+                out[key] = middle(spec)
+            else:
+                out[key] = spec
+        return out
+
+    def branches(entries: Mapping[str, Any], prefix: str) -> list[tuple[str, int]]:
+        found = []
+        for key, spec in entries.items():
+            if is_distribution(spec) and is_branch_label(key):
+                label = f"{prefix}{key}"
+                for index, option in enumerate(spec["options"]):
+                    found += [(label, index)] * (index > 0) + branches(option, f"{label}/{index}/")
+        return found
+
+    return [point(space, {}, "")] + [point(space, {label: index}, "") for label, index in branches(space, "")]
+
+
 def categorical_keys(space: Mapping[str, Any]) -> list[str]:
     """The keys and labels of every ``choice`` in ``space``, branches' own choices included."""
     keys = []
@@ -180,4 +220,20 @@ def categorical_keys(space: Mapping[str, Any]) -> list[str]:
             if is_branch_label(key):
                 for option in spec["options"]:
                     keys.extend(k for k in categorical_keys(option) if k not in keys)
+    return keys
+
+
+def continuous_keys(space: Mapping[str, Any]) -> dict[str, bool]:
+    """The value keys (as :class:`Sample` ``values`` names them: ``KEY`` or ``KEY/OTHER`` for a
+    ``times`` ratio) of every uniform, loguniform or quniform entry, branches' included, each with
+    whether it is searched on a log scale (loguniform)."""
+    keys: dict[str, bool] = {}
+    for key, spec in space.items():
+        if not is_distribution(spec):
+            continue
+        if spec["dist"] != "choice":
+            keys[f"{key}/{spec['times']}" if "times" in spec else key] = spec["dist"] == "loguniform"
+        elif is_branch_label(key):
+            for option in spec["options"]:
+                keys.update({k: v for k, v in continuous_keys(option).items() if k not in keys})
     return keys

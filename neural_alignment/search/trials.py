@@ -4,7 +4,9 @@ A search folder DIR holds:
 
 - ``search.json``: the plan (recipe, overrides, number of trials, backend, seed), for ``--resume``;
 - ``trials/<trial>/``: one run folder per trial, trained by ``grids.executor.run_one`` (so
-  ``nalign run --resume`` works on it), with ``trial.json`` (the values it was given);
+  ``nalign run --resume`` works on it), and beside it ``trials/<trial>.json`` (the values it was
+  given: a search resumed after a kill in the middle of a trial resumes that trial's run folder
+  from its checkpoint when the values are the same);
 - ``trials.jsonl``: a line per finished trial: ``trial``, ``values`` (the sampled values, a
   conditional choice by its branch index), ``overrides`` (the recipe keys set), ``score``
   (``search.metric``; null when the trial failed), ``status``, ``error``, ``seconds``, the
@@ -29,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,13 +41,12 @@ from neural_alignment.core.errors import UserError
 from neural_alignment.grids.executor import FINISHED, RunSpec, run_one
 from neural_alignment.recipes.loader import load_recipe, to_dict
 from neural_alignment.runtime.atomic import write_text_atomically
-from neural_alignment.search.space import Sample, hyperopt_space
+from neural_alignment.search.space import Sample, hyperopt_space, representative_points, resolve
 
 PLAN = "search.json"
 TRIALS = "trials.jsonl"
 HYPEROPT_TRIALS = "trials.pkl"
 TRIAL_FOLDERS = "trials"
-TRIAL_VALUES = "trial.json"
 BEST = "best.yaml"
 TABLE = "summary.md"
 WORST_LOSS = 1e12
@@ -137,9 +139,27 @@ def check_metric(metric: str, val_split) -> None:
         raise UserError(f"search.metric={metric!r} needs a validation set: set data.val_split (e.g. 0.1)")
 
 
+def check_space_fits(plan: SearchPlan, space: dict) -> None:
+    """Before any trial: the recipe loads with what the space sets (one point per branch of each
+    conditional choice, each distribution at its middle, ``search.space.representative_points``),
+    so a key the recipe does not have is one ``UserError`` naming it rather than a failure of every trial."""
+    for point in representative_points(space):
+        sample = resolve(space, point)
+        try:
+            load_recipe(plan.recipe, [*plan.overrides, *(override(k, v) for k, v in sample.overrides.items())])
+        except UserError as exc:
+            raise UserError(f"search.space sets what recipe {plan.recipe!r} cannot take: {exc}") from None
+
+
 def override(key: str, value: Any) -> str:
     """``key=value`` as the recipe loader parses it (JSON is YAML flow syntax)."""
     return f"{key}={json.dumps(value)}"
+
+
+def trial_marker(run_dir: Path) -> Path:
+    """``trials/<trial>.json``, beside the trial's run folder: the values it was given. Outside the
+    folder, so a fresh run that empties its folder (``run_one`` replacing a failed attempt) keeps it."""
+    return run_dir.with_name(f"{run_dir.name}.json")
 
 
 def run_trial(
@@ -153,15 +173,15 @@ def run_trial(
     """Train one trial into ``run_dir`` with ``run`` (``run_one``; on Ray ``run_placed``) and return
     its ``trials.jsonl`` record (never raises for a failed run).
 
-    A ``run_dir`` left by another suggestion (its ``trial.json`` differs) is cleared first;
-    one left by this suggestion is reused or resumed by ``run_one``.
+    A ``run_dir`` left by another suggestion (its marker, :func:`trial_marker`, differs or is
+    missing) is cleared first; one left by this suggestion is reused or resumed by ``run_one``.
     """
     given = {"values": sample.values, "overrides": sample.overrides}
-    marker = run_dir / TRIAL_VALUES
-    if run_dir.exists() and (not marker.is_file() or json.loads(marker.read_text(encoding="utf-8")) != given):
+    marker = trial_marker(run_dir)
+    if run_dir.exists() and read_marker(marker) != given:
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(json.dumps(given), encoding="utf-8")
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(marker, json.dumps(given))
     overrides = [*plan.overrides, *(override(k, v) for k, v in sample.overrides.items())]
     if objective.wandb:
         overrides.append(override("log.options.wandb.group", run_dir.parent.parent.name))
@@ -193,6 +213,57 @@ def trial_record(objective: Objective, trial, sample: Sample, summary: dict, fol
     return record
 
 
+def read_marker(path: Path) -> dict | None:
+    """The values a trial marker holds; ``None`` when it is missing or damaged (the trial then starts afresh)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def notice(text: str) -> None:
+    """A one-line notice on stderr (what was found damaged, and what was done about it)."""
+    print(f"nalign: notice: {text}", file=sys.stderr, flush=True)
+
+
+def read_records(path: Path, keep_damaged: bool = False) -> list[dict]:
+    """The records of ``trials.jsonl`` at ``path`` (none when it is missing), read tolerantly.
+
+    A line that is not a JSON record with a ``trial`` (a kill or a full disk cut it short, an edit
+    broke it) is skipped with a notice naming the file and the line; the trial it recorded is
+    simply run again. ``keep_damaged`` (a search about to rewrite the file) first copies the file
+    as it was to ``trials.jsonl.damaged``, so nothing is lost.
+    """
+    if not path.exists():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(
+            f"cannot read {path}: {exc.strerror or exc}; move it aside to start its records afresh"
+        ) from None
+    records, bad = [], []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "trial" not in record:
+                raise ValueError("not a trial record")
+            records.append(record)
+        except ValueError:
+            bad.append(number)
+    if bad:
+        kept = ""
+        if keep_damaged:
+            damaged = path.with_name(f"{path.name}.damaged")
+            shutil.copyfile(path, damaged)
+            kept = f"; the file as it was is kept as {damaged}"
+        lines = ", ".join(map(str, bad))
+        notice(f"{path}: skipped unreadable line(s) {lines} (cut short or edited); their trials run again{kept}")
+    return records
+
+
 class TrialLog:
     """``trials.jsonl``: the records by trial, rewritten whole (atomically) at each new one, and the
     progress line per finished trial (its values, its score, the best so far)."""
@@ -200,15 +271,12 @@ class TrialLog:
     def __init__(self, out: Path, objective: Objective, total: int, echo: Callable[[str], None] = print):
         self.path, self.objective, self.total, self.echo = out / TRIALS, objective, total, echo
         self.records: dict[str, dict] = {}
-        self.reload()
+        self.reload(keep_damaged=True)
 
-    def reload(self) -> None:
-        """Read the records ``trials.jsonl`` holds (another process may have added some)."""
-        if self.path.is_file():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    record = json.loads(line)
-                    self.records[str(record["trial"])] = record
+    def reload(self, keep_damaged: bool = False) -> None:
+        """Read the records ``trials.jsonl`` holds (another process may have added some), by :func:`read_records`."""
+        for record in read_records(self.path, keep_damaged):
+            self.records[str(record["trial"])] = record
 
     def __contains__(self, trial) -> bool:
         return str(trial) in self.records

@@ -15,7 +15,8 @@ from neural_alignment.api import convert
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.options import check_option_values
 from neural_alignment.core.rules import OPTION_KEYS
-from neural_alignment.recipes.loader import to_dict
+from neural_alignment.core.schedules import last_change, make_schedule
+from neural_alignment.recipes.loader import recipe_schedules, to_dict
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime.backend import Backend
 from neural_alignment.runtime.data import DataSplits
@@ -98,6 +99,40 @@ def backward_weights(model: nn.Module) -> list[nn.Parameter]:
 def forward_weights(model: nn.Module) -> list[nn.Parameter]:
     """The forward kernels W: every parameter named ``weight`` with at least 2 dims (not BatchNorm's)."""
     return [p for name, p in model.named_parameters() if name.rpartition(".")[2] == "weight" and p.dim() >= 2]
+
+
+def schedule_warnings(recipe: DictConfig, steps_per_epoch: int, total_steps: int) -> list[str]:
+    """One line per schedule that does not fit a run whose length ``train.steps`` sets.
+
+    Schedules count epochs of data (``core.schedules``), so with ``train.steps`` the run is
+    ``total_steps / steps_per_epoch`` epochs, whatever ``train.epochs`` says. Warned: a schedule
+    that still changes after the run's end (cut short), and one that settles below its full value
+    (a decay, a window that closes) before half of the run. The task schedule is shifted by
+    ``train.delay_epochs``. A length set by ``train.epochs`` is in the schedules' own unit: not checked.
+    """
+    if recipe.train.steps is None:
+        return []
+    run = total_steps / steps_per_epoch
+    where = f"train.steps={total_steps} at {steps_per_epoch} steps per epoch is {run:.3g} epochs"
+    lines = []
+    for key, cfg in recipe_schedules(recipe).items():
+        schedule = make_schedule(cfg)
+        end = last_change(schedule)
+        if end is None:
+            continue
+        shift = recipe.train.delay_epochs if key == "optim.task.schedule" else 0.0
+        if end + shift > run * (1 + 1e-9):
+            lines.append(
+                f"{key} changes until epoch {end + shift:.4g}, but {where}: the run ends before the schedule does "
+                "(schedules count epochs of data); set train.epochs instead of train.steps, or rescale the schedule"
+            )
+        elif end + shift < run / 2 and schedule(end) < 1.0:
+            lines.append(
+                f"{key} settles at {schedule(end):.3g}x after epoch {end + shift:.4g}, but {where}: more than half "
+                "of the run trains at the settled rate (schedules count epochs of data); set train.epochs instead "
+                "of train.steps, or rescale the schedule"
+            )
+    return lines
 
 
 def make_component(

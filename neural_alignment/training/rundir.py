@@ -7,7 +7,7 @@ before it, ``checkpoint.prev.pt`` (both atomic, ``runtime.checkpoint``).
 
 The rules, so that a user never loses or mixes up a run (:class:`RunFolder`):
 
-- A run holds an OS lock (``fcntl.flock``) on its folder for as long as it lives; the kernel
+- A run holds an OS lock (``fcntl.flock``, ``runtime.folder_lock``) on its folder for as long as it lives; the kernel
   drops it when the process dies, so ``kill -9`` leaves no stale lock. A second run on the same
   folder is a ``UserError``.
 - A fresh run refuses a folder that holds anything, unless told to overwrite it.
@@ -21,12 +21,11 @@ The rules, so that a user never loses or mixes up a run (:class:`RunFolder`):
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import time
-import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -35,6 +34,7 @@ from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import load_resolved_recipe
 from neural_alignment.runtime import checkpoint
 from neural_alignment.runtime.atomic import write_text_atomically
+from neural_alignment.runtime.folder_lock import FolderLock
 from neural_alignment.runtime.logger import METRICS_FILE
 
 CHECKPOINT = "checkpoint.pt"
@@ -150,7 +150,7 @@ class RunFolder:
         self.path = Path(path)
         self._created = False
         self._damaged = False  # the latest checkpoint did not load
-        self._unlock: weakref.finalize | None = None
+        self._unlock: Callable[[], None] | None = None
 
     def claim(self, resume: bool, overwrite: bool = False) -> None:
         """Lock the folder for this run, or raise a ``UserError`` saying why it is not this run's to write.
@@ -187,20 +187,12 @@ class RunFolder:
             raise UserError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
 
     def _lock(self) -> None:
-        """An exclusive ``flock`` on the folder itself, held until :meth:`release` or the process ends."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as exc:
-            raise UserError(f"cannot open run folder {self.path}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise UserError(
-                f"run folder {self.path} is in use by another run (it holds the folder's lock); "
-                "wait for it to end or choose another folder"
-            ) from None
-        self._unlock = weakref.finalize(self, os.close, fd)  # closing the descriptor drops the lock
+        """An exclusive lock on the folder itself (``runtime.folder_lock``), held until :meth:`release` or exit."""
+        self._unlock = FolderLock(
+            self.path,
+            f"run folder {self.path} is in use by another run (it holds the folder's lock); "
+            "wait for it to end or choose another folder",
+        ).release
 
     def release(self) -> None:
         """Drop the lock; a folder this claim created and nothing was written to is removed again."""

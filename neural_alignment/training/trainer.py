@@ -74,6 +74,7 @@ from neural_alignment.training.build import (
     build_model,
     forward_weights,
     make_component,
+    schedule_warnings,
     seed_everything,
 )
 from neural_alignment.training.divergence import TrainingDiverged, blown_up_layer
@@ -161,6 +162,9 @@ class Trainer:
                 f"{dataset_length(self.splits.train)} training examples"
             )
         self.total_steps = t.steps if t.steps is not None else max(1, round(t.epochs * self.steps_per_epoch))
+        if self.backend.is_main:
+            for line in schedule_warnings(recipe, self.steps_per_epoch, self.total_steps):
+                print(f"nalign: warning: {line}", file=sys.stderr, flush=True)
         self.dtype = getattr(torch, t.dtype)
         model = build_model(recipe, self.splits)
         conversion = conversion_of(model)
