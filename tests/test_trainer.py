@@ -373,3 +373,15 @@ def test_bf16_autocast_on_cpu_trains(tmp_path):
         recipe("rule.name=kp", "train.steps=3", "backend.options={autocast_dtype: bfloat16}"), tmp_path / "r"
     )
     assert result.summary["status"] == "finished" and math.isfinite(result.summary["test_loss"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_summary_records_the_torch_version_and_thread_count(tmp_path, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train(recipe("train.steps=2"), tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["torch_version"] == torch.__version__ and summary["torch_threads"] == threads
