@@ -1,7 +1,10 @@
 """``nalign compare --seeds K --vary key=...``: the grid, its aggregation, resuming it, running it on Ray."""
 
 import json
+import os
+import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import matplotlib.image
@@ -28,6 +31,7 @@ FEW = [
 ]
 VARY = "model.options.hidden=[8],[16]"
 RULES = ("bp", "sa")
+RECORDS_GITIGNORE = Path(__file__).resolve().parent.parent / "docs" / "reproduction" / "records" / ".gitignore"
 CELLS = [(rule, value) for rule in RULES for value in ("[8]", "[16]")]
 
 
@@ -171,3 +175,49 @@ def test_bad_grid_input_fails_before_training(tmp_path, capsys):
     )
     assert "optim.task.lrr" in capsys.readouterr().err
     assert not out.exists()
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_grid_committed_under_the_records_gitignore_redraws_and_continues_from_a_clone(tmp_path, trainings):
+    """docs/reproduction/records/.gitignore keeps only the runs' records; a clone of what it keeps
+    redraws the table without training, and a run whose record was never committed trains again."""
+    calls, _ = trainings
+    repo = tmp_path / "repo"
+    records = repo / "records"
+    records.mkdir(parents=True)
+    (records / ".gitignore").write_text(RECORDS_GITIGNORE.read_text())
+    args = dict(name="digits-mlp", rules=RULES, overrides=FEW, seeds=2, vary=VARY)
+    first = compare(**args, out=records / "grid")
+    assert len(calls) == 8
+    git(repo, "init", "-q")
+    git(repo, "add", "records")
+    git(repo, "commit", "-q", "-m", "records")
+    kept = sorted(Path(p).name for p in git(repo, "ls-files").split())
+    assert set(kept) == {
+        ".gitignore",
+        "summary.json",
+        "metrics.jsonl",
+        "comparison.md",
+        "comparison.json",
+        "comparison.png",
+    }
+    assert kept.count("summary.json") == kept.count("metrics.jsonl") == 8  # no checkpoint, no recipe.yaml
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    table = (records / "grid" / "comparison.md").read_text()
+    again = compare(**args, out=clone / "records" / "grid")
+    assert len(calls) == 8 and (clone / "records" / "grid" / "comparison.md").read_text() == table
+    assert [row["test_acc"] for row in again["rows"]] == [row["test_acc"] for row in first["rows"]]
+
+    unfinished = run_dir(clone / "records" / "grid", "sa", "[16]", 1)
+    shutil.rmtree(unfinished)  # a run the grid had not finished when its records were committed
+    compare(**args, out=clone / "records" / "grid")
+    assert calls[8:] == [(unfinished, False)]
+    assert json.loads((unfinished / "summary.json").read_text())["status"] == "finished"
