@@ -76,12 +76,15 @@ def test_a_2x2x2_grid_writes_mean_and_sem_per_rule_and_value(tmp_path, capsys, t
         assert row["n"] == 2 and row["failed"] == 0
         assert row["test_acc"] == pytest.approx(statistics.mean(accuracies))
         assert row["test_acc_sem"] == pytest.approx(statistics.stdev(accuracies) / 2**0.5)
+        assert row["test_acc_runs"] == accuracies  # every seed's value, in seed order
         for seed in (0, 1):  # each run trained its own seed and value
             recipe = yaml.safe_load((run_dir(out, row["rule"], row["value"], seed) / "recipe.yaml").read_text())
             assert recipe["train"]["seed"] == seed and recipe["rule"]["name"] == row["rule"]
             assert recipe["model"]["options"]["hidden"] == json.loads(row["value"])
     table = (out / "comparison.md").read_text().split("\n\n", 1)[1].strip()
     assert "| model.options.hidden |" in table and "±" in table and table in capsys.readouterr().out
+    for row, line in zip(report["rows"], table.splitlines()[2:], strict=True):
+        assert line.rstrip(" |").endswith(" ".join(f"{a:.4f}" for a in row["test_acc_runs"]))
     image = matplotlib.image.imread(out / "comparison.png")
     assert image.shape == (480, 1200, 4) and image[..., :3].std() > 0.05
 

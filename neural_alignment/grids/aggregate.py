@@ -6,7 +6,8 @@ For each metric m over the n finished runs of one (rule, value) cell::
 
 Runs that failed or diverged are counted (``failed``) and left out of the mean; a cell with no
 finished run has ``None`` for every metric. The Markdown table prints ``mean ± sem`` (just the
-mean for a single run).
+mean for a single run) and, beside them, every finished run's test accuracy in seed order (so a
+cell whose seeds split into modes shows it: a mean and s.e.m. alone hide it).
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def mean_sem(values: Sequence[float]) -> tuple[float | None, float | None]:
 def aggregate(
     results: Iterable[tuple[GridPoint, dict]], metrics: Sequence[str] = tuple(m for m, _, _ in METRICS)
 ) -> list[dict]:
-    """One row per (rule, value), in first-seen order: ``n``, ``failed``, ``seeds`` and per metric
-    ``<metric>`` (the mean) and ``<metric>_sem``."""
+    """One row per (rule, value), in first-seen order: ``n``, ``failed``, ``seeds``, per metric
+    ``<metric>`` (the mean) and ``<metric>_sem``, and ``test_acc_runs``: each finished run's
+    ``test_acc``, in seed order."""
     cells: dict[tuple[str, str | None], list[tuple[int, dict]]] = {}
     for point, summary in results:
         cells.setdefault((point.rule, point.value), []).append((point.seed, summary))
@@ -55,6 +57,7 @@ def aggregate(
             "n": len(done),
             "failed": len(runs) - len(done),
             "seeds": [seed for seed, _ in runs],
+            "test_acc_runs": [s["test_acc"] for s in done if s.get("test_acc") is not None],
         }
         for metric in metrics:
             mean, sem = mean_sem([s[metric] for s in done if s.get(metric) is not None])
@@ -83,8 +86,15 @@ def markdown(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 
 def grid_table(rows: Sequence[dict], vary_key: str | None) -> str:
-    """The aggregated grid as Markdown: rule, the varied value, runs (n, failed), then mean ± sem per metric."""
-    headers = ["rule", *([vary_key] if vary_key else []), "runs", *(title for _, title, _ in METRICS)]
+    """The aggregated grid as Markdown: rule, the varied value, runs (n, failed), mean ± sem per metric,
+    then the test accuracy of each run (seed order)."""
+    headers = [
+        "rule",
+        *([vary_key] if vary_key else []),
+        "runs",
+        *(title for _, title, _ in METRICS),
+        "test acc per seed",
+    ]
     body = []
     for row in rows:
         runs = f"{row['n']}" + (f" ({row['failed']} failed)" if row["failed"] else "")
@@ -94,6 +104,7 @@ def grid_table(rows: Sequence[dict], vary_key: str | None) -> str:
                 *([row["value"]] if vary_key else []),
                 runs,
                 *(cell(row, key, fmt) for key, _, fmt in METRICS),
+                " ".join(f"{value:.4f}" for value in row["test_acc_runs"]) or "-",
             ]
         )
     return markdown(headers, body)
