@@ -177,6 +177,8 @@ def test_bad_grid_input_fails_before_training(tmp_path, capsys):
         == 2
     )
     assert "optim.task.lrr" in capsys.readouterr().err
+    assert main(["compare", "digits-mlp", "--rules", "bp", "--seeds", "2", "--no-train", *FEW]) == 2
+    assert "--no-train reads the runs of an existing comparison: give its folder with --out" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -187,9 +189,10 @@ def git(cwd: Path, *args: str) -> str:
     return done.stdout
 
 
-def test_a_grid_committed_under_the_records_gitignore_redraws_and_continues_from_a_clone(tmp_path, trainings):
+def test_a_grid_committed_under_the_records_gitignore_redraws_and_continues_from_a_clone(tmp_path, trainings, capsys):
     """docs/reproduction/records/.gitignore keeps only the runs' records; a clone of what it keeps
-    redraws the table without training, and a run whose record was never committed trains again."""
+    redraws the table without training; with a run whose record was never committed, --no-train
+    counts it as not run, and a plain compare trains it (and only it)."""
     calls, _ = trainings
     repo = tmp_path / "repo"
     records = repo / "records"
@@ -221,6 +224,14 @@ def test_a_grid_committed_under_the_records_gitignore_redraws_and_continues_from
 
     unfinished = run_dir(clone / "records" / "grid", "sa", "[16]", 1)
     shutil.rmtree(unfinished)  # a run the grid had not finished when its records were committed
+    capsys.readouterr()  # the tables printed so far
+    partial = compare(**args, out=clone / "records" / "grid", train=False)
+    row = partial["rows"][CELLS.index(("sa", "[16]"))]
+    assert len(calls) == 8 and (row["n"], row["failed"], row["not_run"]) == (1, 0, 1)
+    sa16 = json.loads((run_dir(records / "grid", "sa", "[16]", 0) / "summary.json").read_text())["test_acc"]
+    assert row["test_acc"] == sa16 and row["test_acc_runs"] == [sa16] and row["test_acc_sem"] is None
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| sa   | [16]"))
+    assert "| 1 (1 not run) |" in line
     compare(**args, out=clone / "records" / "grid")
     assert calls[8:] == [(unfinished, False)]
     assert json.loads((unfinished / "summary.json").read_text())["status"] == "finished"

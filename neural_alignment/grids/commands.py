@@ -9,11 +9,21 @@ from neural_alignment.recipes.commands import add_recipe_arguments
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``nalign compare NAME --rules bp,fa,... [--seeds K] [--vary KEY=V1,V2,...] [--backend local|ray]
-    [KEY=VALUE ...] [--out DIR]``: one run per rule x value x seed, a table (mean ± s.e.m.) and a figure."""
+    [KEY=VALUE ...] [--out DIR] [--no-train]``: one run per rule x value x seed, a table (mean ± s.e.m.)
+    and a figure."""
     from neural_alignment.grids.compare import compare
 
     rules = [r.strip() for r in args.rules.split(",") if r.strip()]
-    compare(args.recipe, rules, args.overrides, args.out, seeds=args.seeds, vary=args.vary, backend=args.backend)
+    compare(
+        args.recipe,
+        rules,
+        args.overrides,
+        args.out,
+        seeds=args.seeds,
+        vary=args.vary,
+        backend=args.backend,
+        train=not args.no_train,
+    )
     return 0
 
 
@@ -44,5 +54,10 @@ def register(subparsers) -> None:
         "--out",
         metavar="DIR",
         help="output folder (default runs/compare-<recipe>-<timestamp>); finished runs in it are reused",
+    )
+    comp.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: the table and figure of the runs already finished in --out (the others: not run)",
     )
     comp.set_defaults(func=cmd_compare)
