@@ -175,7 +175,14 @@ def test_list_with_a_glob_pattern():
 
 def test_list_recipes_shows_the_recipes_in_registered_folders():
     rows = {row["name"]: row for row in json.loads(nalign("list", "recipes", "fmnist*", "--json").stdout)}
-    assert set(rows) == {"fmnist-convnet", "fmnist-depth", "fmnist-mlp", "fmnist-noisy-updates"}
+    assert set(rows) == {
+        "fmnist-convnet",
+        "fmnist-depth",
+        "fmnist-depth-converged",
+        "fmnist-mlp",
+        "fmnist-noisy-updates",
+        "fmnist-noisy-updates-converged",
+    }
     assert rows["fmnist-convnet"]["plugin"] == "neural_alignment.plugins.recipes"
     assert rows["fmnist-convnet"]["description"].startswith("The main job")
 

@@ -1,7 +1,9 @@
 """``nalign compare --seeds K --vary key=...``: the grid, its aggregation, resuming it, running it on Ray."""
 
 import json
+import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +34,7 @@ FEW = [
 ]
 VARY = "model.options.hidden=[8],[16]"
 RULES = ("bp", "sa")
+RECORDS_GITIGNORE = Path(__file__).resolve().parent.parent / "docs" / "reproduction" / "records" / ".gitignore"
 CELLS = [(rule, value) for rule in RULES for value in ("[8]", "[16]")]
 
 
@@ -76,12 +79,15 @@ def test_a_2x2x2_grid_writes_mean_and_sem_per_rule_and_value(tmp_path, capsys, t
         assert row["n"] == 2 and row["failed"] == 0
         assert row["test_acc"] == pytest.approx(statistics.mean(accuracies))
         assert row["test_acc_sem"] == pytest.approx(statistics.stdev(accuracies) / 2**0.5)
+        assert row["test_acc_runs"] == accuracies  # every seed's value, in seed order
         for seed in (0, 1):  # each run trained its own seed and value
             recipe = yaml.safe_load((run_dir(out, row["rule"], row["value"], seed) / "recipe.yaml").read_text())
             assert recipe["train"]["seed"] == seed and recipe["rule"]["name"] == row["rule"]
             assert recipe["model"]["options"]["hidden"] == json.loads(row["value"])
     table = (out / "comparison.md").read_text().split("\n\n", 1)[1].strip()
     assert "| model.options.hidden |" in table and "±" in table and table in capsys.readouterr().out
+    for row, line in zip(report["rows"], table.splitlines()[2:], strict=True):
+        assert line.rstrip(" |").endswith(" ".join(f"{a:.4f}" for a in row["test_acc_runs"]))
     image = matplotlib.image.imread(out / "comparison.png")
     assert image.shape == (480, 1200, 4) and image[..., :3].std() > 0.05
 
@@ -174,6 +180,8 @@ def test_bad_grid_input_fails_before_training(tmp_path, capsys):
         == 2
     )
     assert "optim.task.lrr" in capsys.readouterr().err
+    assert main(["compare", "digits-mlp", "--rules", "bp", "--seeds", "2", "--no-train", *FEW]) == 2
+    assert "--no-train reads the runs of an existing comparison: give its folder with --out" in capsys.readouterr().err
     assert not out.exists()
 
 
@@ -222,3 +230,58 @@ def test_a_grid_with_a_diverged_cell_exits_1_and_its_report_names_every_cell(tmp
     # a leaf run passed alone keeps its rule and cell in its label
     assert main(["report", str(out / "bp" / "optim.task.lr=0.05" / "seed1"), "--out", str(tmp_path / "leaf")]) == 0
     assert "<tr><td>bp optim.task.lr=0.05 seed1</td>" in (tmp_path / "leaf" / "index.html").read_text()
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_grid_committed_under_the_records_gitignore_redraws_and_continues_from_a_clone(tmp_path, trainings, capsys):
+    """docs/reproduction/records/.gitignore keeps only the runs' records; a clone of what it keeps
+    redraws the table without training; with a run whose record was never committed, --no-train
+    counts it as not run, and a plain compare trains it (and only it)."""
+    calls, _ = trainings
+    repo = tmp_path / "repo"
+    records = repo / "records"
+    records.mkdir(parents=True)
+    (records / ".gitignore").write_text(RECORDS_GITIGNORE.read_text())
+    args = dict(name="digits-mlp", rules=RULES, overrides=FEW, seeds=2, vary=VARY)
+    first = compare(**args, out=records / "grid")
+    assert len(calls) == 8
+    git(repo, "init", "-q")
+    git(repo, "add", "records")
+    git(repo, "commit", "-q", "-m", "records")
+    kept = sorted(Path(p).name for p in git(repo, "ls-files").split())
+    assert set(kept) == {
+        ".gitignore",
+        "summary.json",
+        "metrics.jsonl",
+        "comparison.md",
+        "comparison.json",
+        "comparison.png",
+    }
+    assert kept.count("summary.json") == kept.count("metrics.jsonl") == 8  # no checkpoint, no recipe.yaml
+
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    table = (records / "grid" / "comparison.md").read_text()
+    again = compare(**args, out=clone / "records" / "grid")
+    assert len(calls) == 8 and (clone / "records" / "grid" / "comparison.md").read_text() == table
+    assert [row["test_acc"] for row in again["rows"]] == [row["test_acc"] for row in first["rows"]]
+
+    unfinished = run_dir(clone / "records" / "grid", "sa", "[16]", 1)
+    shutil.rmtree(unfinished)  # a run the grid had not finished when its records were committed
+    capsys.readouterr()  # the tables printed so far
+    partial = compare(**args, out=clone / "records" / "grid", train=False)
+    row = partial["rows"][CELLS.index(("sa", "[16]"))]
+    assert len(calls) == 8 and (row["n"], row["failed"], row["not_run"]) == (1, 0, 1)
+    sa16 = json.loads((run_dir(records / "grid", "sa", "[16]", 0) / "summary.json").read_text())["test_acc"]
+    assert row["test_acc"] == sa16 and row["test_acc_runs"] == [sa16] and row["test_acc_sem"] is None
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| sa   | [16]"))
+    assert "| 1 (1 not run) |" in line
+    compare(**args, out=clone / "records" / "grid")
+    assert calls[8:] == [(unfinished, False)]
+    assert json.loads((unfinished / "summary.json").read_text())["status"] == "finished"

@@ -46,6 +46,7 @@ SPACES = {"search-wm": B11, "search-wm-ad": B12, "search-wm-ad-ops": B13, "searc
 FMNIST = {
     "search-fmnist-wm": {**B13, "data.batch_size": ("choice", {32, 128, 256, 512})},
     "search-fmnist-ia": {**B14, "data.batch_size": ("choice", {32, 128, 256, 512})},
+    "search-fmnist-wm-deep": {**B13, "data.batch_size": ("choice", {32, 128, 256, 512})},
 }
 DRAWS = 200
 

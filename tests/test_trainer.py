@@ -388,3 +388,15 @@ def test_backend_option_types_are_checked(tmp_path, options, message):
     with pytest.raises(UserError, match=f"^{message}$"):
         train(recipe(f"backend.options={options}"), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_summary_records_the_torch_version_and_thread_count(tmp_path, threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        train(recipe("train.steps=2"), tmp_path / "run")
+    finally:
+        torch.set_num_threads(before)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["torch_version"] == torch.__version__ and summary["torch_threads"] == threads

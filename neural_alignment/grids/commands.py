@@ -10,8 +10,8 @@ from neural_alignment.recipes.commands import add_recipe_arguments
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """``nalign compare NAME --rules bp,fa,... [--seeds K] [--vary KEY=V1,V2,...] [--backend local|ray]
-    [--trial-resources MAPPING] [KEY=VALUE ...] [--out DIR]``: one run per rule x value x seed, a table
-    (mean ± s.e.m.) and a figure."""
+    [--trial-resources MAPPING] [KEY=VALUE ...] [--out DIR] [--no-train]``: one run per rule x value x
+    seed, a table (mean ± s.e.m.) and a figure."""
     from neural_alignment.grids.compare import compare
     from neural_alignment.grids.placement import trial_resources
 
@@ -26,6 +26,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         vary=args.vary,
         backend=args.backend,
         trial_resources=resources,
+        train=not args.no_train,
     )
     return EXIT_FAILED if report["failed"] else 0
 
@@ -78,5 +79,10 @@ def register(subparsers) -> None:
         "--out",
         metavar="DIR",
         help="output folder (default runs/compare-<recipe>-<timestamp>); finished runs in it are reused",
+    )
+    comp.add_argument(
+        "--no-train",
+        action="store_true",
+        help="train nothing: the table and figure of the runs already finished in --out (the others: not run)",
     )
     comp.set_defaults(func=cmd_compare)

@@ -24,6 +24,11 @@ A grid (``--vary`` or ``--seeds`` above 1): the table has per rule and value the
 error across seeds of those metrics (``grids.aggregate``), and the figure each against the
 varied value, one line per rule, with error bars (without ``--vary``: the curves of the first seed).
 
+``train=False`` (``--no-train``) trains nothing: the table and figure of the runs already finished
+in ``out`` (e.g. records committed to a repository, without checkpoints), the others counted as not
+run; the one-run-per-rule table then times only runs whose checkpoint is there.
+
+Written to ``<out>``: 
 Written to ``<out>``: ``comparison.json`` (the rows, and every run's summary; ``failed``: how many
 runs did not finish), ``comparison.md`` (the table) and ``comparison.png``. The comparison holds
 the lock of ``<out>`` (``runtime.folder_lock``) while it runs, so a second ``compare`` into the
@@ -46,7 +51,7 @@ from neural_alignment.analysis.figures import plot_comparison, plot_grid
 from neural_alignment.analysis.runs import read_history
 from neural_alignment.core.errors import UserError
 from neural_alignment.grids.aggregate import aggregate, grid_table, markdown
-from neural_alignment.grids.executor import FINISHED, RunSpec, run_specs
+from neural_alignment.grids.executor import FINISHED, NOT_RUN, RunSpec, recorded, run_specs
 from neural_alignment.grids.grid import GridPoint, Vary, grid_points, grid_specs, parse_vary
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.registry import UnknownNameError, get_registry
@@ -54,7 +59,7 @@ from neural_alignment.runtime.atomic import write_text_atomically
 from neural_alignment.runtime.folder_lock import FolderLock
 from neural_alignment.runtime.logger import METRICS_FILE
 from neural_alignment.training.build import build_data, data_key
-from neural_alignment.training.rundir import default_run_dir
+from neural_alignment.training.rundir import default_run_dir, has_checkpoint
 from neural_alignment.training.trainer import Trainer
 
 FALLBACK_DATASET = "digits"
@@ -167,7 +172,7 @@ def single_run_report(results: list[tuple[GridPoint, dict]], specs: Sequence[Run
         rows.append({"rule": point.rule, **summary})
         if (spec.run_dir / METRICS_FILE).is_file():  # a run that failed before training has no record
             histories[point.rule] = read_history(spec.run_dir)
-        if summary.get("status") == FINISHED:  # rebuilt from its checkpoint, for the step times
+        if summary.get("status") == FINISHED and has_checkpoint(spec.run_dir):  # rebuilt for the step times
             recipe = load_recipe(spec.name, spec.overrides)
             key = data_key(recipe)  # one dataset in memory for every rule that reads the same one
             if key not in datasets:
@@ -199,12 +204,16 @@ def compare(
     vary: str | Vary | None = None,
     backend: str = "local",
     trial_resources: dict | None = None,
+    train: bool = True,
 ) -> dict:
-    """Train ``name`` for every rule x ``vary`` value x seed; print and write the comparison
-    (see the module docstring; ``trial_resources``: what each run holds on Ray, ``grids.placement``);
-    returns what ``comparison.json`` holds."""
+    """Train ``name`` for every rule x ``vary`` value x seed (``train=False``: only read what ``out``
+    holds); print and write the comparison (see the module docstring; ``trial_resources``: what each
+    run holds on Ray, ``grids.placement``); returns what ``comparison.json`` holds."""
     vary = parse_vary(vary) if isinstance(vary, str) else vary
-    extra, notice = dataset_overrides(name, overrides)
+    if not train and out is None:
+        raise UserError("--no-train reads the runs of an existing comparison: give its folder with --out")
+    # a record-only comparison loads no data: the run folders do not depend on the dataset fallback
+    extra, notice = dataset_overrides(name, overrides) if train else ([], None)
     if notice:
         print(f"nalign: notice: {notice}", file=sys.stderr)
     out = Path(out) if out else default_run_dir(f"compare-{name}")
@@ -220,6 +229,8 @@ def compare(
         "wait for it to end (its finished runs are then reused) or give another --out"
     )
     ray_options = {"resources": trial_resources, "shared": out} if backend == "ray" else {}
+    if not train:  # reads the runs, trains and removes nothing: a grid still running may hold the lock
+        return write_comparison(name, rules, overrides, out, seeds, vary, notice, points, specs, backend, None)
     with FolderLock(out, in_use):
         return write_comparison(name, rules, overrides, out, seeds, vary, notice, points, specs, backend, ray_options)
 
@@ -235,13 +246,16 @@ def write_comparison(
     points: list[GridPoint],
     specs: list[RunSpec],
     backend: str,
-    ray_options: dict,
+    ray_options: dict | None,
 ) -> dict:
-    """Run the planned grid and write ``comparison.{json,md,png}`` (the caller holds ``out``'s lock)."""
-    results = list(zip(points, run_grid(specs, backend, **ray_options), strict=True))
+    """Run the planned grid (``ray_options`` None: train nothing, read what the folders hold) and write
+    ``comparison.{json,md,png}`` (a caller that trains holds ``out``'s lock)."""
+    summaries = recorded(specs) if ray_options is None else run_grid(specs, backend, **ray_options)
+    results = list(zip(points, summaries, strict=True))
     failed = [
-        (spec, summary) for spec, (_, summary) in zip(specs, results, strict=True) if summary.get("status") != FINISHED
+        (spec, s) for spec, (_, s) in zip(specs, results, strict=True) if s.get("status") not in (FINISHED, NOT_RUN)
     ]
+    not_run = sum(s.get("status") == NOT_RUN for _, s in results)
     report: dict[str, Any] = {
         "recipe": name,
         "dataset": next((s["dataset"] for _, s in results if s.get("dataset")), None),
@@ -277,6 +291,10 @@ def write_comparison(
     print(table)
     for spec, summary in failed:
         print(f"nalign: warning: {spec.run_dir} {summary['status']}: {summary.get('error', '')}", file=sys.stderr)
+    if not_run:
+        print(
+            f"nalign: {not_run} of {len(specs)} runs not finished in {out} (not trained: --no-train)", file=sys.stderr
+        )
     write_text_atomically(out / "comparison.json", json.dumps(report, indent=2) + "\n")
     title = f"nalign compare {name} ({report['dataset']})" + (f", {seeds} seeds" if seeds > 1 else "")
     write_text_atomically(out / "comparison.md", f"# {title}\n\n{table}\n")

@@ -12,7 +12,8 @@ A run that raises (a user error, a divergence, a bug) returns a summary with
 ``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
 :func:`run_all` runs a list of specs one after another (``local``); :func:`run_all_on_ray` runs
 them as parallel Ray tasks (each holding its trial resources, ``grids.placement``) on the cluster
-of ``grids.ray_cluster``, with the same contract; :func:`run_specs` picks one by backend name.
+of ``grids.ray_cluster``, with the same contract; :func:`run_specs` picks one by backend name. :func:`recorded` trains nothing and returns
+what the folders hold (a comparison redrawn from committed records).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from neural_alignment.training.divergence import TrainingDiverged
 from neural_alignment.training.rundir import has_checkpoint
 
 FINISHED = "finished"
+NOT_RUN = "not run"  # the status of a run that a record-only comparison (no training) did not find finished
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,15 @@ def run_placed(spec: RunSpec) -> dict:
 
     overrides, here = placed(spec.name, spec.overrides)
     return run_one(replace(spec, overrides=overrides), placement=here)
+
+
+def recorded(specs: Sequence[RunSpec]) -> list[dict]:
+    """Every spec's finished summary (marked ``reused``) where its folder holds one, else ``{"status": NOT_RUN}``;
+    nothing is trained."""
+    return [
+        {**summary, "reused": True} if (summary := finished_summary(spec.run_dir)) else {"status": NOT_RUN}
+        for spec in specs
+    ]
 
 
 def run_all(specs: Sequence[RunSpec], on_done: Callable[[RunSpec, dict], None] | None = None) -> list[dict]:

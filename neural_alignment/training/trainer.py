@@ -594,7 +594,8 @@ class Trainer:
 
     def summary(self, step_seconds: list[float], status: str, evaluate: bool = True) -> dict:
         """Final record: test metrics (unless not ``evaluate``), layer metrics, median seconds per step
-        (robust to load spikes)."""
+        (robust to load spikes), and the torch version and intra-op thread count the run computed with
+        (a re-run with another may differ)."""
         r = self.recipe
         return {
             "status": status,
@@ -605,6 +606,8 @@ class Trainer:
             "epochs": self.step / self.steps_per_epoch,
             "seconds_per_step": float(np.median(step_seconds)) if step_seconds else None,
             "train_seconds": sum(step_seconds),
+            "torch_version": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
             **{
                 k: v
                 for k, v in {**(self.evaluate() if evaluate else {}), **self.layer_summary()}.items()
