@@ -288,6 +288,8 @@ def test_a_plugins_error_in_training_is_one_line_naming_the_plugin_and_rule(faul
         "rule.name=faulty",
         "train.steps=5",
         "log.loggers=[jsonl]",
+        "optim.task.schedule=null",  # digits-mlp's 20-epoch schedules would be warned about in 5 steps
+        "optim.alignment.schedule=null",
         "--out",
         str(run_dir),
         site=faulty_site,

@@ -20,6 +20,8 @@ TINY = [
     "model.options.hidden=[16]",
     "train.progress=false",
     "log.loggers=[jsonl]",
+    "optim.task.schedule=null",  # digits-mlp's schedules span 20 epochs: these few-step runs would be warned
+    "optim.alignment.schedule=null",
     "train.metrics_every=1",
 ]
 

@@ -76,6 +76,8 @@ def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, 
     assert sorted(angles) == sorted(LAYERS)
     if rule != "bp":
         assert angles["c1"] > 1.0  # random B: the propagated gradient is not backprop's
+    # B := W gives backprop unless a feedback path (sign symmetry, DFA) replaces B or dx itself
+    if rule != "bp" and na.get_rule(rule).feedback is None:
         with torch.no_grad():
             for _, layer in aligned_layers(model):
                 layer.backward_weight.copy_(layer.weight)

@@ -218,12 +218,17 @@ def test_a_search_killed_and_resumed_ran_one_trial_per_accelerator_on_both_nodes
     before = records(out)
     assert 1 <= len(before) < 4, "the driver was not killed in the middle of the search"
 
-    assert main(["search", "--resume", str(out)]) == 0
+    # the resumed driver is a process of its own too: Ray keeps its first connection's settings for the
+    # life of a process (its auth mode among them), which would leak into later tests' local clusters
+    resumed = subprocess.run(
+        [sys.executable, "-m", "neural_alignment.cli", "search", "--resume", str(out)], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = records(out)
     assert len(after) == 4 and len({r["trial"] for r in after}) == 4
     for record in before:  # the same record, started_at included: not trained again
         assert next(r for r in after if r["trial"] == record["trial"]) == record
-    assert all(r["status"] == "finished" for r in after)
+    assert all(r["status"] == "finished" for r in after), [(r["status"], r.get("error")) for r in after]
     assert {r["placement"]["node_ip"] for r in after} == {HEAD_IP, WORKER_IP}  # both nodes trained
     assert len({r["placement"]["node_id"] for r in after}) == 2
     assert_one_trial_per_node_at_a_time(after)

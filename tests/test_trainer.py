@@ -336,7 +336,8 @@ def test_cli_run_and_resume(tmp_path, capsys):
     assert main([*args, "--out", str(out)]) == 0
     captured = capsys.readouterr()
     assert (out / "summary.json").exists() and str(out) in captured.out
-    assert "nalign: converted to rule 'fa': 2 Linear\n" in captured.err  # what convert did, as convert reports it
+    assert "nalign: converted to rule 'fa': 2 Linear\n" in captured.out  # what convert did, as convert reports it
+    assert "left on native backprop" not in captured.err  # nothing was: no warning
     assert main([*args[:-2], "train.steps=6", "train.checkpoint_every=2", "rule.name=fa", "--resume", str(out)]) == 0
     assert checkpoint.load(out / "checkpoint.pt")["step"] == 6
     assert main(["run", "digits-mlp", "rule.name=nope", "--out", str(tmp_path / "x")]) == 2

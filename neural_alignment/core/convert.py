@@ -55,6 +55,10 @@ class Conversion:
         """Each module left on backprop as ``path (type: why)``, separated by ``; ``."""
         return "; ".join(f"{path or '<model>'} ({kind}: {why})" for path, kind, why in self.left)
 
+    def left_message(self) -> str:
+        """The one line that names every module left on native backprop."""
+        return "left on native backprop (weight transport): " + self.left_text()
+
     def summary(self) -> str:
         """One line per part: what became aligned (counts by kind), what was excluded, what was left."""
         counts: dict[str, int] = {}
@@ -65,7 +69,7 @@ class Conversion:
         if self.excluded:
             lines.append("excluded (native backprop): " + ", ".join(path for path, _ in self.excluded))
         if self.left:
-            lines.append("left on native backprop (weight transport): " + self.left_text())
+            lines.append(self.left_message())
         return "\n".join(lines)
 
 

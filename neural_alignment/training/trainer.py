@@ -168,9 +168,10 @@ class Trainer:
         self.dtype = getattr(torch, t.dtype)
         model = build_model(recipe, self.splits)
         conversion = conversion_of(model)
-        if conversion is not None and self.backend.is_main:
-            for line in conversion.summary().splitlines():
-                print(f"nalign: {line}", file=sys.stderr, flush=True)
+        if conversion is not None and self.backend.is_main:  # what convert did: stdout; modules left: a warning
+            print(f"nalign: {conversion.summary().splitlines()[0]}", flush=True)
+            if conversion.left:
+                print(f"nalign: warning: {conversion.left_message()}", file=sys.stderr, flush=True)
         self.model = self.backend.prepare(model, self.dtype)
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
