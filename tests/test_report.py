@@ -148,3 +148,36 @@ def test_bad_folders_and_choices_are_one_line_errors(compare_dir, tmp_path, caps
     assert main(["report", str(target), *extra, "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def outside(figure):
+    """The drawn parts (each panel with its title, labels and tick labels; the suptitle) not inside the figure."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    box = figure.bbox
+    parts = [(f"panel {i} ({ax.get_title()!r})", ax.get_tightbbox(renderer)) for i, ax in enumerate(figure.axes)]
+    if figure.get_suptitle():
+        parts.append((figure.get_suptitle(), figure._suptitle.get_window_extent(renderer)))
+    return [
+        name
+        for name, e in parts
+        if e.x0 < box.x0 - 0.5 or e.y0 < box.y0 - 0.5 or e.x1 > box.x1 + 0.5 or e.y1 > box.y1 + 0.5
+    ]
+
+
+def test_no_title_or_label_is_clipped(compare_dir):
+    import dataclasses
+
+    from neural_alignment.analysis.report import alignment_figure, curves_figure, layers_figure, weights_figure
+    from neural_alignment.analysis.runs import load_runs
+
+    bp, sa = load_runs([compare_dir])
+    long = dataclasses.replace(sa, label="sa seed=1 train.lr=0.05 model.options.hidden=[16,16]")
+    figures = {
+        "curves": curves_figure([bp, long]),
+        "alignment": alignment_figure([bp, long]),
+        "layers": layers_figure(long),
+        "weights, one step": weights_figure(long, ["1"], [9]),
+        "weights, 3 x 3": weights_figure(sa, ["1", "3", "5"], [0, 3, 9]),
+    }
+    assert {name: outside(figure) for name, figure in figures.items()} == {name: [] for name in figures}

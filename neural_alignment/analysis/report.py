@@ -104,7 +104,7 @@ def layers_figure(run: Run) -> Figure:
             if steps:
                 ax.plot(steps, values, color=colours[depth], marker="o", markersize=2, label=layer)
         _finish(ax, "step", label)
-    figure.suptitle(f"{run.label}: per layer, coloured by depth (dark = input side)")
+    figure.suptitle(f"{run.label}: per layer, coloured by depth (dark = input side)", wrap=True)
     return figure
 
 
@@ -118,7 +118,7 @@ def default_choice(available: Sequence, count: int = 3) -> list:
 
 def weights_figure(run: Run, layers: Sequence[str], steps: Sequence[int]) -> Figure:
     """Fig. S3: rows = ``layers``, columns = ``steps``; each sampled entry at (W_ij, B_ij); diagonal dotted."""
-    figure = Figure(figsize=(3.2 * len(steps), 3.0 * len(layers)), layout="constrained")
+    figure = Figure(figsize=(max(3.2 * len(steps), 4.8), 3.0 * len(layers)), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(len(layers), len(steps), squeeze=False)
     snaps = {step: run.snapshot(step) for step in steps}
@@ -137,7 +137,7 @@ def weights_figure(run: Run, layers: Sequence[str], steps: Sequence[int]) -> Fig
                 xlabel="W",
                 ylabel="B",
             )
-    figure.suptitle(f"{run.label}: forward vs backward weights (sampled entries; dotted: B = W)")
+    figure.suptitle(f"{run.label}: forward vs backward weights (sampled entries; dotted: B = W)", wrap=True)
     return figure
 
 
