@@ -92,13 +92,15 @@ class _QuadraticForm(torch.autograd.Function):
                 q = q + ww * inner(W, W)
             ctx.scale = wb
         ctx.form = (ww, bb, wb)
-        ctx.save_for_backward(u, W if ctx.needs_input_grad[0] else None, B if ctx.needs_input_grad[0] else None)
+        ctx.save_for_backward(u, W, B)
         return q
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor):
         u, W, B = ctx.saved_tensors
-        ww, _, wb = ctx.form
+        ww, bb, wb = ctx.form
+        if torch.is_grad_enabled():  # a gradient to differentiate again (create_graph): from W and B themselves
+            u = torch.add(B, W, alpha=wb / (2 * bb)) if bb else W
         dB = u * (grad * ctx.scale) if ctx.needs_input_grad[1] else None
         dW = (W * (2 * ww) + B * wb) * grad if ctx.needs_input_grad[0] else None
         return dW, dB, None, None, None
@@ -109,7 +111,8 @@ def quadratic_form(W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: f
 
     One pass forms u = B + (wb / 2 bb) W (so dq/dB = 2 bb u) and q = bb |u|^2 + (ww - wb^2 / 4 bb) |W|^2
     (the second term left out when it is 0: a perfect square such as |W - B|^2); with bb = 0,
-    dq/dB = wb W and q = wb sum W*B + ww |W|^2. The backward is one product: no graph per term.
+    dq/dB = wb W and q = wb sum W*B + ww |W|^2. The backward is one product: no graph per term
+    (under ``create_graph`` it recomputes u from W and B, so second derivatives are exact).
     """
     return _QuadraticForm.apply(W, B, float(ww), float(bb), float(wb))
 
