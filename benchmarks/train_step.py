@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py [--backend cpu|cuda|xla] [--archs resnet18,convnet]
         [--image-size 64] [--resnet-batch 32] [--reps 10] [--autocast bfloat16] [--channels-last] [--spmd]
+        [--rules fa,sa,kp]   (bp is always measured: it is the baseline)
 
 One step is what ``nalign run`` does per step: forward, task and alignment losses, one backward,
 both components' optimizer updates (the alignment optimizer too), the end of the step and a
@@ -69,13 +70,14 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
 
 def benchmark(arch: str, args, clock, folder: Path) -> bool:
     recipe_name, common, batch = overrides(arch, args)
+    rules = ["bp", *(r for r in RULES if r != "bp" and r in args.rules)]
     trainers = {
         rule: Trainer(load_recipe(recipe_name, [*common, f"rule.name={rule}"]), folder / f"{arch}-{rule}")
-        for rule in RULES
+        for rule in rules
     }
     x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch)), strict=True))
-    times = {rule: [] for rule in RULES}
-    order = list(RULES)
+    times = {rule: [] for rule in rules}
+    order = list(rules)
     shuffle = random.Random(0).shuffle
     for rep in range(args.warmup + args.reps):
         shuffle(order)
@@ -88,7 +90,7 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     print(f"\n{arch}, batch {shape}: bp step {base * 1e3:.1f} ms, {batch / base:.1f} images/s (median of {args.reps})")
     print(f"{'rule':<6}{'images/s':>10}{'ratio':>8}{'bound':>8}{'limit':>8}  ok")
     all_ok = True
-    for rule in RULES:
+    for rule in rules:
         trainer = trainers[rule]
         ratio = statistics.median(t / b for t, b in zip(times[rule], times["bp"], strict=True))
         with torch.no_grad():
@@ -110,6 +112,7 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int, default=64, help="ResNet input size (224 on a GPU)")
     parser.add_argument("--resnet-batch", type=int, default=32)
     parser.add_argument("--convnet-batch", type=int, default=128)
+    parser.add_argument("--rules", default=",".join(RULES), type=lambda s: s.split(","), help="bp is always in")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions per rule")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")

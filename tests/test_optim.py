@@ -1,5 +1,6 @@
 """Optimizers by name, learning-rate schedules of the global step, noisy updates."""
 
+import copy
 import math
 
 import pytest
@@ -103,3 +104,49 @@ def test_noise_adds_to_the_gradient_update():
     expected = torch.zeros(5) - 0.1
     add_update_noise([expected], 0.1)
     assert torch.equal(p.detach(), expected)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("sgd", {"momentum": 0.9, "weight_decay": 1e-2}),
+        ("nesterov", {"momentum": 0.9, "weight_decay": 1e-2}),
+        ("gd", {}),
+        ("adam", {"weight_decay": 1e-2}),
+        ("adamw", {"weight_decay": 1e-2}),
+    ],
+)
+def test_fused_kernels_update_as_torchs_per_tensor_loop_and_load_its_state(name, kwargs):
+    """CPU parameters get torch's fused kernel: five steps agree with the per-tensor loop's (float64),
+    and the loop's state dict loads into the fused optimizer without turning it off."""
+    torch.manual_seed(0)
+    start = [torch.randn(4, 3, dtype=torch.float64), torch.randn(5, dtype=torch.float64)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    fused = [torch.nn.Parameter(p.clone()) for p in start]
+    loop = [torch.nn.Parameter(p.clone()) for p in start]
+    ours = make_optimizer(name, fused, 0.1, **kwargs)
+    defaults = {k: v for k, v in ours.defaults.items() if k != "decoupled_weight_decay"}  # AdamW's own
+    reference = type(ours)(loop, **{**defaults, "fused": None, "foreach": False})
+    assert ours.defaults["fused"] is True
+    for step_grads in grads:
+        for params, optimizer in ((fused, ours), (loop, reference)):
+            for p, g in zip(params, step_grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+    for a, b in zip(fused, loop, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    resumed = [torch.nn.Parameter(p.detach().clone()) for p in loop]
+    component = ComponentOptimizer(make_optimizer(name, resumed, 0.1, **kwargs), None)
+    component.load_state_dict(copy.deepcopy(reference.state_dict()))  # else both would share the buffers
+    assert component.optimizer.param_groups[0]["fused"] is True
+    for params, optimizer in ((resumed, component.optimizer), (loop, reference)):  # the loaded state carries on
+        for p, g in zip(params, grads[0], strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+    for a, b in zip(resumed, loop, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_parameters_on_a_device_without_fused_kernels_keep_torchs_default():
+    meta = [torch.nn.Parameter(torch.zeros(2, device="meta"))]
+    assert not make_optimizer("adam", meta, 1e-3).defaults["fused"]

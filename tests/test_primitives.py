@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
-from neural_alignment.core.primitives import NEEDS
+from neural_alignment.core.primitives import NEEDS, quadratic_form
 from neural_alignment.core.rules import RuleSpec, build_rule
 from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES, Amp, Null, Sparse
 
@@ -143,3 +143,38 @@ def test_registered_through_the_hook():
     catalog = Registry(autoload=False).catalog("primitives")
     assert {"decay", "self", "amp", "sparse", "null", "angle"} <= set(catalog.names())
     assert catalog.entry("amp").description == "amp = -sum mean(P*Q), default (P, Q) = (fp, bp)."
+
+
+@pytest.mark.parametrize(
+    "form",
+    [(1e-3, 1e-3, -2e-3), (1e-4, 1e-4, -2e-4), (1.0, 1.0, 0.0), (0.0, 0.0, -1.0), (0.3, 2.0, 0.7), (0.5, 0.0, 0.25)],
+    ids=["sa", "sa-small", "decay", "self", "general", "no-bb"],
+)
+def test_quadratic_form_value_and_closed_form_gradients_equal_autograd_of_the_expression(form):
+    """quadratic_form's value and its closed-form dW, dB equal autograd's of ww|W|^2 + bb|B|^2 + wb<W,B>
+    (float64, an upstream gradient of 3)."""
+    ww, bb, wb = form
+    torch.manual_seed(1)
+    W = torch.randn(4, 3, 3, 3, dtype=F64, requires_grad=True)
+    B = (W.detach() + 0.1 * torch.randn_like(W)).requires_grad_()
+    expression = ww * (W * W).sum() + bb * (B * B).sum() + wb * (W * B).sum()
+    expected = torch.autograd.grad(3 * expression, (W, B))
+    value = quadratic_form(W, B, ww, bb, wb)
+    torch.testing.assert_close(value, expression, rtol=1e-12, atol=1e-14)
+    for got, want in zip(torch.autograd.grad(3 * value, (W, B)), expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    (dB,) = torch.autograd.grad(quadratic_form(W.detach(), B, ww, bb, wb), B)  # W detached: B's alone
+    torch.testing.assert_close(dB, 2 * bb * B.detach() + wb * W.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_a_rules_weight_terms_are_one_form_equal_to_the_sum_of_its_primitives(case):
+    """The rule sums decay and self into one quadratic form: value and dB equal the sum of each
+    primitive's own (the reference table's hand-written values)."""
+    layer = case.layer
+    rule = build_rule(RuleSpec("probe"), TABLE, weights={"decay": 0.7, "self": 1.3, "amp": 0.2})
+    reference = case.reference()
+    value = rule.regularizer(layer)
+    (grad,) = torch.autograd.grad(value, layer.backward_weight)
+    expected = {k: 0.7 * reference["decay"][k] + 1.3 * reference["self"][k] + 0.2 * reference["amp"][k] for k in (0, 1)}
+    torch.testing.assert_close(value, expected[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, expected[1], rtol=1e-10, atol=1e-12)

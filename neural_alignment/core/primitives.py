@@ -9,14 +9,19 @@ fr, br, G``, computed lazily: a primitive only pays for the fields it reads).
 Conventions (docs/design.md): "mean" is the mean over the batch axis (axis 0), every other
 axis is summed; no factor 1/2 anywhere. ``W`` and ``B`` have the layer's kernel shape.
 
+A primitive of the kernels alone that is a quadratic form of them (decay, self) subclasses
+:class:`WeightQuadratic`: the rule sums every such term of a layer into one form and evaluates
+it with one closed-form autograd function (:func:`quadratic_form`) instead of a graph per term.
+
 To add one, subclass :class:`Primitive` (or :class:`PairedPrimitive` for a function of two
-activation fields) and register an instance through the ``register_primitives`` hook. The
-built-in six live in ``neural_alignment.plugins.primitives``.
+activation fields, :class:`WeightQuadratic` for a quadratic form of W and B) and register an
+instance through the ``register_primitives`` hook. The built-in six live in
+``neural_alignment.plugins.primitives``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -68,6 +73,50 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.dot(a.reshape(-1), b.reshape(-1))
 
 
+class _QuadraticForm(torch.autograd.Function):
+    """q = ww sum W^2 + bb sum B^2 + wb sum W*B, its gradients in closed form (see :func:`quadratic_form`)."""
+
+    @staticmethod
+    def forward(ctx: Any, W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: float) -> torch.Tensor:
+        if bb:
+            u = torch.add(B, W, alpha=wb / (2 * bb)) if wb else B  # dq/dB = 2 bb u
+            q = bb * inner(u, u)
+            rest = ww - wb * wb / (4 * bb)  # q = bb |u|^2 + rest |W|^2
+            if abs(rest) > 1e-9 * abs(ww):  # else a perfect square (sa's), up to the coefficients' rounding
+                q = q + rest * inner(W, W)
+            ctx.scale = 2 * bb
+        else:
+            u = W  # dq/dB = wb W
+            q = wb * inner(W, B)
+            if ww:
+                q = q + ww * inner(W, W)
+            ctx.scale = wb
+        ctx.form = (ww, bb, wb)
+        ctx.save_for_backward(u, W, B)
+        return q
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        u, W, B = ctx.saved_tensors
+        ww, bb, wb = ctx.form
+        if torch.is_grad_enabled():  # a gradient to differentiate again (create_graph): from W and B themselves
+            u = torch.add(B, W, alpha=wb / (2 * bb)) if bb else W
+        dB = u * (grad * ctx.scale) if ctx.needs_input_grad[1] else None
+        dW = (W * (2 * ww) + B * wb) * grad if ctx.needs_input_grad[0] else None
+        return dW, dB, None, None, None
+
+
+def quadratic_form(W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: float) -> torch.Tensor:
+    """``q = ww sum W^2 + bb sum B^2 + wb sum W*B``, with ``dq/dB = 2 bb B + wb W`` and ``dq/dW = 2 ww W + wb B``.
+
+    One pass forms u = B + (wb / 2 bb) W (so dq/dB = 2 bb u) and q = bb |u|^2 + (ww - wb^2 / 4 bb) |W|^2
+    (the second term left out when it is 0: a perfect square such as |W - B|^2); with bb = 0,
+    dq/dB = wb W and q = wb sum W*B + ww |W|^2. The backward is one product: no graph per term
+    (under ``create_graph`` it recomputes u from W and B, so second derivatives are exact).
+    """
+    return _QuadraticForm.apply(W, B, float(ww), float(bb), float(wb))
+
+
 class Primitive:
     """Base class: ``name``, docstring formula, ``needs``, ``in_backward``, ``__call__(ctx)``.
 
@@ -84,6 +133,18 @@ class Primitive:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+class WeightQuadratic(Primitive):
+    """A primitive that is a quadratic form of the kernels: ``form = (ww, bb, wb)`` stands for
+    ``ww sum W^2 + bb sum B^2 + wb sum W*B`` (evaluated by :func:`quadratic_form`). A rule adds
+    the forms of its weighted terms and evaluates their sum once per layer."""
+
+    needs = frozenset({"weights"})
+    form: ClassVar[tuple[float, float, float]]
+
+    def __call__(self, ctx) -> torch.Tensor:
+        return quadratic_form(ctx.W, ctx.B, *self.form)
 
 
 class PairedPrimitive(Primitive):

@@ -25,7 +25,7 @@ import torch
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.feedback import Feedback
-from neural_alignment.core.primitives import Primitive
+from neural_alignment.core.primitives import Primitive, WeightQuadratic, quadratic_form
 from neural_alignment.core.schedules import make_schedule
 
 NOISE_DISTRIBUTIONS = ("normal", "uniform")
@@ -149,7 +149,8 @@ class Rule:
     def regularizer(self, layer, epoch: float | None = None) -> torch.Tensor:
         """R_l = sum of coefficient(p, epoch) * p(ctx) over the primitives not delivered by the op,
         for ``layer``'s latest forward; ``epoch`` defaults to ``layer.epoch``. A zero tensor when
-        no term applies (no forward yet, no B, or every coefficient 0)."""
+        no term applies (no forward yet, no B, or every coefficient 0). The quadratic forms of the
+        kernels (``WeightQuadratic``: decay, self) are summed into one, evaluated once."""
         epoch = layer.epoch if epoch is None else epoch
         terms = [
             (coefficient, primitive)
@@ -159,9 +160,15 @@ class Rule:
         if not terms or layer.last_input is None or layer.backward_weight is None:
             return layer.weight.new_zeros(())
         ctx = AlignmentContext(layer, self)
-        total = sum(coefficient * primitive(ctx) for coefficient, primitive in terms)
-        assert isinstance(total, torch.Tensor)  # terms is not empty
-        return total
+        parts = [
+            coefficient * primitive(ctx)
+            for coefficient, primitive in terms
+            if not isinstance(primitive, WeightQuadratic)
+        ]
+        forms = [(c, p.form) for c, p in terms if isinstance(p, WeightQuadratic)]
+        if forms:
+            parts.append(quadratic_form(ctx.W, ctx.B, *(sum(c * form[i] for c, form in forms) for i in range(3))))
+        return sum(parts[1:], parts[0])
 
     def __repr__(self) -> str:
         return f"Rule({self.name!r}, weights={self.weights})"

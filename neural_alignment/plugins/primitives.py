@@ -9,28 +9,22 @@ from __future__ import annotations
 import torch
 
 from neural_alignment.core.errors import UserError
-from neural_alignment.core.primitives import PairedPrimitive, Primitive, inner, sum_of_squares
+from neural_alignment.core.primitives import PairedPrimitive, Primitive, WeightQuadratic, inner, sum_of_squares
 from neural_alignment.registry.markers import hookimpl
 
 
-class Decay(Primitive):
+class Decay(WeightQuadratic):
     """decay = sum W^2 + sum B^2."""
 
     name = "decay"
-    needs = frozenset({"weights"})
-
-    def __call__(self, ctx) -> torch.Tensor:
-        return sum_of_squares(ctx.W) + sum_of_squares(ctx.B)
+    form = (1.0, 1.0, 0.0)
 
 
-class Self(Primitive):
+class Self(WeightQuadratic):
     """self = -sum W*B = -tr(W^T B); with decay at half its weight the fixed point is B = W."""
 
     name = "self"
-    needs = frozenset({"weights"})
-
-    def __call__(self, ctx) -> torch.Tensor:
-        return -inner(ctx.W, ctx.B)
+    form = (0.0, 0.0, -1.0)
 
 
 class Amp(PairedPrimitive):

@@ -10,6 +10,11 @@ with ``schedule`` from :func:`neural_alignment.core.schedules.make_schedule` and
 delay (in epochs) before this component starts. After each optimizer step, if ``noise_std``
 is positive, every parameter in ``noisy`` receives Gaussian noise of std ``noise_std * lr(s)``
 (noisy updates: the noise is added to the update, so it scales with the step size).
+
+Every optimizer runs torch's fused kernel (one pass over each tensor for the whole update, not
+one pass per elementwise operation) when all its parameters are floating point on a device that
+has one (``FUSED_DEVICES``); elsewhere (XLA) torch's default. Fused or not, the update is the
+same formula; a state dict loads into either.
 """
 
 from __future__ import annotations
@@ -25,29 +30,43 @@ from neural_alignment.core.schedules import make_schedule
 
 REFERENCE_BATCH = 256
 
+FUSED_DEVICES = ("cpu", "cuda")
+"""Device types whose parameters get torch's fused optimizer kernels."""
+
+
+def fusable(params: Sequence[torch.Tensor]) -> bool:
+    """True when every parameter is floating point on one device of a type in ``FUSED_DEVICES``."""
+    return (
+        bool(params)
+        and len({p.device for p in params}) == 1
+        and all(p.device.type in FUSED_DEVICES and p.is_floating_point() for p in params)
+    )
+
 
 def _sgd(params, lr, momentum, weight_decay):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=fusable(params) or None)
 
 
 def _nesterov(params, lr, momentum, weight_decay):
     if momentum <= 0:
         raise UserError(f"optimizer 'nesterov' needs momentum > 0, got momentum={momentum}")
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True)
+    return torch.optim.SGD(
+        params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=True, fused=fusable(params) or None
+    )
 
 
 def _gd(params, lr, momentum, weight_decay):
     if momentum:
         raise UserError(f"optimizer 'gd' is plain gradient descent and takes no momentum, got momentum={momentum}")
-    return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.0, weight_decay=weight_decay, fused=fusable(params) or None)
 
 
 def _adam(params, lr, momentum, weight_decay):
-    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=fusable(params) or None)
 
 
 def _adamw(params, lr, momentum, weight_decay):
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fusable(params) or None)
 
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -137,7 +156,11 @@ class ComponentOptimizer:
         return self.optimizer.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state)
+        """Load ``state`` keeping this optimizer's own kernel choice (``fused``, ``foreach``): a
+        state dict saved on another device type (or before fused kernels) still loads."""
+        own = [{k: group.get(k) for k in ("fused", "foreach")} for group in self.optimizer.param_groups]
+        groups = [{**saved, **mine} for saved, mine in zip(state["param_groups"], own, strict=True)]
+        self.optimizer.load_state_dict({**state, "param_groups": groups})
 
 
 @torch.no_grad()
