@@ -26,7 +26,6 @@ import pytest
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from neural_alignment.cli import main  # noqa: E402
 from neural_alignment.grids.placement import SHARED_MARK  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))

@@ -228,6 +228,7 @@ def test_a_run_folder_file_that_is_a_directory_is_one_line(tmp_path, capsys, nam
     code, err = run(capsys, "--resume", str(out), "train.steps=3")
     assert code == 2
     assert err == [
-        f"nalign: error: cannot resume: {out / name} is not a file (a directory?); a run folder holds it as a file: move it away"
+        f"nalign: error: cannot resume: {out / name} is not a file (a directory?); "
+        "a run folder holds it as a file: move it away"
     ]
     assert snapshot(out) == before

@@ -155,7 +155,7 @@ def values_figure(records: Sequence[dict], keys: dict[str, bool], metric: str) -
             ax = axes[row][column]
             pairs = sorted((r["values"][key], r[name]) for r in points if r.get(name) is not None)
             if pairs:
-                ax.plot(*zip(*pairs), "o-", color=f"C{row}", markersize=4, linewidth=0.8)
+                ax.plot(*zip(*pairs, strict=True), "o-", color=f"C{row}", markersize=4, linewidth=0.8)
             if keys[key]:
                 ax.set_xscale("log")
             ax.set_xlabel(key, fontsize="small")

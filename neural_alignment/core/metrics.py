@@ -46,7 +46,7 @@ def _read(values: dict[str, Tensor]) -> dict[str, float]:
     """The 0-dim tensors of ``values`` read to the host at once (one device graph on a lazy device)."""
     if not values:
         return {}
-    return dict(zip(values, torch.stack(list(values.values())).tolist()))
+    return dict(zip(values, torch.stack(list(values.values())).tolist(), strict=True))
 
 
 def layer_metrics(model: nn.Module) -> dict[str, dict[str, float]]:

@@ -28,7 +28,6 @@ varied value, one line per rule, with error bars (without ``--vary``: the curves
 in ``out`` (e.g. records committed to a repository, without checkpoints), the others counted as not
 run; the one-run-per-rule table then times only runs whose checkpoint is there.
 
-Written to ``<out>``: 
 Written to ``<out>``: ``comparison.json`` (the rows, and every run's summary; ``failed``: how many
 runs did not finish), ``comparison.md`` (the table) and ``comparison.png``. The comparison holds
 the lock of ``<out>`` (``runtime.folder_lock``) while it runs, so a second ``compare`` into the

@@ -12,8 +12,8 @@ A run that raises (a user error, a divergence, a bug) returns a summary with
 ``status`` ``failed`` or ``diverged`` and the error's text, so a search or a grid goes on.
 :func:`run_all` runs a list of specs one after another (``local``); :func:`run_all_on_ray` runs
 them as parallel Ray tasks (each holding its trial resources, ``grids.placement``) on the cluster
-of ``grids.ray_cluster``, with the same contract; :func:`run_specs` picks one by backend name. :func:`recorded` trains nothing and returns
-what the folders hold (a comparison redrawn from committed records).
+of ``grids.ray_cluster``, with the same contract; :func:`run_specs` picks one by backend name.
+:func:`recorded` trains nothing and returns what the folders hold (a comparison redrawn from committed records).
 """
 
 from __future__ import annotations

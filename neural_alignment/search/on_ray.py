@@ -3,7 +3,8 @@
 At most ``--parallelism`` trials run at once (a ``ConcurrencyLimiter``), each holding the Ray
 resources ``search.trial_resources`` names (default one CPU; a GPU or TPU one trains on ``cuda`` or
 ``xla``: ``grids.placement``), so a cluster runs no more at once than it has of them; the cluster
-is ``RAY_ADDRESS``'s or a local one sized for ``parallelism`` trials (``grids.ray_cluster``). Each trial trains ``DIR/trials/trial-<ray trial id>`` through
+is ``RAY_ADDRESS``'s or a local one sized for ``parallelism`` trials (``grids.ray_cluster``).
+Each trial trains ``DIR/trials/trial-<ray trial id>`` through
 ``search.run_trial`` (the same run folders and records as the local backend) and reports its
 TPE loss and record; a driver-side callback appends the record to ``trials.jsonl``. Ray keeps
 the experiment (the searcher's state included) in ``DIR/ray``: a search started again on the

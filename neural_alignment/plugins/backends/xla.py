@@ -110,7 +110,7 @@ class XLABackend(Backend):
         if first is None:
             return iter(())
         named = ({"x": x, "y": y} for x, y in itertools.chain([first], host))
-        sharding = {key: self._sharding(t.dim()) for key, t in zip("xy", first)}
+        sharding = {key: self._sharding(t.dim()) for key, t in zip("xy", first, strict=True)}
         return ((b["x"], b["y"]) for b in MpDeviceLoader(named, self.device, input_sharding=sharding))
 
     def to_device(self, batch: Any) -> Any:

@@ -5,7 +5,7 @@ from neural_alignment import hookimpl
 from neural_alignment.core.primitives import Primitive
 from neural_alignment.core.rules import RuleSpec
 
-print("faulty plugin: loading")  # noqa: T201 - the point of the fixture
+print("faulty plugin: loading")
 
 
 class Explode(Primitive):
@@ -24,7 +24,7 @@ class Explode(Primitive):
 
 @hookimpl
 def register_primitives(register):
-    print("faulty plugin: registering")  # noqa: T201
+    print("faulty plugin: registering")
     register("explode", Explode())
 
 
