@@ -49,7 +49,9 @@ def save_snapshot(run_dir: str | Path, step: int, model: nn.Module, indices: dic
     # one read to the host for every layer (one graph on a lazy device)
     read = torch.cat(pairs).cpu().numpy() if pairs else np.zeros((0, 2), np.float32)
     arrays: dict[str, np.ndarray] = {}
-    for (name, _), part in zip(layers, np.split(read, np.cumsum([len(p) for p in pairs])[:-1]), strict=True):
+    parts = np.split(read, np.cumsum([len(p) for p in pairs])[:-1])
+    # strict=False: with no aligned layer, np.split still returns the one (empty) part
+    for (name, _), part in zip(layers, parts, strict=False):
         arrays[name] = part
         arrays[INDEX_PREFIX + name] = indices[name].cpu().numpy()
     folder = Path(run_dir) / FOLDER
