@@ -169,7 +169,9 @@ class Trainer:
         model = build_model(recipe, self.splits)
         conversion = conversion_of(model)
         if conversion is not None and self.backend.is_main:  # what convert did: stdout; modules left: a warning
-            print(f"nalign: {conversion.summary().splitlines()[0]}", flush=True)
+            for line in conversion.summary().splitlines():
+                if line != conversion.left_message():
+                    print(f"nalign: {line}", flush=True)
             if conversion.left:
                 print(f"nalign: warning: {conversion.left_message()}", file=sys.stderr, flush=True)
         self.model = self.backend.prepare(model, self.dtype)
