@@ -55,7 +55,7 @@ from neural_alignment.grids.grid import GridPoint, Vary, grid_points, grid_specs
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.registry import UnknownNameError, get_registry
 from neural_alignment.runtime.atomic import write_text_atomically
-from neural_alignment.runtime.folder_lock import FolderLock
+from neural_alignment.runtime.folder_lock import FolderLock, create_folder
 from neural_alignment.runtime.logger import METRICS_FILE
 from neural_alignment.training.build import build_data, data_key
 from neural_alignment.training.rundir import default_run_dir, has_checkpoint
@@ -217,12 +217,7 @@ def compare(
         print(f"nalign: notice: {notice}", file=sys.stderr)
     out = Path(out) if out else default_run_dir(f"compare-{name}")
     points, specs = plan(name, rules, [*overrides, *extra], seeds, vary, out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"comparison folder {out} is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create comparison folder {out}: {exc.strerror or exc}") from None
+    create_folder(out, "comparison folder", "a folder")
     in_use = (
         f"comparison folder {out} is in use by another nalign compare (it holds the folder's lock); "
         "wait for it to end (its finished runs are then reused) or give another --out"

@@ -43,3 +43,14 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def create_folder(path: Path, what: str, give: str) -> None:
+    """Make ``path`` a folder if it is none yet (``what``: "search folder", ...; ``give``: what to give
+    instead when ``path`` is a file); every failure is a one-line ``UserError``."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; give {give}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {what} {path}: {exc.strerror or exc}") from None

@@ -10,7 +10,7 @@ from pathlib import Path
 from neural_alignment.core.errors import UserError
 from neural_alignment.recipes.loader import find_recipe, load_recipe, to_yaml
 from neural_alignment.runtime.atomic import write_text_atomically
-from neural_alignment.runtime.folder_lock import FolderLock
+from neural_alignment.runtime.folder_lock import FolderLock, create_folder
 from neural_alignment.search.local import search_local
 from neural_alignment.search.trials import (
     BEST,
@@ -42,12 +42,7 @@ def run_search(plan: SearchPlan, out: Path, echo: Callable[[str], None] = print,
         raise UserError(f"--parallelism must be >= 1, got {plan.parallelism}")
     objective = Objective.of(plan.load())
     check_space_fits(plan, objective.space)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"search folder {out} is a file; give a new or empty folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create search folder {out}: {exc.strerror or exc}") from None
+    create_folder(out, "search folder", "a new or empty folder")
     in_use = (
         f"search folder {out} is in use by another search (it holds the folder's lock); "
         "wait for it to end or give another --out"
