@@ -1,6 +1,7 @@
 """The executor: a finished run is reused, an interrupted one resumes, a failing one is recorded."""
 
 import json
+import time
 
 from neural_alignment.grids.executor import RunSpec, run_all, run_one
 
@@ -18,11 +19,15 @@ TINY = (
 
 def test_a_finished_run_is_reused_not_retrained(tmp_path):
     spec = RunSpec("digits-mlp", (*TINY, "train.steps=4"), tmp_path / "a")
+    before = time.time()
     first = run_one(spec)
     assert first["status"] == "finished" and first["steps"] == 4
+    assert before <= first["started_at"] <= before + first["seconds"] <= time.time()
     stamp = (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns
     again = run_one(spec)
     assert again["reused"] and again["test_acc"] == first["test_acc"]
+    # when and how long it trained come from summary.json: a record written after a kill says the truth
+    assert (again["started_at"], again["seconds"]) == (first["started_at"], first["seconds"])
     assert (tmp_path / "a" / "checkpoint.pt").stat().st_mtime_ns == stamp
 
 

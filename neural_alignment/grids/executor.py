@@ -58,8 +58,9 @@ def finished_summary(run_dir: str | os.PathLike) -> dict | None:
 def run_one(spec: RunSpec, placement: dict | None = None) -> dict:
     """Train ``spec`` (reusing a finished run, resuming an interrupted one); never raises for a failed run.
 
-    The returned summary always has ``status``, ``seconds`` (wall time of this call) and
-    ``started_at`` (its Unix time) and, on failure, ``error`` (one line for a user error or a
+    The returned summary always has ``status``, ``seconds`` and ``started_at`` (the training's own, as
+    ``summary.json`` records them, so a reused run reports when it trained; this call's where no run
+    recorded them) and, on failure, ``error`` (one line for a user error or a
     divergence, the last traceback line otherwise); ``placement`` (where it runs: ``grids.placement``)
     is recorded in it and in ``summary.json``.
     """
@@ -81,7 +82,7 @@ def run_one(spec: RunSpec, placement: dict | None = None) -> dict:
     except Exception as exc:
         last = traceback.format_exception_only(type(exc), exc)[-1].strip()
         summary = {"status": "failed", "error": last}
-    summary.update(seconds=time.perf_counter() - started, started_at=started_at)
+    summary = {"seconds": time.perf_counter() - started, "started_at": started_at, **summary}
     if placement is not None:
         summary["placement"] = placement
     return summary

@@ -114,7 +114,10 @@ class Trainer:
         """Claim ``run_dir`` (``training.rundir``: locked, empty unless ``overwrite``; with ``resume``
         its checkpoint and recipe, of which ``recipe`` may change only the safe keys), build
         everything (``splits``: a dataset already built for this recipe, shared), then write the folder.
-        ``placement`` (where this run trains on a Ray cluster, ``grids.placement``) goes into ``summary.json``."""
+        ``placement`` (where this run trains on a Ray cluster, ``grids.placement``) goes into ``summary.json``,
+        beside ``started_at`` (the Unix time this call began) and ``seconds`` (its wall time, build included):
+        a finished run read back later still says when and how long it held its machine."""
+        self.started_at, self.started = time.time(), time.perf_counter()
         self.recipe, self.run_dir, self.on_step, self.placement = recipe, Path(run_dir), on_step, placement
         self.backend = build_backend(recipe)  # first: rank 0 alone claims and writes the folder
         self.folder = RunFolder(run_dir)
@@ -508,6 +511,7 @@ class Trainer:
                 raise
             finally:
                 bar.close()
+                summary.update(started_at=self.started_at, seconds=time.perf_counter() - self.started)
                 if self.placement is not None:
                     summary["placement"] = self.placement
                 self._close_loggers(summary)
