@@ -183,6 +183,7 @@ def test_list_recipes_shows_the_recipes_in_registered_folders():
         "fmnist-noisy-updates",
         "fmnist-noisy-updates-converged",
         "fmnist-vit",
+        "fmnist-vit-converged",
     }
     assert rows["fmnist-convnet"]["plugin"] == "neural_alignment.plugins.recipes"
     assert rows["fmnist-convnet"]["description"].startswith("The main job")

@@ -193,3 +193,26 @@ def test_a_bad_schedule_is_a_recipe_error_naming_its_key(recipe_dir):
     write(recipe_dir, "ok", "{}\n")
     with pytest.raises(RecipeError, match=r"'rule\.schedules\.amp'.*end > start"):
         load_recipe("ok", ["rule.schedules={amp: {kind: linear, start: 2, end: 1}}"])
+
+
+@pytest.mark.parametrize("name", ["fmnist-depth-converged", "fmnist-noisy-updates-converged", "fmnist-vit-converged"])
+@pytest.mark.parametrize("rule", ["bp", "fa", "sa", "aa", "kp"])
+def test_the_converged_recipes_train_the_whole_set_for_five_epochs_with_a_schedule_inside_them(name, rule):
+    """Issue 19's converged grids: all 60,000 images, at least 5 epochs, test accuracy at every epoch
+    end (60,000 // 128 = 468 steps), a checkpoint there, and every warm-up and drop inside the run."""
+    recipe = load_recipe(name, [f"rule.name={rule}"])
+    assert recipe.data.train_limit is None and recipe.data.val_split is None
+    assert recipe.data.batch_size == 128 and recipe.train.steps is None and recipe.train.epochs >= 5
+    assert recipe.train.eval_every == recipe.train.checkpoint_every == 60_000 // 128
+    for optimizer in (recipe.optim.task, recipe.optim.alignment):
+        if optimizer.schedule is not None and optimizer.schedule.kind == "step":
+            assert 0 <= optimizer.schedule.warmup_epochs < min(optimizer.schedule.drops)
+            assert max(optimizer.schedule.drops) < recipe.train.epochs
+
+
+def test_the_converged_vit_is_fmnist_vit_with_its_per_rule_optimizers():
+    for rule in ("sa", "kp"):
+        short, converged = (load_recipe(n, [f"rule.name={rule}"]) for n in ("fmnist-vit", "fmnist-vit-converged"))
+        assert converged.model == short.model and converged.rule == short.rule
+        assert converged.optim.alignment.name == short.optim.alignment.name
+        assert converged.optim.alignment.lr == short.optim.alignment.lr
