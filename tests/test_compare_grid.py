@@ -116,7 +116,7 @@ def test_an_interrupted_grid_continues_without_retraining_finished_runs(tmp_path
     assert {path: (path / "checkpoint.pt").stat().st_mtime_ns for path in finished} == stamps
     assert all(row["n"] == 2 for row in report["rows"])
     steps = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [3, 6]  # one uninterrupted record
+    assert steps == [0, 3, 6]  # one uninterrupted record, from step 0
 
 
 def test_the_grid_runs_on_a_local_ray_cluster(tmp_path):
@@ -203,8 +203,11 @@ def test_a_second_compare_into_a_folder_in_use_is_refused_and_changes_nothing(tm
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and "in use by another nalign compare" in err[0] and str(out) in err[0]
         after = sorted(p.relative_to(out) for p in out.rglob("*"))
-        assert set(before) <= set(after)  # nothing removed; only the first compare's running run grows
-        assert [p for p in after if p not in before and Path("bp", "seed0") not in p.parents] == []
+
+        def others(paths):  # all but the first compare's running run (its files come and go as it writes)
+            return {p for p in paths if Path("bp", "seed0") not in p.parents}
+
+        assert others(before) == others(after)  # nothing removed, nothing added
         assert not (out / "comparison.json").exists()
     finally:
         first.kill()
@@ -225,8 +228,7 @@ def test_a_grid_with_a_diverged_cell_exits_1_and_its_report_names_every_cell(tmp
     page = (tmp_path / "r" / "index.html").read_text()
     labels = re.findall(r"<tr><td>([^<]*)</td><td><code>", page)
     expected = [f"bp optim.task.lr={v} seed{s}" for v in ("0.05", "1e30") for s in (0, 1)]
-    assert labels == expected[:2]  # the diverged cells logged no step: named in a notice, not drawn
-    assert f"no records (yet) of {expected[2]}, {expected[3]}" in capsys.readouterr().err
+    assert labels == expected  # the diverged cells logged their step 0 (the first update diverged)
     # a leaf run passed alone keeps its rule and cell in its label
     assert main(["report", str(out / "bp" / "optim.task.lr=0.05" / "seed1"), "--out", str(tmp_path / "leaf")]) == 0
     assert "<tr><td>bp optim.task.lr=0.05 seed1</td>" in (tmp_path / "leaf" / "index.html").read_text()

@@ -105,12 +105,13 @@ def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
         assert any(key.endswith("backward_weight") for key in state) == (name != "bp")
         assert_same_weights(state, single.model.state_dict(), tol=1e-12)
         logged, expected = records(tmp_path / "ddp" / name), records(tmp_path / "one" / name)
-        assert [r["step"] for r in logged] == list(range(1, 7))  # rank 0 alone logs
-        for got, want in zip(logged, expected, strict=True):
+        assert [r["step"] for r in logged] == list(range(7))  # rank 0 alone logs, from step 0 (no loss yet)
+        assert logged[0] == expected[0]
+        for got, want in zip(logged[1:], expected[1:], strict=True):
             assert got["loss"] == pytest.approx(want["loss"], rel=1e-6)  # running sums are float32
             assert got["train_acc"] == want["train_acc"]
-        assert logged[2]["test_loss"] == pytest.approx(expected[2]["test_loss"], rel=1e-6)  # float32 logits
-        assert logged[2]["test_acc"] == expected[2]["test_acc"]
+        assert logged[3]["test_loss"] == pytest.approx(expected[3]["test_loss"], rel=1e-6)  # float32 logits
+        assert logged[3]["test_acc"] == expected[3]["test_acc"]
 
 
 def test_nalign_run_launches_ddp_and_a_checkpoint_resumes_in_one_process(tmp_path):
@@ -144,7 +145,7 @@ def test_nalign_run_launches_ddp_and_a_checkpoint_resumes_in_one_process(tmp_pat
     resumed = train(recipe("kp"), run_dir, resume=True)
     uninterrupted = train(recipe("kp"), tmp_path / "uninterrupted")
     assert_same_weights(resumed.model.state_dict(), uninterrupted.model.state_dict(), tol=1e-12)
-    assert [r["step"] for r in records(run_dir)] == list(range(1, 7))
+    assert [r["step"] for r in records(run_dir)] == list(range(7))
 
 
 def test_ddp_mistakes_are_user_errors(tmp_path, capsys):

@@ -38,7 +38,7 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     summary = run_one(RunSpec("digits-mlp", (*TINY, "train.steps=6"), run_dir))
     assert summary["status"] == "finished" and summary["steps"] == 6
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert steps[0] == 1 and steps[-1] == 6 and len(steps) == len(set(steps))
+    assert steps[0] == 0 and steps[-1] == 6 and len(steps) == len(set(steps))  # step 0 once
 
 
 def test_a_failing_run_is_recorded_and_the_rest_go_on(tmp_path):

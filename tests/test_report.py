@@ -7,8 +7,10 @@ import re
 
 import matplotlib.image
 import pytest
+import torch
 
 from neural_alignment.cli import main
+from neural_alignment.core.metrics import angle_degrees
 
 FEW = [
     "data.train_limit=256",
@@ -86,6 +88,12 @@ def test_report_figures_show_what_the_runs_logged(compare_dir):
     drawn = {line.get_label(): list(line.get_ydata()) for line in panels[1].lines}  # gradient angle
     assert drawn["3"] == sa.series("grad_angle/3")[1] and len(drawn) == 3
     assert sa.snapshot_steps() == [0, 3, 6, 9]
+    # the weight-angle curves start at step 0, where the first snapshot is (the initial W and B)
+    angles = panels[0]
+    assert all(list(line.get_xdata())[:2] == [0, 3] for line in angles.lines) and len(angles.lines) == 3
+    pairs = torch.from_numpy(sa.snapshot(0)["1"])  # every (W, B) entry of layer 1
+    first = {line.get_label(): line.get_ydata()[0] for line in angles.lines}
+    assert first["1"] == pytest.approx(angle_degrees(pairs[:, 0], pairs[:, 1]), abs=1e-3)
     scatter = weights_figure(sa, ["1"], [0, 9]).axes
     (points,) = scatter[1].collections
     assert len(points.get_offsets()) == 16 * 64  # every entry of the 16 x 64 layer (under 2,000)

@@ -53,7 +53,7 @@ def test_a_second_run_into_a_used_folder_is_refused_unless_overwrite(tmp_path, c
     assert str(out) in err[0] and "not empty" in err[0] and "--resume" in err[0] and "--overwrite" in err[0]
     assert snapshot(out) == before  # nothing of the first run was touched
     assert run(capsys, "digits-mlp", *TINY, "train.steps=4", "train.seed=7", "--out", str(out), "--overwrite")[0] == 0
-    assert steps(out) == [1, 2, 3, 4]  # the second run's record alone
+    assert steps(out) == [0, 1, 2, 3, 4]  # the second run's record alone
     assert yaml.safe_load((out / "recipe.yaml").read_text())["train"]["seed"] == 7
 
 
@@ -97,7 +97,7 @@ def test_resume_continues_the_folders_recipe_and_records_what_changed(tmp_path, 
     assert recipe["resumed"] == [
         {"step": 4, "changed": {"train.metrics_every": {"from": 1, "to": 2}, "train.steps": {"from": 4, "to": 6}}}
     ]
-    assert checkpoint.load(out / "checkpoint.pt")["step"] == 6 and steps(out) == [1, 2, 3, 4, 6]
+    assert checkpoint.load(out / "checkpoint.pt")["step"] == 6 and steps(out) == [0, 1, 2, 3, 4, 6]
 
 
 @pytest.mark.parametrize(
@@ -169,7 +169,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys, d
     code, err = run(capsys, "--resume", str(out), "train.steps=6")
     assert code == 0 and len(err) == 1
     assert f"checkpoint {latest} is damaged" in err[0] and "checkpoint.prev.pt (step 2)" in err[0]
-    assert steps(out) == [1, 2, 3, 4, 5, 6]  # steps 3 and 4 were trained again and logged once
+    assert steps(out) == [0, 1, 2, 3, 4, 5, 6]  # steps 3 and 4 were trained again and logged once
     assert checkpoint.load(latest)["step"] == 6 and (out / "checkpoint.pt.damaged").is_file()
 
 

@@ -74,7 +74,10 @@ def test_run_folder_checkpoint_and_logged_lrs(tmp_path):
     result = train(r, tmp_path / "run")
     # 256 // 32 = 8 steps per epoch; task lr(s) = 0.05 * 32/256 * warmup(s/8) * 0.1^[s >= 16]
     logged = {rec["step"]: rec for rec in records(tmp_path / "run")}
-    assert sorted(logged) == list(range(1, 25))
+    assert sorted(logged) == list(range(25))
+    initial = logged.pop(0)  # step 0: the initial W and B, before any update
+    assert {"angle/1", "norm_ratio/3", "mean_weight_angle"} <= set(initial) and initial["epoch"] == 0
+    assert not {"loss", "train_acc", "lr_task", "lr_alignment", "test_acc"} & set(initial)
     for step, rec in logged.items():
         s = step - 1  # the logged lr is the one the step just taken used
         warm = min(s / 8, 1.0)
@@ -262,7 +265,7 @@ def test_resumed_record_equals_the_uninterrupted_one(tmp_path):
     def timeless(run):
         return [{k: v for k, v in rec.items() if k != "seconds_per_step"} for rec in records(tmp_path / run)]
 
-    assert [rec["step"] for rec in timeless("killed")] == [4, 8, 12, 14]
+    assert [rec["step"] for rec in timeless("killed")] == [0, 4, 8, 12, 14]
     assert timeless("killed") == timeless("whole")
 
 

@@ -437,6 +437,12 @@ class Trainer:
         metrics.update(self.layer_summary())
         return metrics
 
+    def initial_metrics(self) -> dict[str, float]:
+        """The record of step 0, before any update: epoch 0 and the layer metrics of the initial W and B,
+        so every curve starts where the step-0 weight snapshot does. No loss, accuracy or learning rate:
+        a record's ``lr_*`` is the one the step just taken used, and no step has been taken."""
+        return {"epoch": 0.0, **self.layer_summary()}
+
     def log(self, metrics: dict[str, float]) -> None:
         for logger in self.loggers:
             logger.log(metrics, self.step)
@@ -481,6 +487,8 @@ class Trainer:
         # from here to the last write, SIGTERM and SIGINT stop the run after its step (training.preemption)
         with StopSignals() as stop:
             try:
+                if self.step == 0:  # a resumed run logged its step 0 when it began
+                    self.log(self.initial_metrics())
                 self._loop(bar, step_seconds, stop)
                 if self.step > start_step:
                     self.check_finite(self.step - 1, weights=True)
