@@ -1,13 +1,11 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   creates .venv, installs, trains every rule on Fashion-MNIST and prints the comparison
-#   make test   creates .venv if needed, installs with the test extras, runs make style, then the whole
+#   make test   creates .venv if needed, installs with the test extras, runs make lint, then the whole
 #               suite: the main suite in .venv (with a coverage report), then the tests marked xla in the
 #               xla environment (.ci/xla-env builds it, or reuses it from ~/.cache/neural-alignment) on
 #               torch-xla's CPU device
 #   make style  ruff check and ruff format --check (configured in pyproject.toml)
-#   make lint   make style, then mypy (configured in pyproject.toml). Not yet part of make test: after
-#               the aligned-convolution and attention layers landed, mypy reports errors in core/layers.py,
-#               core/attention.py and their callers (the layer mixins declare none of torch's attributes)
+#   make lint   make style, then mypy (configured in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -41,8 +39,8 @@ style: $(STAMP)
 lint: style
 	$(VENV)/bin/mypy
 
-# style first: make runs the prerequisites in order and stops at the first that fails
-test: style test-main test-xla
+# lint first: make runs the prerequisites in order and stops at the first that fails
+test: lint test-main test-xla
 
 # coverage of the package by the main suite, printed per file (no minimum)
 test-main: $(STAMP) data

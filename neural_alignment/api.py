@@ -108,11 +108,11 @@ def convert(
     )
 
 
-class _RuleByName:
+class _RuleByName(nn.Module):
     """Mixed in before an aligned layer class: its ``rule`` may be a registered name or a Rule."""
 
     def __init__(self, *args: Any, rule: str | Rule = "bp", **kwargs: Any):
-        super().__init__(*args, rule=get_rule(rule), **kwargs)  # type: ignore[call-arg]
+        super().__init__(*args, rule=get_rule(rule), **kwargs)
 
 
 class AlignedLinear(_RuleByName, layers.AlignedLinear):

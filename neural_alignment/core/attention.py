@@ -38,7 +38,7 @@ from neural_alignment.core.ops import aligned_linear
 __all__ = ["AlignedMultiheadAttention", "Projection"]
 
 
-class Projection(AlignedLayer, nn.Module):
+class Projection(AlignedLayer):
     """One in-projection of an ``AlignedMultiheadAttention``: y = x W^T + b, dx = dy B, where W is
     the attention's parameter ``<weight_name>``, B its ``backward_<weight_name>`` and b the rows
     ``bias_rows`` of its ``in_proj_bias``.
@@ -49,7 +49,9 @@ class Projection(AlignedLayer, nn.Module):
     map saw, and ``last_output`` None, so the alignment pass projects them itself).
     """
 
-    def __init__(self, owner: nn.Module, weight_name: str, bias_rows: slice, rule):
+    _owner: nn.MultiheadAttention
+
+    def __init__(self, owner: nn.MultiheadAttention, weight_name: str, bias_rows: slice, rule):
         super().__init__()
         self.__dict__["_owner"] = owner  # a plain reference: the owner is this module's parent
         self.weight_name = weight_name
@@ -57,11 +59,11 @@ class Projection(AlignedLayer, nn.Module):
         self._init_aligned(rule, owner=owner, weight_name=weight_name)
 
     @property
-    def weight(self) -> nn.Parameter:  # type: ignore[override]
+    def weight(self) -> nn.Parameter:  # type: ignore[override]  # read-only: a view of the attention's W
         return getattr(self._owner, self.weight_name)
 
     @property
-    def backward_weight(self) -> nn.Parameter | None:  # type: ignore[override]
+    def backward_weight(self) -> nn.Parameter | None:  # type: ignore[override]  # read-only, as weight
         return getattr(self._owner, "backward_" + self.weight_name)
 
     @property
@@ -89,6 +91,8 @@ class Projection(AlignedLayer, nn.Module):
         input_gradient = None if B is None else self._feedback_path()
         if key is None:
             return self._remember(x, self._linear(x, W, b, B, input_gradient))
+        if value is None:
+            raise TypeError(f"{type(self).__name__}.forward() takes a value with a key")
         thirds = [t.chunk(3) if t is not None else (None,) * 3 for t in (W, b, B)]
         outputs = tuple(
             self._linear(inp, w, bias, back, input_gradient)
@@ -111,10 +115,13 @@ class AlignedMultiheadAttention(nn.MultiheadAttention):
     """``nn.MultiheadAttention`` (every argument, every forward option) whose four projections use
     backward kernels (see the module docstring); torch's arguments plus the keyword ``rule``."""
 
+    out_proj: AlignedLinear  # type: ignore[assignment]  # torch infers its NonDynamicallyQuantizableLinear, a Linear
+
     def __init__(self, *args: Any, rule, **kwargs: Any):
         super().__init__(*args, **kwargs)
         E = self.embed_dim
         native_out = self._modules.pop("out_proj")  # re-added after the in-projections: module order
+        assert isinstance(native_out, nn.Linear), "torch's out_proj is a Linear"
         if self._qkv_same_embed_dim:
             self.in_proj = Projection(self, "in_proj_weight", slice(None), rule)
         else:
@@ -129,7 +136,7 @@ class AlignedMultiheadAttention(nn.MultiheadAttention):
         """The in-projections, in order."""
         return [m for m in self.children() if isinstance(m, Projection)]
 
-    def forward(  # type: ignore[override]
+    def forward(
         self,
         query: Tensor,
         key: Tensor,

@@ -23,34 +23,40 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from types import EllipsisType
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
 from neural_alignment.core.feedback import feedback_active
 from neural_alignment.core.ops import ConvArgs, InputGradient, aligned_convolution, aligned_linear, conv_arguments
 
 __all__ = ["AlignedConv2d", "AlignedLayer", "AlignedLinear", "OpSpec"]
 
+_Source = TypeVar("_Source", bound=nn.Module)
+
 
 @dataclass(frozen=True)
-class OpSpec:
+class OpSpec(Generic[_Source]):
     """A torch module kind and its aligned version.
 
     ``from_module(module, rule)`` builds the aligned layer with the module's arguments, W and
     bias copied, on the module's device and dtype; B is sampled independently and given W's
-    Frobenius norm (see ``match_backward_scale``).
+    Frobenius norm (see ``match_backward_scale``). It is given modules of type ``source``.
     """
 
-    source: type
-    from_module: Callable[[nn.Module, Any], nn.Module]
+    source: type[_Source]
+    from_module: Callable[[_Source, Any], nn.Module]
 
 
-class AlignedLayer:
+class AlignedLayer(nn.Module):
     """Mixin for a torch layer with a backward kernel B; the class names the layer contract.
 
+    An ``nn.Module`` (so what it uses of torch's modules is declared), listed before the torch
+    class in an aligned layer's bases: the torch class's constructor and parameters are the layer's.
     Subclasses call ``_init_aligned(rule)`` after the torch constructor and implement
     ``project``/``reconstruct``/``forward``.
     """
@@ -59,9 +65,11 @@ class AlignedLayer:
     epoch: float
     last_input: Tensor | None
     last_output: Tensor | None
-    weight: nn.Parameter
+    weight: Tensor
     backward_weight: nn.Parameter | None
     angle_scale: Tensor
+    batch_mean: Callable[[Tensor], Tensor]
+    """Optional, unset unless a backend sets it (``ddp``'s ``sync_alignment_means``); read with a default."""
 
     def _init_aligned(self, rule, owner: nn.Module | None = None, weight_name: str = "weight") -> None:
         """Set the contract's fields; B is the parameter ``backward_<weight_name>`` of ``owner``
@@ -110,6 +118,7 @@ class AlignedLayer:
     def _backward_kernel(self) -> Tensor:
         """B as the op receives it: attached only when the op must deliver the angle update."""
         B = self.backward_weight
+        assert B is not None, "called only for a rule with a backward weight"
         return B if self.rule.uses_angle else B.detach()
 
     def _remember(self, x: Tensor, y: Tensor) -> Tensor:
@@ -169,10 +178,11 @@ class AlignedLinear(AlignedLayer, nn.Linear):
         return _copy_parameters(module, layer)
 
 
-class AlignedConvolution(AlignedLayer):
+class AlignedConvolution(AlignedLayer, _ConvNd):
     """The aligned version of any ``nn.Conv{1,2,3}d`` or ``nn.ConvTranspose{1,2,3}d`` (mixed in
     before the torch class): y = conv(x, W) + b as torch computes it, dx = the op's vector-Jacobian
-    product with B in W's place (``core.ops.aligned_conv``).
+    product with B in W's place (``core.ops.aligned_conv``). Its base ``_ConvNd``, torch's base of
+    them all, declares the torch attributes it reads.
 
     Padding of a convolution: ints/tuples go to the op; 'valid' is 0; 'same' is symmetric when
     d(k-1) is even, otherwise (even kernels) the input is padded explicitly with torch's own split
@@ -183,11 +193,12 @@ class AlignedConvolution(AlignedLayer):
     ``last_output`` keep the batch axis.
     """
 
-    transposed: bool
     _explicit_pad: tuple[int, ...] | None
     _op_padding: tuple[int, ...]
     _forward_output_padding: tuple[int, ...]
     _conv_args: ConvArgs
+    _output_padding: Callable[..., list[int]]
+    """torch's ``_ConvTransposeNd._output_padding`` (transposed convolutions only)."""
 
     def __init__(self, *args: Any, rule, **kwargs: Any):
         super().__init__(*args, **kwargs)  # the torch class's constructor
@@ -215,19 +226,21 @@ class AlignedConvolution(AlignedLayer):
     def _resolve_padding(self) -> tuple[tuple[int, ...] | None, tuple[int, ...]]:
         """(F.pad amounts or None, the symmetric padding the op applies, first spatial axis first)."""
         n = self.spatial_dims
+        padding = self.padding  # numbers, or 'valid' or 'same' (torch takes no other string, transposed none)
         if self.transposed:
-            return None, tuple(self.padding)
+            assert not isinstance(padding, str), "torch gives a transposed convolution numeric padding"
+            return None, tuple(padding)
         pads = tuple(self._reversed_padding_repeated_twice)  # torch's (last left, last right, ..., first ...)
         if self.padding_mode != "zeros":
             return pads, (0,) * n
-        if self.padding == "valid":
+        if not isinstance(padding, str):
+            return None, tuple(padding)
+        if padding == "valid":
             return None, (0,) * n
-        if self.padding == "same":
-            lefts, rights = pads[0::2], pads[1::2]
-            if lefts == rights:
-                return None, tuple(reversed(lefts))
-            return pads, (0,) * n
-        return None, tuple(self.padding)
+        lefts, rights = pads[0::2], pads[1::2]  # 'same'
+        if lefts == rights:
+            return None, tuple(reversed(lefts))
+        return pads, (0,) * n
 
     def _padded(self, x: Tensor) -> Tensor:
         if self._explicit_pad is None:
@@ -294,10 +307,11 @@ class AlignedConvolution(AlignedLayer):
             y, kernel, None, self.stride, self._op_padding, self.dilation, True, output_padding, self.groups
         )
         crop = tuple(slice(lo, lo + size) for lo, size in zip(before, like.shape[-n:], strict=True))
-        return x[(..., *crop)]
+        index: tuple[EllipsisType | slice, ...] = (..., *crop)
+        return x[index]
 
     @classmethod
-    def from_module(cls, module: nn.Module, rule) -> AlignedConvolution:
+    def from_module(cls, module: _ConvNd, rule) -> AlignedConvolution:
         """The aligned twin of a torch convolution, every argument kept, W and bias copied, B at W's scale."""
         W = module.weight
         arguments = dict(
@@ -357,13 +371,17 @@ def aligned_layers(model: nn.Module) -> list[tuple[str, AlignedLayer]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, AlignedLayer)]
 
 
-def _copy_parameters(module: nn.Module, layer: nn.Module) -> nn.Module:
+_Built = TypeVar("_Built", AlignedLinear, AlignedConvolution)
+
+
+def _copy_parameters(module: nn.Linear | _ConvNd, layer: _Built) -> _Built:
     """Copy W, bias and the training flag of ``module`` into ``layer``, then give B W's scale
     (``match_backward_scale``); returns ``layer``."""
     with torch.no_grad():
         layer.weight.copy_(module.weight)
         layer.weight.requires_grad_(module.weight.requires_grad)
         if module.bias is not None:
+            assert layer.bias is not None, "built with a bias, as the module has one"
             layer.bias.copy_(module.bias)
             layer.bias.requires_grad_(module.bias.requires_grad)
     match_backward_scale(layer)

@@ -55,7 +55,10 @@ InputGradient = Callable[[Tensor, tuple], "Tensor | None"]
 
 def _transported(dW: Tensor | None, angle_scale: Tensor, needed: bool) -> Tensor | None:
     """dB = angle_scale * dW when B asked for a gradient, else None."""
-    return dW * angle_scale if needed else None
+    if not needed:
+        return None
+    assert dW is not None, "dW is computed whenever B asks for a gradient"
+    return dW * angle_scale
 
 
 def _replaced_input_gradient(ctx, dy: Tensor) -> Tensor | None:

@@ -136,7 +136,7 @@ def run_all_on_ray(
     token = placement.mark_shared(shared) if shared is not None else None
 
     def run(spec: RunSpec) -> dict:
-        problem = placement.unseen_folder(shared, token) if token else None
+        problem = placement.unseen_folder(shared, token) if shared is not None and token else None
         return {"status": "failed", "error": problem} if problem else run_placed(spec)
 
     with ray_cluster(num_cpus) as ray:

@@ -64,7 +64,9 @@ def cmd_search_report(args: argparse.Namespace) -> int:
         table = importance_table(ranked, objective.metric)
         print(table)
         write_text_atomically(out / "importance.md", table + "\n")
-        written.append(save(importance_figure(ranked, objective.metric), out / "importance.png"))
+        figure = importance_figure(ranked, objective.metric)
+        assert figure is not None  # None only without ranked keys
+        written.append(save(figure, out / "importance.png"))
     else:
         print("no categorical choice in the space has a scored trial: no importance table (importance.md, .png)")
     values = values_figure(records, continuous_keys(objective.space), objective.metric)

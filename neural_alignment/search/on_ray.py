@@ -49,14 +49,15 @@ def ray_trial(config: dict, plan: SearchPlan, objective: Objective, out: str, to
     trial_id = tune.get_context().get_trial_id()
     sample = resolve(objective.space, config)
     unseen = placement.unseen_folder(Path(out), token)
-    recorded = TrialLog(Path(out), objective, plan.max_evals, echo=lambda line: None) if not unseen else None
     if unseen:  # trained here, the trial's folder would be one the driver never reads
         record = trial_record(objective, trial_id, sample, {"status": "failed", "error": unseen}, f"trial-{trial_id}")
-    elif trial_id in recorded:  # recorded before an interruption cut Ray's own bookkeeping: keep the record
-        record = recorded.records[str(trial_id)]
     else:
-        run_dir = Path(out) / TRIAL_FOLDERS / f"trial-{trial_id}"
-        record = run_trial(plan, objective, sample, run_dir, trial_id, run=run_placed)
+        recorded = TrialLog(Path(out), objective, plan.max_evals, echo=lambda line: None)
+        if trial_id in recorded:  # recorded before an interruption cut Ray's own bookkeeping: keep the record
+            record = recorded.records[str(trial_id)]
+        else:
+            run_dir = Path(out) / TRIAL_FOLDERS / f"trial-{trial_id}"
+            record = run_trial(plan, objective, sample, run_dir, trial_id, run=run_placed)
     tune.report({"loss": objective.loss(record), "record": json.dumps(record)})
 
 
