@@ -13,17 +13,27 @@ the same repetition). The clock is the process's CPU time by default, with one t
 shared machine the wall clock (and, with several threads, OpenMP barriers waiting for a
 descheduled thread) measures the neighbours, not the step.
 
-The bound: a native step runs 3 forward-sized products per layer (forward, dx, dW; 2 for a
-layer whose input needs no gradient, like the first; the attention itself, softmax(q k^T) v, is
-not a layer product and no rule changes it, so the bound leaves it out). A rule adds, per layer, what its
-alignment pass runs (``AlignmentContext`` decides): a projection with B costs 2 (forward,
-dB), a reconstruction 2 (forward, backward), fp 1 when it cannot reuse the layer's output
-(0 when it can). Weighting layers by their multiply-adds,
+The bound: a native step runs 3 products per layer: the forward (conv(x, W), x W^T), the input
+gradient dx (the adjoint product: a transposed convolution, dy W) and the kernel gradient dW (2
+for a layer whose input needs no gradient, like the first; the attention itself, softmax(q k^T) v,
+is not a layer product and no rule changes it, so the bound leaves it out). A rule adds, per
+layer, what its alignment pass runs (``AlignmentContext`` decides), each a product of one of
+those three kinds on the layer's own shapes:
 
-    bound = sum_l macs_l (n_l + extra_l) / sum_l n_l macs_l,   n_l = 3 or 2,
+    fp  project(x, W)                          forward (none when it reuses the layer's output)
+    bp  project(x, B), and dB                  forward + kernel
+    fr  reconstruct(fp, B), and dB             input + kernel
+    br  reconstruct(bp, W), and its d(bp)      input + forward
 
-macs_l = (output elements) x (W's entries per output channel), for a transposed convolution
-(input elements) x (W's entries per input channel).
+    bound = sum_l [native_l + extra_l] / sum_l native_l
+
+with every product weighted by its cost on this machine: by default its measured time (the
+median of a few runs of that product alone, on the layer's input from one forward, with the
+benchmark's clock), so a product that is slow here (on one CPU core a strided 3-d convolution's
+adjoint takes about 3.5 times its forward) counts as slow for native backprop and for the rule
+alike; with ``weights="macs"`` (devices whose ops run lazily, such as XLA) every product of a
+layer counts its multiply-adds, macs_l = (output elements) x (W's entries per output channel),
+for a transposed convolution (input elements) x (W's entries per input channel).
 
 The bound counts products only: the O(parameters) terms (decay, self, the transported KP
 update) are free in it, which holds when each weight serves many positions and examples.
@@ -57,7 +67,13 @@ from neural_alignment.core.primitives import PairedPrimitive
 from neural_alignment.registry import get_registry
 
 RULES = ("bp", "fa", "wm", "ia", "sa", "aa", "kp")
-FIELD_COST = {"fp": 1, "bp": 2, "fr": 2, "br": 2}
+FIELD_PRODUCTS = {
+    "fp": ("forward",),
+    "bp": ("forward", "kernel"),
+    "fr": ("input", "kernel"),
+    "br": ("input", "forward"),
+}
+"""The products each field of the alignment pass runs, forward and backward (see the module docstring)."""
 FIELD_DEPENDS = {"fr": "fp", "br": "bp"}
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 FA_LIMIT = 1.05
@@ -72,40 +88,99 @@ def aligned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     (task + alignment_loss(model)).backward()
 
 
-def extra_products(layer) -> int:
-    """Forward-sized products the rule's alignment pass adds to this layer's step."""
+def extra_products(layer) -> list[str]:
+    """The products (their kinds) the rule's alignment pass adds to this layer's step."""
     rule = layer.rule
     if layer.backward_weight is None:
-        return 0
+        return []
     fields = set()
     for name, primitive in rule.primitives.items():
         if primitive.in_backward or rule.coefficient(name, layer.epoch) == 0.0:
             continue
         if isinstance(primitive, PairedPrimitive):
-            fields |= {f for f in (primitive.p, primitive.q) if f in FIELD_COST}
+            fields |= {f for f in (primitive.p, primitive.q) if f in FIELD_PRODUCTS}
     fields |= {FIELD_DEPENDS[f] for f in fields if f in FIELD_DEPENDS}
-    reuses = AlignmentContext(layer, rule).reuses_output
-    return sum(0 if (f == "fp" and reuses) else FIELD_COST[f] for f in fields)
+    if AlignmentContext(layer, rule).reuses_output:
+        fields.discard("fp")
+    return [product for f in sorted(fields) for product in FIELD_PRODUCTS[f]]
 
 
-def bound(model: nn.Module, x: torch.Tensor) -> float:
-    """sum_l macs_l (n_l + extra_l) / sum_l n_l macs_l over one forward of ``x``, n_l the native
-    products of layer l: 3, or 2 when its input needs no gradient (no dx: the first layer)."""
-    layers = [m for _, m in aligned_layers(model)]
+def median_seconds(run, clock, reps: int = 5) -> float:
+    run()  # warm-up
+    seconds = []
+    for _ in range(reps):
+        start = clock()
+        run()
+        seconds.append(clock() - start)
+    return statistics.median(seconds)
+
+
+def measured_costs(layer, clock) -> dict[str, float]:
+    """Seconds of the layer's three native products alone, on its latest forward's input: the
+    forward project(x, W), the input product reconstruct(dy, W) (the adjoint: dx's) and the kernel
+    product dW (the time of project with dW, less the forward's)."""
+    x = layer.last_input
+    W = layer.weight.detach()
+    kernel = W.clone().requires_grad_()
+    with torch.no_grad():
+        dy = torch.randn_like(layer.project(x, W))
+
+    def forward():
+        with torch.no_grad():
+            layer.project(x, W)
+
+    def adjoint():
+        with torch.no_grad():
+            layer.reconstruct(dy, W, x)
+
+    def with_kernel_gradient():
+        with torch.enable_grad():
+            torch.autograd.grad(layer.project(x, kernel), kernel, dy)
+
+    f = median_seconds(forward, clock)
+    return {
+        "forward": f,
+        "input": median_seconds(adjoint, clock),
+        "kernel": max(median_seconds(with_kernel_gradient, clock) - f, 0.0),
+    }
+
+
+def macs_costs(layer) -> dict[str, float]:
+    """Every product of the layer weighted by its multiply-adds (the same for the three kinds)."""
+    transposed = getattr(layer, "transposed", False)
+    macs = float((layer.last_input if transposed else layer.last_output).numel() * layer.weight[0].numel())
+    return dict.fromkeys(("forward", "input", "kernel"), macs)
+
+
+def layer_costs(model: nn.Module, x: torch.Tensor, clock=time.process_time, weights: str = "time") -> dict:
+    """{layer name: (its products' costs, whether its input needs a gradient)} over one forward of
+    ``x``; each product's cost its time measured with ``clock`` (``weights="time"``) or its
+    multiply-adds (``"macs"``). The same for every rule's copy of a network: measure once."""
+    layers = dict(aligned_layers(model))
     needs_dx = {}
     hooks = [
-        m.register_forward_pre_hook(lambda m, args: needs_dx.__setitem__(m, args[0].requires_grad)) for m in layers
+        m.register_forward_pre_hook(lambda m, args, name=name: needs_dx.__setitem__(name, args[0].requires_grad))
+        for name, m in layers.items()
     ]
     model(x)
     for hook in hooks:
         hook.remove()
-    native = [2 + needs_dx[m] for m in layers]
-    macs = [
-        (m.last_input if getattr(m, "transposed", False) else m.last_output).numel() * m.weight[0].numel()
-        for m in layers
-    ]
-    total = sum(c * (n + extra_products(m)) for c, n, m in zip(macs, native, layers, strict=True))
-    return total / sum(c * n for c, n in zip(macs, native, strict=True))
+    return {
+        name: (measured_costs(m, clock) if weights == "time" else macs_costs(m), needs_dx[name])
+        for name, m in layers.items()
+    }
+
+
+def bound(model: nn.Module, costs: dict) -> float:
+    """sum_l (native_l + extra_l) / sum_l native_l: native_l the cost of layer l's forward, dW and
+    (when its input needs a gradient, not the first layer) dx, extra_l that of the products the
+    rule's alignment pass adds (``costs``: :func:`layer_costs` of the network)."""
+    native_total = extra_total = 0.0
+    for name, m in aligned_layers(model):
+        cost, needs_dx = costs[name]
+        native_total += cost["forward"] + cost["kernel"] + (cost["input"] if needs_dx else 0.0)
+        extra_total += sum(cost[product] for product in extra_products(m))
+    return (native_total + extra_total) / native_total
 
 
 def clear_grads(model: nn.Module) -> None:
@@ -134,6 +209,7 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
             seconds = timed(step, model, x, y, clock)
             if rep >= warmup:
                 times[name].append(seconds)
+    costs = layer_costs(variants["bp"][0], x, clock)
     base = statistics.median(times["native"])
     print(f"\n{title}: native step {base * 1e3:.1f} ms (median of {reps})")
     print(f"{'rule':<6}{'ratio':>8}{'bound':>8}  {'limit':>8}  ok")
@@ -141,7 +217,7 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     for name in RULES:
         model = variants[name][0]
         ratio = statistics.median(t / n for t, n in zip(times[name], times["native"], strict=True))
-        b = bound(model, x)
+        b = bound(model, costs)
         limit = FA_LIMIT if name == "fa" else 1.15 * b
         ok = ratio <= limit
         all_ok &= ok
