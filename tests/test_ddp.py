@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import SGD_MOMENTUM, TINY_MLP
 
 from neural_alignment.cli import main
 from neural_alignment.core.errors import UserError
@@ -23,18 +24,10 @@ from neural_alignment.runtime.snapshots import snapshot_steps
 from neural_alignment.training.trainer import train
 
 TINY = [
-    "data.dataset=digits",
+    *TINY_MLP,
+    *SGD_MOMENTUM,
     "data.train_limit=256",
     "data.test_limit=64",
-    "data.batch_size=32",
-    "model.arch=mlp",
-    "model.options.hidden=[16]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "train.metrics_every=1",
-    "optim.task.name=sgd",
-    "optim.task.lr=0.05",
-    "optim.task.momentum=0.9",
     "train.dtype=float64",
     "train.steps=6",
     "train.eval_every=3",

@@ -7,22 +7,17 @@ import os
 import subprocess
 
 import pytest
+from tiny_runs import TINY_MLP
 
 from neural_alignment.cli import main
 from neural_alignment.runtime import checkpoint
 
 TINY = [
-    "data.dataset=digits",
+    *TINY_MLP,
     "data.train_limit=128",
     "data.test_limit=64",
-    "data.batch_size=32",
-    "model.arch=mlp",
-    "model.options.hidden=[16]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
     "optim.task.schedule=null",  # digits-mlp's schedules span 20 epochs: these few-step runs would be warned
     "optim.alignment.schedule=null",
-    "train.metrics_every=1",
 ]
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from tiny_runs import SGD_MOMENTUM, TINY_MLP
 
 from neural_alignment.api import alignment_loss
 from neural_alignment.cli import main
@@ -18,20 +19,7 @@ from neural_alignment.training.divergence import TrainingDiverged
 from neural_alignment.training.evaluation import topk_correct
 from neural_alignment.training.trainer import Trainer, train
 
-TINY = [
-    "data.dataset=digits",
-    "data.train_limit=256",
-    "data.test_limit=100",
-    "data.batch_size=32",
-    "model.arch=mlp",
-    "model.options.hidden=[16]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "train.metrics_every=1",
-    "optim.task.name=sgd",
-    "optim.task.lr=0.05",
-    "optim.task.momentum=0.9",
-]
+TINY = [*TINY_MLP, *SGD_MOMENTUM, "data.train_limit=256", "data.test_limit=100"]
 
 
 def recipe(*overrides):
