@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from tiny_runs import TINY_CONVNET
 
 from neural_alignment.cli import main
 from neural_alignment.recipes.loader import load_recipe
@@ -19,21 +20,7 @@ from neural_alignment.training.trainer import Trainer, train
 pytestmark = pytest.mark.xla
 
 # a small convnet with BatchNorm on 8x8 digits; 6 steps, every one logged (the test set is evaluated after the last)
-TINY = [
-    "data.dataset=digits",
-    "data.train_limit=256",
-    "data.test_limit=64",
-    "data.batch_size=32",
-    "model.arch=convnet",
-    "model.options={channels: [4, 8]}",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "train.metrics_every=1",
-    "optim.task.name=sgd",
-    "optim.task.lr=0.05",
-    "optim.task.momentum=0.9",
-    "train.steps=6",
-]
+TINY = [*TINY_CONVNET, "data.train_limit=256", "data.test_limit=64", "train.metrics_every=1"]
 RULES = ["bp", "fa", "sa", "aa", "kp", "wm"]
 
 

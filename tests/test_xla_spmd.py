@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from tiny_runs import TINY_CONVNET
 
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.training.trainer import Trainer, train
@@ -24,18 +25,9 @@ DEVICES = 4
 # a small convnet with BatchNorm on 8x8 digits, global batch 32 (8 per device); logging, evaluation
 # (probes, snapshots) and checkpoints in the middle of the run, not only at its end
 TINY = [
-    "data.dataset=digits",
+    *TINY_CONVNET,
     "data.train_limit=256",
     "data.test_limit=64",
-    "data.batch_size=32",
-    "model.arch=convnet",
-    "model.options={channels: [4, 8]}",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "optim.task.name=sgd",
-    "optim.task.lr=0.05",
-    "optim.task.momentum=0.9",
-    "train.steps=6",
     "train.metrics_every=2",
     "train.eval_every=3",
     "train.checkpoint_every=4",

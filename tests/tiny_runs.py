@@ -1,15 +1,10 @@
-"""The few-step run the trainer-level tests share: overrides that make any recipe train a 16-unit
-MLP on batches of 32 of scikit-learn's digits, logging every step to metrics.jsonl only, no
-progress bar; ``SGD_MOMENTUM`` pins W's optimizer (SGD, lr 0.05, momentum 0.9). Each test file
-adds its own limits, steps and rule."""
+"""The few-step runs the trainer-level tests share: overrides that make any recipe train on batches
+of 32 of scikit-learn's digits with no progress bar, logging to metrics.jsonl only. ``TINY_MLP``: a
+16-unit MLP, every step logged; ``TINY_CONVNET``: a convnet with BatchNorm (channels 4 and 8), 6
+steps, W trained by ``SGD_MOMENTUM``; ``SGD_MOMENTUM`` pins W's optimizer (SGD, lr 0.05, momentum
+0.9). Each test file adds its own limits, steps and rule."""
 
-TINY_MLP = [
-    "data.dataset=digits",
-    "data.batch_size=32",
-    "model.arch=mlp",
-    "model.options.hidden=[16]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "train.metrics_every=1",
-]
+_DIGITS = ["data.dataset=digits", "data.batch_size=32", "train.progress=false", "log.loggers=[jsonl]"]
 SGD_MOMENTUM = ["optim.task.name=sgd", "optim.task.lr=0.05", "optim.task.momentum=0.9"]
+TINY_MLP = [*_DIGITS, "model.arch=mlp", "model.options.hidden=[16]", "train.metrics_every=1"]
+TINY_CONVNET = [*_DIGITS, *SGD_MOMENTUM, "model.arch=convnet", "model.options={channels: [4, 8]}", "train.steps=6"]
