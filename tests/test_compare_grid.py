@@ -229,6 +229,14 @@ def test_a_grid_with_a_diverged_cell_exits_1_and_its_report_names_every_cell(tmp
     labels = re.findall(r"<tr><td>([^<]*)</td><td><code>", page)
     expected = [f"bp optim.task.lr={v} seed{s}" for v in ("0.05", "1e30") for s in (0, 1)]
     assert labels == expected  # the diverged cells logged their step 0 (the first update diverged)
+    # runs that logged nothing (killed before their step 0 was written) are named in a notice, not drawn
+    for cell in ("seed0", "seed1"):
+        (out / "bp" / "optim.task.lr=1e30" / cell / "metrics.jsonl").write_text("")
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert re.findall(r"<tr><td>([^<]*)</td><td><code>", page) == expected[:2]
+    assert f"no records (yet) of {expected[2]}, {expected[3]}" in capsys.readouterr().err
     # a leaf run passed alone keeps its rule and cell in its label
     assert main(["report", str(out / "bp" / "optim.task.lr=0.05" / "seed1"), "--out", str(tmp_path / "leaf")]) == 0
     assert "<tr><td>bp optim.task.lr=0.05 seed1</td>" in (tmp_path / "leaf" / "index.html").read_text()
