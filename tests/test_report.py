@@ -189,3 +189,26 @@ def test_no_title_or_label_is_clipped(compare_dir):
         "weights, 3 x 3": weights_figure(sa, ["1", "3", "5"], [0, 3, 9]),
     }
     assert {name: outside(figure) for name, figure in figures.items()} == {name: [] for name in figures}
+
+
+def test_seeds_of_a_grid_cell_are_drawn_as_their_mean_and_spread(tmp_path):
+    from neural_alignment.analysis.report import seed_groups, spread_figure
+    from neural_alignment.analysis.runs import load_runs
+
+    grid = tmp_path / "grid"
+    assert main(["compare", "digits-mlp", "--rules", "bp,sa", "--seeds", "3", *FEW, "--out", str(grid)]) == 0
+    runs = load_runs([grid])
+    groups = seed_groups(runs)
+    assert list(groups) == ["bp", "sa"] and [run.label for run in groups["sa"]] == ["sa seed0", "sa seed1", "sa seed2"]
+    angles = spread_figure("sa", groups["sa"]).axes[0]  # weight angle, one line and one band per layer
+    line = next(line for line in angles.lines if line.get_label() == "3")
+    per_seed = [run.series("angle/3")[1] for run in groups["sa"]]
+    assert list(line.get_xdata()) == [0, 3, 6, 9]
+    assert list(line.get_ydata()) == pytest.approx([sum(v) / 3 for v in zip(*per_seed, strict=True)])
+    band = angles.collections[1].get_paths()[0].vertices[:, 1]  # layer "3"'s band: its lowest and highest seed
+    assert min(band) == pytest.approx(min(min(v) for v in per_seed))
+    assert max(band) == pytest.approx(max(max(v) for v in per_seed))
+    out = tmp_path / "report"
+    assert main(["report", str(grid), "--out", str(out)]) == 0
+    check_png(out / "spread-sa.png")
+    check_png(out / "spread-bp.png")

@@ -9,6 +9,9 @@ page references no other file):
   ratio ||B||_F / ||W||_F against the step, one colour per run (the runs compared);
 - ``layers-<run>.png`` (Fig. S4): per layer, weight angle, gradient angle and norm ratio
   against the step, layers coloured by depth (dark: input side, yellow: output side);
+- ``spread-<cell>.png`` (Fig. S4 over seeds): for each group of runs that differ only in their seed
+  (labels ``<cell> seed<k>``, as a ``nalign compare --seeds`` grid names them), per layer, the mean
+  over the seeds at each step both logged (line) and the band from the lowest to the highest seed;
 - ``weights-<run>.png`` (Fig. S3): for chosen layers (rows) at chosen steps (columns), each
   sampled entry as the point (W_ij, B_ij), with the diagonal B = W dotted (runs with weight
   snapshots only; not for bp, whose B is W: a note says so).
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +97,15 @@ def alignment_figure(runs: Sequence[Run]) -> Figure:
     return figure
 
 
+def layer_names(run: Run) -> list[str]:
+    """The layers ``run`` logged per-layer metrics of, input side first."""
+    return run.layers("angle") or run.layers("grad_angle")
+
+
 def layers_figure(run: Run) -> Figure:
     """Fig. S4: per-layer metrics (``LAYER_PANELS``) against the step, coloured by depth."""
     figure, axes = _figure(len(LAYER_PANELS))
-    layers = run.layers("angle") or run.layers("grad_angle")
+    layers = layer_names(run)
     colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 1)))
     for ax, (metric, label) in zip(axes, LAYER_PANELS, strict=True):
         for depth, layer in enumerate(layers):
@@ -105,6 +114,47 @@ def layers_figure(run: Run) -> Figure:
                 ax.plot(steps, values, color=colours[depth], marker="o", markersize=2, label=layer)
         _finish(ax, "step", label)
     figure.suptitle(f"{run.label}: per layer, coloured by depth (dark = input side)", wrap=True)
+    return figure
+
+
+SEED_SUFFIX = re.compile(r"^(?P<cell>.+) seed\d+$")
+
+
+def seed_groups(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs whose labels differ only in a final ``seed<k>``, by that common part (the grid's cell);
+    cells of one run (a spread needs two seeds) or without per-layer metrics are left out."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        match = SEED_SUFFIX.match(run.label)
+        if match:
+            groups.setdefault(match["cell"], []).append(run)
+    return {cell: members for cell, members in groups.items() if len(members) > 1 and layer_names(members[0])}
+
+
+def seed_spread(runs: Sequence[Run], key: str) -> tuple[list[float], np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, lowest, highest) of ``key`` over ``runs`` at the steps every run logged it."""
+    series = [dict(zip(*run.series(key), strict=True)) for run in runs]
+    steps = sorted(set.intersection(*(set(points) for points in series)))
+    values = np.array([[points[step] for step in steps] for points in series], dtype=float).reshape(len(runs), -1)
+    return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def spread_figure(cell: str, runs: Sequence[Run]) -> Figure:
+    """Fig. S4 over seeds: per-layer metrics (``LAYER_PANELS``), the seeds' mean (line) and their
+    lowest-to-highest band, coloured by depth."""
+    figure, axes = _figure(len(LAYER_PANELS))
+    layers = layer_names(runs[0])
+    colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 1)))
+    for ax, (metric, label) in zip(axes, LAYER_PANELS, strict=True):
+        for depth, layer in enumerate(layers):
+            steps, mean, low, high = seed_spread(runs, f"{metric}/{layer}")
+            if steps:
+                ax.plot(steps, mean, color=colours[depth], marker="o", markersize=2, label=layer)
+                ax.fill_between(steps, low, high, color=colours[depth], alpha=0.2, linewidth=0)
+        _finish(ax, "step", label)
+    figure.suptitle(
+        f"{cell}: per layer, mean of {len(runs)} seeds (band: lowest to highest seed), dark = input side", wrap=True
+    )
     return figure
 
 
@@ -263,6 +313,15 @@ def build_report(
     ]
     _save(curves_figure(runs), out, "curves.png")
     _save(alignment_figure(runs), out, "alignment.png")
+    for cell, members in seed_groups(runs).items():
+        figures.append(
+            Figured(
+                f"spread-{file_stem(cell)}.png",
+                f"{cell}: per-layer metrics over {len(members)} seeds (Fig. S4)",
+                "per layer, the seeds' mean (line) and the band from the lowest to the highest seed",
+            )
+        )
+        _save(spread_figure(cell, members), out, figures[-1].name)
     notes = []
     for run in runs:
         stem = file_stem(run.label)
