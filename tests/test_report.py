@@ -212,3 +212,9 @@ def test_seeds_of_a_grid_cell_are_drawn_as_their_mean_and_spread(tmp_path):
     assert main(["report", str(grid), "--out", str(out)]) == 0
     check_png(out / "spread-sa.png")
     check_png(out / "spread-bp.png")
+    # a run a later comparison into the folder no longer lists keeps its grid label
+    listing = json.loads((grid / "comparison.json").read_text())
+    listing["runs"] = [run for run in listing["runs"] if run["seed"] != 2]
+    (grid / "comparison.json").write_text(json.dumps(listing))
+    (unlisted,) = load_runs([grid / "sa" / "seed2"])
+    assert unlisted.label == "sa seed2"

@@ -123,7 +123,8 @@ def expand(path: str | Path) -> list[tuple[Path, str]]:
     """(run folder, label) for a run folder or a compare folder (each of its runs that has a record).
 
     A run folder is labelled by its name, or as its comparison labels it when it is a run of one
-    (:func:`compare_entries`: a grid's leaf ``seed0`` is ``kp optim.task.lr=0.1 seed0``)."""
+    (:func:`compare_entries`: a grid's leaf ``seed0`` is ``kp optim.task.lr=0.1 seed0``), also when
+    a later comparison into the same folder (another ``--vary`` value) no longer lists it."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist (give a run folder or a 'nalign compare' output folder)")
@@ -134,7 +135,8 @@ def expand(path: str | Path) -> list[tuple[Path, str]]:
         if comparison is not None:
             with contextlib.suppress(UserError):  # a damaged comparison.json: the folder's own name
                 labels = {p.resolve(): label for p, label in compare_entries(comparison)}
-                return [(path, labels.get(path.resolve(), path.name))]
+                below = path.resolve().relative_to(comparison.resolve()).parts  # <rule>[/<key>=<value>][/seed<k>]
+                return [(path, labels.get(path.resolve(), " ".join(below)))]
         return [(path, path.name)]
     if (path / COMPARISON_FILE).is_file():
         entries = compare_entries(path)
