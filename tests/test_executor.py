@@ -3,18 +3,11 @@
 import json
 import time
 
+from tiny_runs import DIGITS_MLP_FEW
+
 from neural_alignment.grids.executor import RunSpec, run_all, run_one
 
-TINY = (
-    "data.train_limit=128",
-    "data.test_limit=64",
-    "data.batch_size=32",
-    "model.options.hidden=[8]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "train.epochs=null",
-    "train.metrics_every=1",
-)
+TINY = tuple(DIGITS_MLP_FEW)
 
 
 def test_a_finished_run_is_reused_not_retrained(tmp_path):

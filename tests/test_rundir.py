@@ -11,23 +11,13 @@ import textwrap
 
 import pytest
 import yaml
+from tiny_runs import DIGITS_MLP_FEW
 
 from neural_alignment.cli import main
 from neural_alignment.runtime import checkpoint
 from neural_alignment.training import rundir
 
-TINY = [
-    "optim.task.schedule=null",  # digits-mlp's schedules span 20 epochs: these few-step runs would be warned
-    "optim.alignment.schedule=null",
-    "data.train_limit=128",
-    "data.test_limit=64",
-    "data.batch_size=32",
-    "model.options.hidden=[8]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
-    "train.epochs=null",
-    "train.metrics_every=1",
-]
+TINY = DIGITS_MLP_FEW
 
 
 def run(capsys, *args):
