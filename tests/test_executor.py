@@ -3,11 +3,9 @@
 import json
 import time
 
-from tiny_runs import DIGITS_MLP_FEW
+from tiny_runs import DIGITS_MLP_FEW as TINY
 
 from neural_alignment.grids.executor import RunSpec, run_all, run_one
-
-TINY = tuple(DIGITS_MLP_FEW)
 
 
 def test_a_finished_run_is_reused_not_retrained(tmp_path):

@@ -11,13 +11,11 @@ import textwrap
 
 import pytest
 import yaml
-from tiny_runs import DIGITS_MLP_FEW
+from tiny_runs import DIGITS_MLP_FEW as TINY
 
 from neural_alignment.cli import main
 from neural_alignment.runtime import checkpoint
 from neural_alignment.training import rundir
-
-TINY = DIGITS_MLP_FEW
 
 
 def run(capsys, *args):

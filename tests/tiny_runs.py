@@ -11,14 +11,12 @@ SGD_MOMENTUM = ["optim.task.name=sgd", "optim.task.lr=0.05", "optim.task.momentu
 TINY_MLP = [*_DIGITS, "model.arch=mlp", "model.options.hidden=[16]", "train.metrics_every=1"]
 TINY_CONVNET = [*_DIGITS, *SGD_MOMENTUM, "model.arch=convnet", "model.options={channels: [4, 8]}", "train.steps=6"]
 DIGITS_MLP_FEW = [
+    *_DIGITS,
     "optim.task.schedule=null",
     "optim.alignment.schedule=null",
     "data.train_limit=128",
     "data.test_limit=64",
-    "data.batch_size=32",
     "model.options.hidden=[8]",
-    "train.progress=false",
-    "log.loggers=[jsonl]",
     "train.epochs=null",
     "train.metrics_every=1",
 ]

@@ -104,16 +104,25 @@ def layer_names(run: Run) -> list[str]:
 
 def layers_figure(run: Run) -> Figure:
     """Fig. S4: per-layer metrics (``LAYER_PANELS``) against the step, coloured by depth."""
+    return per_layer_figure([run], f"{run.label}: per layer, coloured by depth (dark = input side)")
+
+
+def per_layer_figure(runs: Sequence[Run], title: str) -> Figure:
+    """Per-layer metrics (``LAYER_PANELS``) against the step, layers coloured by depth (the first
+    run's layers): the runs' mean at each step they all logged, and with several runs the band from
+    the lowest to the highest of them."""
     figure, axes = _figure(len(LAYER_PANELS))
-    layers = layer_names(run)
+    layers = layer_names(runs[0])
     colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 1)))
     for ax, (metric, label) in zip(axes, LAYER_PANELS, strict=True):
         for depth, layer in enumerate(layers):
-            steps, values = run.series(f"{metric}/{layer}")
+            steps, mean, low, high = seed_spread(runs, f"{metric}/{layer}")
             if steps:
-                ax.plot(steps, values, color=colours[depth], marker="o", markersize=2, label=layer)
+                ax.plot(steps, mean, color=colours[depth], marker="o", markersize=2, label=layer)
+                if len(runs) > 1:
+                    ax.fill_between(steps, low, high, color=colours[depth], alpha=0.2, linewidth=0)
         _finish(ax, "step", label)
-    figure.suptitle(f"{run.label}: per layer, coloured by depth (dark = input side)", wrap=True)
+    figure.suptitle(title, wrap=True)
     return figure
 
 
@@ -140,22 +149,10 @@ def seed_spread(runs: Sequence[Run], key: str) -> tuple[list[float], np.ndarray,
 
 
 def spread_figure(cell: str, runs: Sequence[Run]) -> Figure:
-    """Fig. S4 over seeds: per-layer metrics (``LAYER_PANELS``), the seeds' mean (line) and their
-    lowest-to-highest band, coloured by depth."""
-    figure, axes = _figure(len(LAYER_PANELS))
-    layers = layer_names(runs[0])
-    colours = colormaps["viridis"](np.linspace(0.0, 0.9, max(len(layers), 1)))
-    for ax, (metric, label) in zip(axes, LAYER_PANELS, strict=True):
-        for depth, layer in enumerate(layers):
-            steps, mean, low, high = seed_spread(runs, f"{metric}/{layer}")
-            if steps:
-                ax.plot(steps, mean, color=colours[depth], marker="o", markersize=2, label=layer)
-                ax.fill_between(steps, low, high, color=colours[depth], alpha=0.2, linewidth=0)
-        _finish(ax, "step", label)
-    figure.suptitle(
-        f"{cell}: per layer, mean of {len(runs)} seeds (band: lowest to highest seed), dark = input side", wrap=True
+    """Fig. S4 over seeds: per-layer metrics, the seeds' mean (line) and their lowest-to-highest band."""
+    return per_layer_figure(
+        runs, f"{cell}: per layer, mean of {len(runs)} seeds (band: lowest to highest seed), dark = input side"
     )
-    return figure
 
 
 def default_choice(available: Sequence, count: int = 3) -> list:
