@@ -10,7 +10,12 @@ device synchronisation. Each rule gets its own ``Trainer`` built from the real r
 (``imagenet-resnet18`` for ResNets, ``fmnist-convnet`` for the demo convnet, with the rule's
 ``by_rule`` settings) on seeded synthetic images of the same shape. All rules run in this
 process, interleaved repetition by repetition in a shuffled order after a warm-up; the ratio is
-the median over repetitions of (rule step / bp step of the same repetition). On the CPU the
+the median over repetitions of (rule step / bp step of the same repetition). Every timed step
+starts from the rule's initial weights (W the same for every rule; restored, in place, outside
+the clock): trained on one batch over and over, each rule's model would drift to a state of its
+own, and the CPU's data-dependent kernels (max-pooling, ReLU's backward) then run at speeds of
+their own (fa's convnet step measured 1.07-1.11 of bp's that way, 1.02 from the same weights;
+the same steps with lr 0: 1.02). On the CPU the
 clock is the process's CPU time with one thread (a shared machine's wall clock measures the
 neighbours); on a GPU or XLA device the wall clock.
 
@@ -24,6 +29,7 @@ the weights, B's optimizer among them, all in the measured step here): each pass
 from __future__ import annotations
 
 import argparse
+import copy
 import random
 import statistics
 import sys
@@ -80,12 +86,14 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         for rule in rules
     }
     x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch)), strict=True))
+    initial = {rule: copy.deepcopy(trainer.model.state_dict()) for rule, trainer in trainers.items()}
     times = {rule: [] for rule in rules}
     order = list(rules)
     shuffle = random.Random(0).shuffle
     for rep in range(args.warmup + args.reps):
         shuffle(order)
         for rule in order:
+            trainers[rule].model.load_state_dict(initial[rule])  # in place: the same tensors every step
             (seconds,) = trainers[rule].time_steps(x, y, 1, clock)
             if rep >= args.warmup:
                 times[rule].append(seconds)

@@ -14,7 +14,7 @@ from typing import Any
 from torch import nn
 
 from neural_alignment.core import attention, layers
-from neural_alignment.core.alignment import alignment_loss, set_epoch
+from neural_alignment.core.alignment import add_weight_gradients, alignment_loss, set_epoch
 from neural_alignment.core.convert import Conversion, ConversionWarning, conversion_of, convert_modules
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.metrics import gradient_angle, layer_metrics
@@ -32,6 +32,7 @@ __all__ = [
     "AlignedMultiheadAttention",
     "Conversion",
     "ConversionWarning",
+    "add_weight_gradients",
     "aligned_layers",
     "alignment_loss",
     "conversion_of",

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
-from neural_alignment.core.primitives import NEEDS, quadratic_form
+from neural_alignment.core.primitives import NEEDS, add_quadratic_gradient, quadratic_form
 from neural_alignment.core.rules import RuleSpec, build_rule
 from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES, Amp, Null, Sparse
 
@@ -165,6 +165,41 @@ def test_quadratic_form_value_and_closed_form_gradients_equal_autograd_of_the_ex
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     (dB,) = torch.autograd.grad(quadratic_form(W.detach(), B, ww, bb, wb), B)  # W detached: B's alone
     torch.testing.assert_close(dB, 2 * bb * B.detach() + wb * W.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(
+    "form",
+    [(1e-3, 1e-3, -2e-3), (1.0, 1.0, 0.0), (0.0, 0.0, -1.0), (0.3, 2.0, 0.7), (0.5, 0.0, 0.25)],
+    ids=["sa", "decay", "self", "general", "no-bb"],
+)
+@pytest.mark.parametrize("with_w", [False, True], ids=["W-detached", "W-aligned"])
+def test_add_quadratic_gradient_adds_autograds_gradient_of_the_form_in_place(form, with_w):
+    """add_quadratic_gradient adds scale * autograd's gradient of the expression to gradients already
+    there (W's, B's), and writes it into a kept buffer that becomes B.grad when B has none: the
+    second call reuses the buffer (same storage), no new tensor."""
+    ww, bb, wb = form
+    torch.manual_seed(2)
+    W = torch.randn(5, 2, 3, dtype=F64, requires_grad=True)
+    B = torch.randn_like(W).requires_grad_()
+    W_in = W if with_w else W.detach()
+    expression = ww * (W_in * W_in).sum() + bb * (B * B).sum() + wb * (W_in * B).sum()
+    dW, dB = torch.autograd.grad(0.7 * expression, (W, B), allow_unused=True)
+    earlier = torch.randn_like(W)
+    W.grad, B.grad = earlier.clone(), earlier.clone()  # gradients already there: added to
+    assert add_quadratic_gradient(W_in, B, ww, bb, wb, 0.7) is None
+    torch.testing.assert_close(B.grad, earlier + dB, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(W.grad, earlier + (dW if with_w else 0.0), rtol=1e-12, atol=1e-14)
+    B.grad = None  # none there: written into the buffer, which becomes B.grad
+    buffer = add_quadratic_gradient(W_in.detach(), B, ww, bb, wb, 0.7)
+    assert buffer is B.grad
+    torch.testing.assert_close(B.grad, dB, rtol=1e-12, atol=1e-14)
+    B.grad = None
+    with torch.no_grad():
+        B.mul_(2.0)
+    dB_again = 2 * bb * 0.7 * B.detach() + wb * 0.7 * W.detach()
+    assert add_quadratic_gradient(W.detach(), B, ww, bb, wb, 0.7, buffer) is buffer
+    assert B.grad is buffer
+    torch.testing.assert_close(B.grad, dB_again, rtol=1e-12, atol=1e-14)
 
 
 def test_a_rules_weight_terms_are_one_form_equal_to_the_sum_of_its_primitives(case):

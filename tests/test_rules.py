@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from neural_alignment.core.alignment import alignment_loss, set_epoch
+from neural_alignment.core.alignment import add_weight_gradients, alignment_loss, set_epoch
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
@@ -247,6 +247,34 @@ def test_alignment_loss_sums_every_aligned_layer():
     conv, dense, inner = model[0], model[3], model[4][0]
     expected = sum(1e-3 * sq(m.weight - m.backward_weight) for m in (conv, inner)) + wm.regularizer(dense)
     torch.testing.assert_close(alignment_loss(model), expected)
+
+
+@pytest.mark.parametrize("name", ["wm", "ia", "sa", "aa", "kp"])
+def test_weight_terms_in_closed_form_give_the_gradients_of_the_whole_loss(name):
+    """alignment_loss(weight_terms=False) through autograd plus add_weight_gradients (the trainer's
+    step) give W and B the gradients autograd gives for the whole alignment_loss, on a conv and a
+    dense layer, with scale 3; kp's angle part is the op's (the task loss here), the same on both."""
+    built = rule(name, align_forward_weight=name == "wm")
+
+    def gradients(closed_form):
+        torch.manual_seed(0)
+        model = nn.Sequential(
+            AlignedConv2d(2, 3, 3, rule=built, dtype=F64),
+            nn.ReLU(),
+            nn.Flatten(),
+            AlignedLinear(12, 4, rule=built, dtype=F64),
+        )
+        set_epoch(model, 0.5)
+        task = model(torch.randn(5, 2, 4, 4, dtype=F64)).pow(2).sum()
+        (task + 3 * alignment_loss(model, weight_terms=not closed_form)).backward()
+        if closed_form:
+            add_weight_gradients(model, 3.0)
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    closed, graph = gradients(True), gradients(False)
+    assert closed.keys() == graph.keys() and any("backward_weight" in n for n in closed)
+    for n in graph:
+        torch.testing.assert_close(closed[n], graph[n], rtol=1e-10, atol=1e-12, msg=n)
 
 
 def test_alignment_loss_without_aligned_layers_is_zero():

@@ -140,25 +140,47 @@ def test_accumulation_equals_the_large_batch(tmp_path, rule):
     assert not torch.equal(big["1.backward_weight"], initial["1.backward_weight"])
 
 
-def test_total_loss_is_the_documented_sum(tmp_path):
+@pytest.mark.parametrize("align_forward_weight", [False, True])
+def test_step_gradients_are_those_of_the_documented_sum(tmp_path, align_forward_weight):
+    """One train_step's gradients (the kernels' quadratic forms added in closed form after the
+    backward, not in the graph) equal autograd's of loss_rate * (task + model_l2 |W|^2 / 2) +
+    alignment_rate * R, R written out by hand for sa; with align_forward_weight W takes R's part too."""
     trainer = Trainer(
         recipe(
-            "rule.name=sa", "train.dtype=float64", "train.model_l2=0.3", "train.loss_rate=2", "train.alignment_rate=5"
+            "rule.name=sa",
+            "train.dtype=float64",
+            "train.model_l2=0.3",
+            "train.loss_rate=2",
+            "train.alignment_rate=5",
+            f"rule.align_forward_weight={str(align_forward_weight).lower()}",
+            "optim.task.lr=0.0",  # the step leaves the parameters where they are, the gradients readable
+            "optim.alignment.lr=0.0",
         ),
         tmp_path / "run",
     )
     x, y = next(iter(trainer.batches()))
-    total, task, logits = trainer.losses(x.double(), y)
-    l2 = sum(w.pow(2).sum() for w in forward_weights(trainer.model))
-    torch.testing.assert_close(task, F.cross_entropy(logits, y) + 0.3 * 0.5 * l2)
-    W = dict(trainer.model.named_parameters())
-    sa = sum(
-        1e-3 * (W[f"{i}.weight"].pow(2).sum() + W[f"{i}.backward_weight"].pow(2).sum())
-        - 2e-3 * (W[f"{i}.weight"] * W[f"{i}.backward_weight"]).sum()
-        for i in (1, 3)
-    )
-    torch.testing.assert_close(alignment_loss(trainer.model), sa)
-    torch.testing.assert_close(total, 2 * task + 5 * sa)
+    x = x.double()
+    params = dict(trainer.model.named_parameters())
+
+    def documented_sum():
+        logits = trainer.model(x)
+        task = F.cross_entropy(logits, y) + 0.3 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(trainer.model))
+        sa = 0.0
+        for i in (1, 3):
+            W, B = params[f"{i}.weight"], params[f"{i}.backward_weight"]
+            W = W if align_forward_weight else W.detach()
+            sa = sa + 1e-3 * (W.pow(2).sum() + B.pow(2).sum()) - 2e-3 * (W * B).sum()
+        return task, 2 * task + 5 * sa, sa
+
+    task, total, sa = documented_sum()
+    expected = dict(zip(params, torch.autograd.grad(total, list(params.values())), strict=True))
+    torch.testing.assert_close(alignment_loss(trainer.model), sa)  # the public loss keeps every term
+    step_total, step_task, _ = trainer.losses(x, y)
+    torch.testing.assert_close(step_task, task)
+    torch.testing.assert_close(step_total, 2 * task)  # sa is all quadratic forms: none left in the graph
+    trainer.train_step(x, y)
+    for name, param in params.items():
+        torch.testing.assert_close(param.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
     assert len(forward_weights(trainer.model)) == 2 and len(backward_weights(trainer.model)) == 2
     assert trainer.task.noisy == [] and trainer.alignment.noisy == []
 

@@ -1,7 +1,12 @@
 """Model-wide alignment: the alignment loss of the latest forward, and the epoch of every layer.
 
 - ``alignment_loss(model) = sum over aligned layers l of l.rule.regularizer(l)``, each R_l at
-  the layer's own ``epoch`` (a zero tensor when the model has none).
+  the layer's own ``epoch`` (a zero tensor when the model has none). With ``weight_terms=False``
+  the quadratic forms of the kernels (decay, self) are left out, and
+- ``add_weight_gradients(model, scale)``, called after the backward, adds ``scale`` times their
+  gradient to B.grad (and W.grad when the rule aligns W) in closed form, in place: the
+  trainer's step, equal to ``scale * alignment_loss(model)`` in the loss (tests/test_rules.py)
+  without a graph or a kernel-sized temporary per layer.
 - ``set_epoch(model, epoch, angle_factor)`` sets ``layer.epoch`` and writes
   ``rule.coefficient("angle", epoch) * angle_factor`` into ``layer.angle_scale`` in place,
   so the op's delivered angle update follows the schedule without reallocating a tensor
@@ -14,11 +19,13 @@ import torch
 from torch import nn
 
 from neural_alignment.core.layers import aligned_layers
+from neural_alignment.core.primitives import add_quadratic_gradient
 
 
-def alignment_loss(model: nn.Module) -> torch.Tensor:
-    """sum_l R_l over the aligned layers, for their latest forward; zero when there is none."""
-    terms = [layer.rule.regularizer(layer) for _, layer in aligned_layers(model)]
+def alignment_loss(model: nn.Module, weight_terms: bool = True) -> torch.Tensor:
+    """sum_l R_l over the aligned layers, for their latest forward; zero when there is none.
+    ``weight_terms=False``: without the kernels' quadratic forms (see :func:`add_weight_gradients`)."""
+    terms = [layer.rule.regularizer(layer, weight_terms=weight_terms) for _, layer in aligned_layers(model)]
     if terms:
         return sum(terms[1:], terms[0])
     reference = next(model.parameters(), None)
@@ -31,3 +38,21 @@ def set_epoch(model: nn.Module, epoch: float, angle_factor: float = 1.0) -> None
     for _, layer in aligned_layers(model):
         layer.epoch = epoch
         layer.angle_scale.fill_(layer.rule.coefficient("angle", epoch) * angle_factor)
+
+
+def add_weight_gradients(model: nn.Module, scale: float = 1.0) -> None:
+    """Add ``scale`` times the gradient of every aligned layer's quadratic forms of its kernels
+    (``rule.weight_form`` at the layer's ``epoch``: decay, self) to B.grad, and to W.grad when the
+    rule aligns W, in place (``core.primitives.add_quadratic_gradient``). A layer without a forward
+    since it was built (``last_input`` None) or without a trained B gets none, as in ``alignment_loss``.
+    Each layer keeps its gradient buffer between calls (``weight_gradient_buffer``)."""
+    for _, layer in aligned_layers(model):
+        B = layer.backward_weight
+        if B is None or not B.requires_grad or layer.last_input is None:
+            continue
+        ww, bb, wb = layer.rule.weight_form(layer.epoch)
+        if not (ww or bb or wb):
+            continue
+        W = layer.weight if layer.rule.align_forward_weight else layer.weight.detach()
+        buffer = layer.__dict__.get("weight_gradient_buffer")
+        layer.__dict__["weight_gradient_buffer"] = add_quadratic_gradient(W, B, ww, bb, wb, scale, buffer)

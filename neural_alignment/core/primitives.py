@@ -12,6 +12,9 @@ axis is summed; no factor 1/2 anywhere. ``W`` and ``B`` have the layer's kernel 
 A primitive of the kernels alone that is a quadratic form of them (decay, self) subclasses
 :class:`WeightQuadratic`: the rule sums every such term of a layer into one form and evaluates
 it with one closed-form autograd function (:func:`quadratic_form`) instead of a graph per term.
+The trainer does not even build that: it leaves the forms out of the loss and adds their
+gradient to ``B.grad`` (and ``W.grad``) in place after the backward (:func:`add_quadratic_gradient`),
+which allocates no kernel-sized tensor in a step.
 
 To add one, subclass :class:`Primitive` (or :class:`PairedPrimitive` for a function of two
 activation fields, :class:`WeightQuadratic` for a quadratic form of W and B) and register an
@@ -115,6 +118,46 @@ def quadratic_form(W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: f
     (under ``create_graph`` it recomputes u from W and B, so second derivatives are exact).
     """
     return _QuadraticForm.apply(W, B, float(ww), float(bb), float(wb))
+
+
+@torch.no_grad()
+def add_quadratic_gradient(
+    W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: float, scale: float, buffer: torch.Tensor | None = None
+) -> torch.Tensor | None:
+    """Add ``scale`` times the gradient of ``q = ww sum W^2 + bb sum B^2 + wb sum W*B`` to the
+    gradient of each kernel that requires one, in place, without an autograd graph::
+
+        B.grad += scale (2 bb B + wb W)          W.grad += scale (2 ww W + wb B)
+
+    (what :func:`quadratic_form` gives through autograd; pass W detached to leave W out). When
+    ``B.grad`` is None, the sum is written into ``buffer`` (shaped like B, kept by the caller from one
+    step to the next; allocated when None or of another shape), which becomes ``B.grad``: a step
+    makes one or two passes over the kernel and allocates no kernel-sized tensor. Returns B's buffer.
+    """
+    if W.requires_grad and (ww or wb):
+        if W.grad is None:  # W aligned (align_forward_weight) before any task gradient: rare
+            W.grad = torch.zeros_like(W)
+        _add_terms(W.grad, W, 2 * ww * scale, B, wb * scale)
+    if B.requires_grad and (bb or wb):
+        if B.grad is None:
+            if buffer is None or buffer.shape != B.shape:
+                buffer = torch.empty_like(B)
+            first, a, other, c = (B, 2 * bb * scale, W, wb * scale) if bb else (W, wb * scale, B, 0.0)
+            torch.mul(first, a, out=buffer)
+            if c:
+                buffer.add_(other, alpha=c)
+            B.grad = buffer
+        else:
+            _add_terms(B.grad, B, 2 * bb * scale, W, wb * scale)
+    return buffer
+
+
+def _add_terms(grad: torch.Tensor, x: torch.Tensor, a: float, y: torch.Tensor, c: float) -> None:
+    """grad += a x + c y in place, skipping a zero coefficient."""
+    if a:
+        grad.add_(x, alpha=a)
+    if c:
+        grad.add_(y, alpha=c)
 
 
 class Primitive:

@@ -140,22 +140,48 @@ class Rule:
         """True when ``angle`` has a nonzero weight: the op then delivers dB = angle_scale * dW."""
         return self.weights.get("angle", 0.0) != 0.0
 
+    @property
+    def backward_gradient_in_graph(self) -> bool:
+        """True when B takes some gradient in the backward: a weighted primitive other than the
+        kernels' quadratic forms (those ``core.alignment.add_weight_gradients`` adds after it), or
+        the angle update the op delivers. sa's B takes none (a backend that reduces gradients in
+        the backward, as ``ddp``, leaves such a B out: its closed-form gradient is the same on every process)."""
+        return any(
+            not isinstance(self.primitives[name], WeightQuadratic) for name, weight in self.weights.items() if weight
+        )
+
     def coefficient(self, name: str, epoch: float) -> float:
         """``weights[name] * schedules[name](epoch)``; 0 for a primitive the rule does not weigh."""
         if name not in self.weights:
             return 0.0
         return self.weights[name] * self.schedules[name](epoch)
 
-    def regularizer(self, layer, epoch: float | None = None) -> torch.Tensor:
+    def weight_form(self, epoch: float) -> tuple[float, float, float]:
+        """(ww, bb, wb) of the sum of the rule's quadratic forms of the kernels (``WeightQuadratic``:
+        decay, self) at ``epoch``, each weighted by its coefficient: the weighted sum is
+        ``ww sum W^2 + bb sum B^2 + wb sum W*B``. (0, 0, 0) when the rule has none."""
+        forms = [
+            (self.coefficient(name, epoch), primitive.form)
+            for name, primitive in self.primitives.items()
+            if isinstance(primitive, WeightQuadratic)
+        ]
+        ww, bb, wb = (sum(c * form[i] for c, form in forms) for i in range(3))
+        return float(ww), float(bb), float(wb)
+
+    def regularizer(self, layer, epoch: float | None = None, weight_terms: bool = True) -> torch.Tensor:
         """R_l = sum of coefficient(p, epoch) * p(ctx) over the primitives not delivered by the op,
         for ``layer``'s latest forward; ``epoch`` defaults to ``layer.epoch``. A zero tensor when
         no term applies (no forward yet, no B, or every coefficient 0). The quadratic forms of the
-        kernels (``WeightQuadratic``: decay, self) are summed into one, evaluated once."""
+        kernels (``WeightQuadratic``: decay, self) are summed into one, evaluated once; with
+        ``weight_terms=False`` they are left out (the caller adds their gradient in closed form:
+        ``core.alignment.add_weight_gradients``)."""
         epoch = layer.epoch if epoch is None else epoch
         terms = [
             (coefficient, primitive)
             for name, primitive in self.primitives.items()
-            if not primitive.in_backward and (coefficient := self.coefficient(name, epoch)) != 0.0
+            if not primitive.in_backward
+            and (weight_terms or not isinstance(primitive, WeightQuadratic))
+            and (coefficient := self.coefficient(name, epoch)) != 0.0
         ]
         if not terms or layer.last_input is None or layer.backward_weight is None:
             return layer.weight.new_zeros(())
@@ -165,9 +191,8 @@ class Rule:
             for coefficient, primitive in terms
             if not isinstance(primitive, WeightQuadratic)
         ]
-        forms = [(c, p.form) for c, p in terms if isinstance(p, WeightQuadratic)]
-        if forms:
-            parts.append(quadratic_form(ctx.W, ctx.B, *(sum(c * form[i] for c, form in forms) for i in range(3))))
+        if weight_terms and any(isinstance(p, WeightQuadratic) for _, p in terms):
+            parts.append(quadratic_form(ctx.W, ctx.B, *self.weight_form(epoch)))
         return sum(parts[1:], parts[0])
 
     def __repr__(self) -> str:

@@ -5,7 +5,10 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
 1. ``set_epoch(model, e, angle_factor=alignment_rate / loss_rate)`` so Kolen-Pollack's update,
    delivered inside the task backward (scaled by loss_rate), is alignment_rate * dW.
 2. For each of ``accumulate`` micro-batches (the step's batch split evenly), one backward of
-   ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``.
+   ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``,
+   where the kernels' quadratic forms in R_l (decay, self) are not in the graph: after the
+   backward, ``add_weight_gradients(model, alignment_rate)`` adds their gradient in closed form,
+   in place (the same gradient; no kernel-sized temporaries in a step).
 3. Which components update: while ``e < delay_epochs`` only the alignment optimizer (backward
    weights), every step; after the delay both, or (``alternating``) the alignment optimizer on
    even steps and the task optimizer (W, biases, BatchNorm) on odd steps. Each component's
@@ -57,7 +60,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
 
-from neural_alignment.api import alignment_loss, conversion_of, layer_metrics, set_epoch
+from neural_alignment.api import add_weight_gradients, alignment_loss, conversion_of, layer_metrics, set_epoch
 from neural_alignment.core.errors import RunFailure, UserError
 from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
@@ -297,7 +300,8 @@ class Trainer:
             task = F.cross_entropy(logits, y)
             if t.model_l2:
                 task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(self.model))
-            total = t.loss_rate * task + t.alignment_rate * alignment_loss(self.model)
+            # the kernels' quadratic forms (decay, self) are not in the graph: train_step adds their gradient
+            total = t.loss_rate * task + t.alignment_rate * alignment_loss(self.model, weight_terms=False)
         return total, task, logits
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -316,6 +320,7 @@ class Trainer:
             self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
             self.seen += len(ym) * self.backend.world_size
             self.nonfinite += (~torch.isfinite(total.detach())).float()
+        add_weight_gradients(self.model, t.alignment_rate)  # once per step: the same in every micro-batch
         if self.check_every and (step + 1) % self.check_every == 0:
             self.check_finite(step)
         updates = [

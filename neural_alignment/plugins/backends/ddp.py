@@ -9,7 +9,11 @@ Each process trains on its contiguous 1/world_size of every global batch (the se
 ``StepBatches`` order is the single source, so a checkpoint written by N processes resumes
 on M). ``DistributedDataParallel`` averages the gradient of every parameter across processes
 inside the backward: W's, and B's, whether it comes from the alignment loss or, for
-Kolen-Pollack, is delivered by the op during the task backward (dB = angle_scale * dW).
+Kolen-Pollack, is delivered by the op during the task backward (dB = angle_scale * dW). The
+kernels' quadratic forms (decay, self) add their gradient after the backward, in closed form
+from W and B, which every process holds alike: the same on each, nothing to average. A B whose
+gradient is all such terms (sa's: ``Rule.backward_gradient_in_graph`` False) is left out of
+DDP's reduction, which would otherwise wait for a gradient that never comes.
 Batch-wise operations see each process's local batch (BatchNorm, the alignment pass's batch
 means); ``sync_batchnorm: true`` makes BatchNorm's statistics global (torch's SyncBatchNorm,
 which runs on GPUs only), ``sync_alignment_means: true`` the alignment pass's batch means
@@ -176,6 +180,13 @@ class DDPBackend(Backend):
         """DistributedDataParallel around ``model`` (it broadcasts rank 0's parameters and
         buffers), compiled when asked."""
         ids = [self.device] if self.device.type == "cuda" else None
+        names = {id(p): name for name, p in model.named_parameters()}
+        closed_form_only = [
+            names[id(layer.backward_weight)]
+            for _, layer in aligned_layers(model)
+            if layer.backward_weight is not None and not layer.rule.backward_gradient_in_graph
+        ]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, closed_form_only)
         self._ddp = DistributedDataParallel(model, device_ids=ids)
         return super().wrap(self._ddp)
 
