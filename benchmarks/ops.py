@@ -3,7 +3,9 @@
     python benchmarks/ops.py [--threads 1] [--reps 15] [--clock cpu|wall] [--resnet-batch 32] [--only NAME,...]
 
 One training step is: forward, task loss, the rule's alignment loss, and ONE backward of
-(task + alignment) (no optimizer update: both sides would pay the same). The native side is
+(task + alignment), then the gradient of the kernels' quadratic forms (decay, self) added in
+closed form, as the trainer's step does (``add_weight_gradients``; no optimizer update: both
+sides would pay the same). The native side is
 the same network of torch layers and plain backprop. The networks: ResNet-18 and an MLP (Linear,
 Conv2d), a 1-d convnet (Conv1d), a 3-d convnet (Conv3d), a decoder (ConvTranspose2d) and the
 ``fmnist-vit`` vision transformer (MultiheadAttention, Linear, Conv2d). All sides run in this
@@ -60,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neural_alignment import alignment_loss, convert
+from neural_alignment import add_weight_gradients, alignment_loss, convert
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.core.primitives import PairedPrimitive
@@ -85,7 +87,8 @@ def native_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
 
 def aligned_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     task = F.cross_entropy(model(x), y)
-    (task + alignment_loss(model)).backward()
+    (task + alignment_loss(model, weight_terms=False)).backward()
+    add_weight_gradients(model)
 
 
 def extra_products(layer) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neural_alignment.core.context import AlignmentContext
+from neural_alignment.core.context import AlignmentContext, centred
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
 from neural_alignment.core.rules import FLAG_NAMES, RuleSpec, build_rule
 from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES
@@ -296,3 +296,19 @@ def test_g_is_the_detached_task_gradient():
     G = AlignmentContext(layer, rule_with()).G
     torch.testing.assert_close(G, layer.weight.grad)
     assert not G.requires_grad
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_centred_equals_autograd_of_the_plain_expression_to_second_order(dim):
+    """centred(t, dim)'s value, gradient and (create_graph) second derivative equal autograd's of
+    t - t.mean(dim, keepdim=True), float64, for an upstream gradient that is not centred."""
+    torch.manual_seed(3)
+    t = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 4, 3, dtype=torch.float64)
+    plain = t - t.mean(dim=dim, keepdim=True)
+    torch.testing.assert_close(centred(t, dim), plain, rtol=0, atol=1e-15)
+    (want,) = torch.autograd.grad((plain * g).sum(), t)
+    (got,) = torch.autograd.grad((centred(t, dim) * g).sum(), t)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda u: centred(u, dim), (t,))
+    assert torch.autograd.gradgradcheck(lambda u: centred(u, dim).pow(2), (t,))

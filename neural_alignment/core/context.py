@@ -39,20 +39,34 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+class _Centred(torch.autograd.Function):
+    """c = t - mean(t over ``dim``); the centring is a symmetric projection, so its backward is
+    g - mean(g over ``dim``): a reduction and a subtraction, where autograd's graph of the same
+    expression makes four passes over t's size (mean's expanded divide, the negation, the sum)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, dim: int) -> Tensor:
+        ctx.dim = dim
+        return t - t.mean(dim=dim, keepdim=True)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        return g - g.mean(dim=ctx.dim, keepdim=True), None
+
+
+def centred(t: Tensor, dim: int) -> Tensor:
+    """``t - t.mean(dim, keepdim=True)``, with the closed-form backward of :class:`_Centred`."""
+    return _Centred.apply(t, dim)
+
+
 def feature_centre(t: Tensor) -> Tensor:
     """t - mean over the non-batch axes, per example."""
-    flat = t.flatten(1)
-    return (flat - flat.mean(dim=1, keepdim=True)).view_as(t)
+    return centred(t.flatten(1), 1).view_as(t)
 
 
 def feature_l2_normalise(t: Tensor) -> Tensor:
     """Centre per example over its features, then divide by the L2 norm (floored at 1e-12)."""
     return F.normalize(feature_centre(t).flatten(1), dim=1, eps=1e-12).view_as(t)
-
-
-def batch_mean(t: Tensor) -> Tensor:
-    """The mean over the batch axis (kept as a size-1 axis)."""
-    return t.mean(dim=0, keepdim=True)
 
 
 def input_noise(like: Tensor, std: float, dist: str) -> Tensor:
@@ -79,7 +93,8 @@ class AlignmentContext:
     def batch_centre(self, t: Tensor) -> Tensor:
         """t - its batch mean: the layer's ``batch_mean(t)`` when it has one (a data-parallel
         backend sets a mean over every process's batch), else over this batch."""
-        return t - getattr(self.layer, "batch_mean", batch_mean)(t)
+        mean = getattr(self.layer, "batch_mean", None)
+        return centred(t, 0) if mean is None else t - mean(t)
 
     # -- inputs and kernels ---------------------------------------------------------------
     @property
