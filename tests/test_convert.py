@@ -203,6 +203,24 @@ def test_known_layers_and_excluded_modules_convert_without_a_warning():
     )
 
 
+def test_a_converted_model_converts_again_only_to_its_own_rule():
+    """Converting a converted model again: its aligned modules (layers and the attention) are
+    reported as already aligned, not as left on backprop, without a warning; another rule is a
+    UserError naming them, raised before anything changes."""
+    model = na.convert(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.MultiheadAttention(4, 2)), rule="fa")
+    layers = list(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = na.convert(model, rule="fa", strict=True)
+    record = na.conversion_of(again)
+    assert record.aligned == () and record.left == ()
+    assert record.already == (("0", "AlignedConv2d", "fa"), ("2", "AlignedMultiheadAttention", "fa"))
+    assert "already aligned: 0 (AlignedConv2d), 2 (AlignedMultiheadAttention)" in record.summary()
+    with pytest.raises(UserError, match=r"already aligned with another rule: 0 \(AlignedConv2d, rule 'fa'\)"):
+        na.convert(model, rule="sa")
+    assert list(model) == layers and model[0].rule.name == "fa"
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [

@@ -17,6 +17,10 @@ looked up, not transported back), excluded modules and what is inside them, and 
 class says ``weight_transport = False`` (parameters that enter additively, such as a position
 embedding). By default one ``ConversionWarning`` names every module left; ``strict=True``
 raises a ``UserError`` instead.
+
+A model converted before keeps its aligned modules (``Conversion.already``: they are not on
+backprop and are not flagged); asking for another rule than theirs is a ``UserError`` raised
+before anything changes (their B would otherwise keep training by the old rule unnoticed).
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from typing import Any
 
 from torch import nn
 
+from neural_alignment.core.attention import AlignedMultiheadAttention
 from neural_alignment.core.errors import UserError, did_you_mean
+from neural_alignment.core.layers import AlignedLayer
 
 __all__ = ["Conversion", "ConversionWarning", "conversion_of", "convert_modules"]
 
@@ -43,13 +49,15 @@ class ConversionWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Conversion:
-    """What one conversion did: ``aligned`` and ``excluded`` as (path, type name) and ``left``
-    as (path, type name, why) in module order; the path of the model itself is ``""``."""
+    """What one conversion did: ``aligned`` and ``excluded`` as (path, type name), ``left``
+    as (path, type name, why) and ``already`` (aligned by an earlier conversion) as (path, type
+    name, rule name), in module order; the path of the model itself is ``""``."""
 
     rule: str
     aligned: tuple[tuple[str, str], ...]
     excluded: tuple[tuple[str, str], ...]
     left: tuple[tuple[str, str, str], ...]
+    already: tuple[tuple[str, str, str], ...] = ()
 
     def left_text(self) -> str:
         """Each module left on backprop as ``path (type: why)``, separated by ``; ``."""
@@ -66,6 +74,9 @@ class Conversion:
             counts[kind] = counts.get(kind, 0) + 1
         kinds = ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "nothing"
         lines = [f"converted to rule {self.rule!r}: {kinds}"]
+        if self.already:
+            already = (f"{path or '<model>'} ({kind})" for path, kind, _ in self.already)
+            lines.append("already aligned: " + ", ".join(already))
         if self.excluded:
             lines.append("excluded (native backprop): " + ", ".join(path for path, _ in self.excluded))
         if self.left:
@@ -99,6 +110,14 @@ def convert_modules(
     """
     given: Iterable[Any] = op_specs.values() if isinstance(op_specs, Mapping) else op_specs
     specs = {spec.source: spec for spec in given}
+    already = _already_aligned(model)
+    rule_name = getattr(rule, "name", str(rule))
+    other = [f"{path or '<model>'} ({kind}, rule {name!r})" for path, kind, name in already if name != rule_name]
+    if other:
+        raise UserError(
+            f"convert(rule={rule_name!r}): the model is already aligned with another rule: {'; '.join(other)}; "
+            "convert the original torch model instead (a converted layer keeps its rule)"
+        )
     exclude = set(exclude)
     overrides = dict(overrides or {})
     names_of: dict[int, list[str]] = {}  # every name of each convertible module, in module order
@@ -126,13 +145,14 @@ def convert_modules(
             break
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, converted[id(module)])
-    done = {id(m) for m in converted.values()}
+    done = {id(m) for m in converted.values()} | {id(result.get_submodule(path)) for path, _, _ in already}
     skipped = {path for path, _ in excluded}
     report = Conversion(
-        getattr(rule, "name", str(rule)),
+        rule_name,
         tuple(aligned),
         tuple(excluded),
         tuple(_left_on_backprop(result, done, skipped, tuple(specs))),
+        tuple(already),
     )
     result.__dict__[_RECORD] = report
     if report.left and strict:
@@ -147,6 +167,18 @@ def convert_modules(
             stacklevel=3,
         )
     return result
+
+
+def _already_aligned(model: nn.Module) -> list[tuple[str, str, str]]:
+    """(path, type name, rule name) of each outermost module an earlier conversion aligned."""
+    found: list[tuple[str, str, str]] = []
+    for name, m in model.named_modules():
+        if any(name == p or name.startswith(p + ".") or p == "" for p, _, _ in found):
+            continue
+        if isinstance(m, AlignedLayer | AlignedMultiheadAttention):
+            layer = m if isinstance(m, AlignedLayer) else m.out_proj
+            found.append((name, type(m).__name__, layer.rule.name))
+    return found
 
 
 def _left_on_backprop(model: nn.Module, aligned: set[int], excluded: set[str], known: tuple[type, ...]):
