@@ -150,3 +150,33 @@ def test_fused_kernels_update_as_torchs_per_tensor_loop_and_load_its_state(name,
 def test_parameters_on_a_device_without_fused_kernels_keep_torchs_default():
     meta = [torch.nn.Parameter(torch.zeros(2, device="meta"))]
     assert not make_optimizer("adam", meta, 1e-3).defaults["fused"]
+
+
+@pytest.mark.parametrize(
+    "name, couples", [("sgd", True), ("nesterov", True), ("gd", True), ("adam", True), ("adamw", False)]
+)
+def test_extra_weight_decay_is_a_gradient_term_where_the_optimizer_couples_it(name, couples):
+    """set_extra_weight_decay(d) on a coupling optimizer updates as the gradient g + d p would, on
+    top of the recipe's own decay (restored by set_extra_weight_decay(0)); AdamW's decay is decoupled."""
+    torch.manual_seed(0)
+    start, grad = torch.randn(5, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+
+    def component(weight_decay):
+        p = torch.nn.Parameter(start.clone())
+        momentum = 0.0 if name == "gd" else 0.9
+        optimizer = make_optimizer(name, [p], 0.1, momentum, weight_decay)
+        return p, ComponentOptimizer(optimizer, make_lr_schedule(0.1, None, 1, 256))
+
+    p, folded = component(0.01)
+    assert folded.couples_weight_decay is couples
+    if not couples:
+        return
+    q, plain = component(0.01)
+    for step in range(3):
+        p.grad, q.grad = grad.clone(), grad + 0.5 * q.detach()
+        folded.set_extra_weight_decay(0.5)
+        folded.step(step)
+        plain.step(step)
+    torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    folded.set_extra_weight_decay(0.0)
+    assert [g["weight_decay"] for g in folded.optimizer.param_groups] == [0.01]

@@ -202,6 +202,22 @@ def test_add_quadratic_gradient_adds_autograds_gradient_of_the_form_in_place(for
     torch.testing.assert_close(B.grad, dB_again, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("form", [(1e-3, 1e-3, -2e-3), (1.0, 1.0, 0.0), (0.0, 0.0, -1.0)], ids=["sa", "decay", "self"])
+def test_add_quadratic_gradient_without_its_own_decay_leaves_2bb_B_to_the_optimizer(form):
+    """own_decay=False: B.grad + scale 2 bb B is the whole gradient, both when B.grad was there and
+    when it was None (then zeros when nothing else is left: the optimizer still sees a gradient)."""
+    ww, bb, wb = form
+    torch.manual_seed(4)
+    W, B = torch.randn(3, 4, dtype=F64), torch.randn(3, 4, dtype=F64, requires_grad=True)
+    whole = 0.7 * (2 * bb * B.detach() + wb * W)
+    for earlier in (None, torch.randn(3, 4, dtype=F64)):
+        B.grad = None if earlier is None else earlier.clone()
+        add_quadratic_gradient(W, B, ww, bb, wb, 0.7, own_decay=False)
+        assert B.grad is not None
+        base = 0.0 if earlier is None else earlier
+        torch.testing.assert_close(B.grad + 0.7 * 2 * bb * B.detach(), base + whole, rtol=1e-12, atol=1e-14)
+
+
 def test_a_rules_weight_terms_are_one_form_equal_to_the_sum_of_its_primitives(case):
     """The rule sums decay and self into one quadratic form: value and dB equal the sum of each
     primitive's own (the reference table's hand-written values)."""

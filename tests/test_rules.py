@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from neural_alignment.core.alignment import add_weight_gradients, alignment_loss, set_epoch
+from neural_alignment.core.alignment import add_weight_gradients, alignment_loss, backward_decay, set_epoch
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
@@ -275,6 +275,24 @@ def test_weight_terms_in_closed_form_give_the_gradients_of_the_whole_loss(name):
     assert closed.keys() == graph.keys() and any("backward_weight" in n for n in closed)
     for n in graph:
         torch.testing.assert_close(closed[n], graph[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_backward_decay_is_the_shared_coefficient_of_B_or_none():
+    """2 bb of every trained B with a forward: sa's 2e-3; None once a layer has another (aa's 0) or
+    before any forward; fa's untrained B does not count."""
+    torch.manual_seed(0)
+
+    def model(*rules):
+        net = nn.Sequential(*(AlignedLinear(3, 3, rule=rule(name), dtype=F64) for name in rules))
+        return net
+
+    net = model("sa", "sa", "fa")
+    assert backward_decay(net) is None  # no forward yet
+    net(torch.randn(2, 3, dtype=F64))
+    assert backward_decay(net) == pytest.approx(2e-3)
+    mixed = model("sa", "aa")
+    mixed(torch.randn(2, 3, dtype=F64))
+    assert backward_decay(mixed) is None
 
 
 def test_alignment_loss_without_aligned_layers_is_zero():

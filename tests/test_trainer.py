@@ -140,11 +140,16 @@ def test_accumulation_equals_the_large_batch(tmp_path, rule):
     assert not torch.equal(big["1.backward_weight"], initial["1.backward_weight"])
 
 
-@pytest.mark.parametrize("align_forward_weight", [False, True])
-def test_step_gradients_are_those_of_the_documented_sum(tmp_path, align_forward_weight):
-    """One train_step's gradients (the kernels' quadratic forms added in closed form after the
-    backward, not in the graph) equal autograd's of loss_rate * (task + model_l2 |W|^2 / 2) +
-    alignment_rate * R, R written out by hand for sa; with align_forward_weight W takes R's part too."""
+@pytest.mark.parametrize(
+    "align_forward_weight, clip", [(False, False), (True, False), (False, True)], ids=["fold", "W-aligned", "clipped"]
+)
+def test_a_step_updates_by_the_gradients_of_the_documented_sum(tmp_path, align_forward_weight, clip):
+    """One train_step with plain gradient descent at lr 1 moves every parameter by minus autograd's
+    gradient of loss_rate * (task + model_l2 |W|^2 / 2) + alignment_rate * R, R written out by hand
+    for sa (W takes R's part with align_forward_weight), although the kernels' quadratic forms are
+    not in the graph: their gradient is added in closed form, B's own decay folded into the
+    alignment optimizer's weight decay ("fold"), or, when clipping reads the gradients first,
+    written into the gradient itself ("clipped": the clip is too large to act)."""
     trainer = Trainer(
         recipe(
             "rule.name=sa",
@@ -153,8 +158,11 @@ def test_step_gradients_are_those_of_the_documented_sum(tmp_path, align_forward_
             "train.loss_rate=2",
             "train.alignment_rate=5",
             f"rule.align_forward_weight={str(align_forward_weight).lower()}",
-            "optim.task.lr=0.0",  # the step leaves the parameters where they are, the gradients readable
-            "optim.alignment.lr=0.0",
+            f"train.clip_grad_norm={1e9 if clip else 'null'}",
+            *(f"optim.{c}.{k}" for c in ("task", "alignment") for k in ("name=gd", "lr=1.0", "momentum=0.0")),
+            "optim.task.weight_decay=0.0",
+            "optim.task.schedule=null",
+            "optim.alignment.schedule=null",
         ),
         tmp_path / "run",
     )
@@ -178,9 +186,11 @@ def test_step_gradients_are_those_of_the_documented_sum(tmp_path, align_forward_
     step_total, step_task, _ = trainer.losses(x, y)
     torch.testing.assert_close(step_task, task)
     torch.testing.assert_close(step_total, 2 * task)  # sa is all quadratic forms: none left in the graph
+    assert trainer.optimizer_decay() == (None if clip else pytest.approx(5 * 2e-3))
+    before = {name: p.detach().clone() for name, p in params.items()}
     trainer.train_step(x, y)
     for name, param in params.items():
-        torch.testing.assert_close(param.grad, expected[name], rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(before[name] - param.detach(), expected[name], rtol=1e-10, atol=1e-12, msg=name)
     assert len(forward_weights(trainer.model)) == 2 and len(backward_weights(trainer.model)) == 2
     assert trainer.task.noisy == [] and trainer.alignment.noisy == []
 

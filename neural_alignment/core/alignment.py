@@ -6,7 +6,8 @@
 - ``add_weight_gradients(model, scale)``, called after the backward, adds ``scale`` times their
   gradient to B.grad (and W.grad when the rule aligns W) in closed form, in place: the
   trainer's step, equal to ``scale * alignment_loss(model)`` in the loss (tests/test_rules.py)
-  without a graph or a kernel-sized temporary per layer.
+  without a graph or a kernel-sized temporary per layer; with ``decay_in_optimizer`` it leaves
+  B's own decay ``2 bb B`` (``backward_decay(model)``) to B's optimizer's weight decay.
 - ``set_epoch(model, epoch, angle_factor)`` sets ``layer.epoch`` and writes
   ``rule.coefficient("angle", epoch) * angle_factor`` into ``layer.angle_scale`` in place,
   so the op's delivered angle update follows the schedule without reallocating a tensor
@@ -40,19 +41,41 @@ def set_epoch(model: nn.Module, epoch: float, angle_factor: float = 1.0) -> None
         layer.angle_scale.fill_(layer.rule.coefficient("angle", epoch) * angle_factor)
 
 
-def add_weight_gradients(model: nn.Module, scale: float = 1.0) -> None:
+def add_weight_gradients(model: nn.Module, scale: float = 1.0, decay_in_optimizer: bool = False) -> None:
     """Add ``scale`` times the gradient of every aligned layer's quadratic forms of its kernels
     (``rule.weight_form`` at the layer's ``epoch``: decay, self) to B.grad, and to W.grad when the
-    rule aligns W, in place (``core.primitives.add_quadratic_gradient``). A layer without a forward
-    since it was built (``last_input`` None) or without a trained B gets none, as in ``alignment_loss``.
+    rule aligns W, in place (``core.primitives.add_quadratic_gradient``). ``decay_in_optimizer``:
+    B's own term ``scale 2 bb B`` is left out, for B's optimizer to add as its weight decay
+    (:func:`backward_decay` gives the coefficient). A layer without a forward since it was built
+    (``last_input`` None) or without a trained B gets none, as in ``alignment_loss``.
     Each layer keeps its gradient buffer between calls (``weight_gradient_buffer``)."""
-    for _, layer in aligned_layers(model):
-        B = layer.backward_weight
-        if B is None or not B.requires_grad or layer.last_input is None:
-            continue
-        ww, bb, wb = layer.rule.weight_form(layer.epoch)
-        if not (ww or bb or wb):
-            continue
+    for layer, (ww, bb, wb) in _weight_forms(model):
         W = layer.weight if layer.rule.align_forward_weight else layer.weight.detach()
         buffer = layer.__dict__.get("weight_gradient_buffer")
-        layer.__dict__["weight_gradient_buffer"] = add_quadratic_gradient(W, B, ww, bb, wb, scale, buffer)
+        layer.__dict__["weight_gradient_buffer"] = add_quadratic_gradient(
+            W, layer.backward_weight, ww, bb, wb, scale, buffer, own_decay=not decay_in_optimizer
+        )
+
+
+def backward_decay(model: nn.Module) -> float | None:
+    """``2 bb``: the coefficient of B in the gradient of the quadratic forms (its weight decay), when
+    every trained B of a layer with a forward shares it (0 for a layer without a form); None when
+    they differ or there is no such B."""
+    decays = {2 * layer.rule.weight_form(layer.epoch)[1] for layer in _trained(model)}
+    return decays.pop() if len(decays) == 1 else None
+
+
+def _trained(model: nn.Module):
+    """The aligned layers with a trained B and a forward since they were built."""
+    for _, layer in aligned_layers(model):
+        B = layer.backward_weight
+        if B is not None and B.requires_grad and layer.last_input is not None:
+            yield layer
+
+
+def _weight_forms(model: nn.Module):
+    """(layer, (ww, bb, wb)) of each of :func:`_trained`'s layers with a nonzero form."""
+    for layer in _trained(model):
+        form = layer.rule.weight_form(layer.epoch)
+        if any(form):
+            yield layer, form

@@ -122,33 +122,48 @@ def quadratic_form(W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: f
 
 @torch.no_grad()
 def add_quadratic_gradient(
-    W: torch.Tensor, B: torch.Tensor, ww: float, bb: float, wb: float, scale: float, buffer: torch.Tensor | None = None
+    W: torch.Tensor,
+    B: torch.Tensor,
+    ww: float,
+    bb: float,
+    wb: float,
+    scale: float,
+    buffer: torch.Tensor | None = None,
+    own_decay: bool = True,
 ) -> torch.Tensor | None:
     """Add ``scale`` times the gradient of ``q = ww sum W^2 + bb sum B^2 + wb sum W*B`` to the
     gradient of each kernel that requires one, in place, without an autograd graph::
 
         B.grad += scale (2 bb B + wb W)          W.grad += scale (2 ww W + wb B)
 
-    (what :func:`quadratic_form` gives through autograd; pass W detached to leave W out). When
-    ``B.grad`` is None, the sum is written into ``buffer`` (shaped like B, kept by the caller from one
-    step to the next; allocated when None or of another shape), which becomes ``B.grad``: a step
-    makes one or two passes over the kernel and allocates no kernel-sized tensor. Returns B's buffer.
+    (what :func:`quadratic_form` gives through autograd; pass W detached to leave W out). With
+    ``own_decay=False`` B's term ``scale 2 bb B`` is left out: the caller's optimizer adds it as its
+    weight decay, inside its own pass over B. When ``B.grad`` is None, the sum is written into
+    ``buffer`` (shaped like B, kept by the caller from one step to the next; allocated when None or
+    of another shape), which becomes ``B.grad`` (zeros when nothing is left to write: the optimizer
+    then still decays B): a step makes at most two passes over the kernel and allocates no
+    kernel-sized tensor. Returns B's buffer.
     """
     if W.requires_grad and (ww or wb):
         if W.grad is None:  # W aligned (align_forward_weight) before any task gradient: rare
             W.grad = torch.zeros_like(W)
         _add_terms(W.grad, W, 2 * ww * scale, B, wb * scale)
+    own = 2 * bb * scale if own_decay else 0.0
     if B.requires_grad and (bb or wb):
         if B.grad is None:
             if buffer is None or buffer.shape != B.shape:
                 buffer = torch.empty_like(B)
-            first, a, other, c = (B, 2 * bb * scale, W, wb * scale) if bb else (W, wb * scale, B, 0.0)
-            torch.mul(first, a, out=buffer)
-            if c:
-                buffer.add_(other, alpha=c)
+            if own:
+                torch.mul(B, own, out=buffer)
+                if wb:
+                    buffer.add_(W, alpha=wb * scale)
+            elif wb:
+                torch.mul(W, wb * scale, out=buffer)
+            else:
+                buffer.zero_()
             B.grad = buffer
         else:
-            _add_terms(B.grad, B, 2 * bb * scale, W, wb * scale)
+            _add_terms(B.grad, B, own, W, wb * scale)
     return buffer
 
 

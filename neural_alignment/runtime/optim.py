@@ -130,6 +130,27 @@ class ComponentOptimizer:
         self.lr = lr
         self.noise_std = float(noise_std)
         self.noisy = list(noisy) if self.noise_std > 0 else []
+        self.weight_decay = [float(group["weight_decay"]) for group in optimizer.param_groups]
+        """Each group's own weight decay (the recipe's), to which :meth:`set_extra_weight_decay` adds."""
+
+    @property
+    def couples_weight_decay(self) -> bool:
+        """True when the optimizer adds ``weight_decay * p`` to each gradient before its update (SGD,
+        Adam; not AdamW's decoupled decay): a term ``d p`` of the gradient can then be its weight decay."""
+        opt = self.optimizer
+        if isinstance(opt, torch.optim.SGD):
+            return True
+        return (
+            isinstance(opt, torch.optim.Adam)
+            and not isinstance(opt, torch.optim.AdamW)
+            and not any(group.get("decoupled_weight_decay", False) for group in opt.param_groups)
+        )
+
+    def set_extra_weight_decay(self, extra: float) -> None:
+        """Every group's weight decay becomes its own plus ``extra`` (a gradient term ``extra * p``
+        the optimizer then adds inside its own pass; only where :attr:`couples_weight_decay`)."""
+        for group, own in zip(self.optimizer.param_groups, self.weight_decay, strict=True):
+            group["weight_decay"] = own + extra
 
     @property
     def params(self) -> list[torch.Tensor]:

@@ -8,7 +8,10 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
    ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``,
    where the kernels' quadratic forms in R_l (decay, self) are not in the graph: after the
    backward, ``add_weight_gradients(model, alignment_rate)`` adds their gradient in closed form,
-   in place (the same gradient; no kernel-sized temporaries in a step).
+   in place (the same gradient; no kernel-sized temporaries in a step). B's own decay in it
+   (``alignment_rate * 2 bb B``) is the alignment optimizer's weight decay instead when that
+   optimizer adds its decay to the gradient (SGD, Adam) and nothing clips first
+   (``optimizer_decay``): the same update, one pass over B fewer.
 3. Which components update: while ``e < delay_epochs`` only the alignment optimizer (backward
    weights), every step; after the delay both, or (``alternating``) the alignment optimizer on
    even steps and the task optimizer (W, biases, BatchNorm) on odd steps. Each component's
@@ -61,6 +64,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neural_alignment.api import add_weight_gradients, alignment_loss, conversion_of, layer_metrics, set_epoch
+from neural_alignment.core.alignment import backward_decay
 from neural_alignment.core.errors import RunFailure, UserError
 from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
@@ -304,6 +308,17 @@ class Trainer:
             total = t.loss_rate * task + t.alignment_rate * alignment_loss(self.model, weight_terms=False)
         return total, task, logits
 
+    def optimizer_decay(self) -> float | None:
+        """B's own decay in the closed-form gradient, ``alignment_rate * 2 bb`` (``backward_decay``),
+        when the alignment optimizer can add it as its weight decay, in its own pass over B: it
+        couples its weight decay to the gradient (SGD, Adam), clipping does not read the gradient
+        first, and every trained B shares the coefficient. Else None: the gradient holds it."""
+        t = self.recipe.train
+        if self.alignment is None or t.clip_grad_norm or not self.alignment.couples_weight_decay:
+            return None
+        decay = backward_decay(self.model)
+        return None if decay is None else t.alignment_rate * decay
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step at ``self.step`` on this process's part (x, y) of the global batch;
         accumulates the running stats. No host read of a device value, except at check steps."""
@@ -320,7 +335,10 @@ class Trainer:
             self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
             self.seen += len(ym) * self.backend.world_size
             self.nonfinite += (~torch.isfinite(total.detach())).float()
-        add_weight_gradients(self.model, t.alignment_rate)  # once per step: the same in every micro-batch
+        decay = self.optimizer_decay()
+        add_weight_gradients(self.model, t.alignment_rate, decay_in_optimizer=decay is not None)  # once per step
+        if self.alignment is not None:
+            self.alignment.set_extra_weight_decay(decay or 0.0)
         if self.check_every and (step + 1) % self.check_every == 0:
             self.check_finite(step)
         updates = [
