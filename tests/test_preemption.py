@@ -60,12 +60,22 @@ def start(run_dir, *overrides, steps=LONG):
 
 
 def wait_for_training(run_dir, process, what="metrics.jsonl"):
-    """Until ``run_dir/what`` holds data (the run is past its first step)."""
+    """Until ``run_dir/what`` holds data and, for ``metrics.jsonl``, a record past step 0 (the record
+    of step 0 is written before the first step: a signal then could stop a run with nothing trained)."""
     deadline = time.monotonic() + 120
-    while not ((run_dir / what).is_file() and (run_dir / what).stat().st_size):
+    while not _written(run_dir / what):
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
+
+
+def _written(path):
+    if not (path.is_file() and path.stat().st_size):
+        return False
+    if path.name != "metrics.jsonl":
+        return True
+    lines = path.read_text().splitlines()
+    return len(lines) > 1 and lines[-1].endswith("}")  # a whole record after step 0's
 
 
 def records(run_dir):
