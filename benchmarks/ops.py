@@ -9,9 +9,11 @@ sides would pay the same). The native side is
 the same network of torch layers and plain backprop. The networks: ResNet-18 and an MLP (Linear,
 Conv2d), a 1-d convnet (Conv1d), a 3-d convnet (Conv3d), a decoder (ConvTranspose2d) and the
 ``fmnist-vit`` vision transformer (MultiheadAttention, Linear, Conv2d). All sides run in this
-process, interleaved repetition by repetition (in a shuffled order) after a warm-up, with the
-same thread count; the ratio is the median over repetitions of (rule step / native step of
-the same repetition). The clock is the process's CPU time by default, with one thread: on a
+process after a warm-up, with the same thread count; in each repetition every rule's step is
+timed right beside a native step (the rules in a shuffled order, each pair in a random order),
+and the ratio is the median over repetitions of (rule step / the native step beside it). ``bp``
+(the aligned layers with B = W implicitly: plain torch ops) is the noise floor. The clock is the
+process's CPU time by default, with one thread: on a
 shared machine the wall clock (and, with several threads, OpenMP barriers waiting for a
 descheduled thread) measures the neighbours, not the step.
 
@@ -202,16 +204,19 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     variants = {"native": (copy.deepcopy(native), native_step)}  # every side a copy: same allocation history
     for name in RULES:
         variants[name] = (convert(copy.deepcopy(native), rule=name), aligned_step)
-    times = {name: [] for name in variants}
-    order = list(variants)
-    shuffle = random.Random(0).shuffle
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    ratios: dict[str, list[float]] = {name: [] for name in RULES}
+    order = list(RULES)
+    rng = random.Random(0)
     for rep in range(warmup + reps):
-        shuffle(order)  # no variant always runs right after the same neighbour
-        for name in order:
-            model, step = variants[name]
-            seconds = timed(step, model, x, y, clock)
+        rng.shuffle(order)  # no rule always runs right after the same neighbour
+        for name in order:  # each rule's step beside a native one, the pair in a random order
+            pair = ["native", name] if rng.random() < 0.5 else [name, "native"]
+            seconds = {side: timed(variants[side][1], variants[side][0], x, y, clock) for side in pair}
             if rep >= warmup:
-                times[name].append(seconds)
+                times["native"].append(seconds["native"])
+                times[name].append(seconds[name])
+                ratios[name].append(seconds[name] / seconds["native"])
     costs = layer_costs(variants["bp"][0], x, clock)
     base = statistics.median(times["native"])
     print(f"\n{title}: native step {base * 1e3:.1f} ms (median of {reps})")
@@ -219,7 +224,7 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     all_ok = True
     for name in RULES:
         model = variants[name][0]
-        ratio = statistics.median(t / n for t, n in zip(times[name], times["native"], strict=True))
+        ratio = statistics.median(ratios[name])
         b = bound(model, costs)
         limit = FA_LIMIT if name == "fa" else 1.15 * b
         ok = ratio <= limit
