@@ -283,8 +283,7 @@ def test_backward_decay_is_the_shared_coefficient_of_B_or_none():
     torch.manual_seed(0)
 
     def model(*rules):
-        net = nn.Sequential(*(AlignedLinear(3, 3, rule=rule(name), dtype=F64) for name in rules))
-        return net
+        return nn.Sequential(*(AlignedLinear(3, 3, rule=rule(name), dtype=F64) for name in rules))
 
     net = model("sa", "sa", "fa")
     assert backward_decay(net) is None  # no forward yet

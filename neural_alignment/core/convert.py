@@ -169,11 +169,16 @@ def convert_modules(
     return result
 
 
+def _inside(name: str, subtrees: Iterable[str]) -> bool:
+    """Whether the module path ``name`` is one of ``subtrees`` or below one ("" is the whole model)."""
+    return any(p == "" or name == p or name.startswith(p + ".") for p in subtrees)
+
+
 def _already_aligned(model: nn.Module) -> list[tuple[str, str, str]]:
     """(path, type name, rule name) of each outermost module an earlier conversion aligned."""
     found: list[tuple[str, str, str]] = []
     for name, m in model.named_modules():
-        if any(name == p or name.startswith(p + ".") or p == "" for p, _, _ in found):
+        if _inside(name, (path for path, _, _ in found)):
             continue
         if isinstance(m, AlignedLayer | AlignedMultiheadAttention):
             layer = m if isinstance(m, AlignedLayer) else m.out_proj
@@ -185,7 +190,7 @@ def _left_on_backprop(model: nn.Module, aligned: set[int], excluded: set[str], k
     """(path, type name, why) of each weight-bearing module outside the aligned and excluded ones."""
     inside: list[str] = []  # prefixes of the aligned and excluded subtrees
     for name, m in model.named_modules():
-        if any(p == "" or name == p or name.startswith(p + ".") for p in inside):
+        if _inside(name, inside):
             continue
         if id(m) in aligned or name in excluded:
             inside.append(name)
