@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from neural_alignment.core.context import AlignmentContext, centred
-from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
+from neural_alignment.core.layers import AlignedConv1d, AlignedConv2d, AlignedConvTranspose2d, AlignedLinear
 from neural_alignment.core.rules import FLAG_NAMES, RuleSpec, build_rule
 from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES
 from neural_alignment.plugins.rules import BUILTIN_RULES
@@ -312,3 +312,40 @@ def test_centred_equals_autograd_of_the_plain_expression_to_second_order(dim):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     assert torch.autograd.gradcheck(lambda u: centred(u, dim), (t,))
     assert torch.autograd.gradgradcheck(lambda u: centred(u, dim).pow(2), (t,))
+
+
+# --- FO BWMC alone: fr reconstructs the centred fp ------------------------------------------
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda rule: AlignedLinear(6, 5, rule=rule, dtype=F64), (7, 3, 6)),  # a sequence: batch axis 0 only
+        (lambda rule: AlignedConv1d(3, 4, 4, stride=2, padding=2, rule=rule, dtype=F64), (5, 3, 11)),
+        (lambda rule: AlignedConv1d(3, 4, 4, padding="same", padding_mode="reflect", rule=rule, dtype=F64), (5, 3, 9)),
+        (lambda rule: AlignedConvTranspose2d(3, 2, 3, stride=2, padding=1, rule=rule, dtype=F64), (4, 3, 5, 5)),
+    ],
+)
+def test_fr_centred_before_the_reconstruction_equals_centred_after(make, shape):
+    """fr = reconstruct(fp, B) with fp centred equals centre(reconstruct(relu(y), B)), value and dB
+    (ddp's global batch mean: tests/test_ddp.py's two processes against one)."""
+    rule = rule_with({"null": 1.0}, flags={"fo_bias": True, "fo_relu": True, "fo_bwmc": True, "bi_bwmc": True})
+    torch.manual_seed(0)
+    layer = make(rule)
+    layer(torch.randn(*shape, dtype=F64) + 0.7)
+    ctx = AlignmentContext(layer, rule)
+    assert ctx.centring_commutes
+    out = torch.relu(layer.last_output.detach())
+    after = layer.reconstruct(out, layer.backward_weight, ctx.x)
+    after = after - after.mean(0, keepdim=True)  # docs/design.md's order: reconstruct, then centre
+    torch.testing.assert_close(ctx.fr, after, rtol=1e-12, atol=1e-12)
+    (expected,) = torch.autograd.grad(after.pow(2).sum(), layer.backward_weight)
+    (got,) = torch.autograd.grad(ctx.fr.pow(2).sum(), layer.backward_weight)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_with_feature_centring_too_fr_is_centred_after_the_reconstruction():
+    """FO FWMC does not commute with the reconstruction: fr keeps docs/design.md's order."""
+    rule = rule_with(flags={"fo_fwmc": True, "fo_bwmc": True})
+    layer = dense_layer(rule)
+    ctx = AlignmentContext(layer, rule)
+    assert not ctx.centring_commutes
+    assert_fields_match(fields_of(ctx), reference_pass(layer, {"fo_fwmc": True, "fo_bwmc": True}))

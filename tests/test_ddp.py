@@ -37,6 +37,7 @@ RULES = ["bp", "sa", "aa", "kp"]
 VARIANTS = {
     "kp-accumulate": (("kp", "train.accumulate=2"), ()),  # DDP averages once per step (no_sync before)
     "wm-global-means": (("wm",), ("backend.options={sync_alignment_means: true}",)),  # BI/FO BWMC
+    "ia-global-means": (("ia",), ("backend.options={sync_alignment_means: true}",)),  # fr of the centred fp
 }
 HERE = Path(__file__).resolve().parent
 
@@ -73,8 +74,8 @@ def assert_same_weights(a, b, tol):
 
 
 def test_two_processes_train_like_one_on_the_global_batch(tmp_path):
-    """bp, sa, aa, kp (and kp with 2 micro-batches, wm with the alignment pass's batch means over
-    both processes): W, biases and B after 6 steps equal the one-process run's, and so do the
+    """bp, sa, aa, kp (and kp with 2 micro-batches, wm and ia with the alignment pass's batch
+    means over both processes): W, biases and B after 6 steps equal the one-process run's, and so do the
     logged losses (sums all-reduced) and the test metrics (each process evaluates half)."""
     names = [*RULES, *VARIANTS]
     subprocess.run(

@@ -18,6 +18,8 @@ in order; "per example over its features" = over every non-batch axis):
 6. reconstructions ``fr = reconstruct(fp, B)``, ``br = reconstruct(bp, W)`` from the
    projections of step 5 (fp B / bp W; conv_transpose2d with x's size for a conv).
 7. FO FWMC, FO FWL2N, FO BWMC on fp and fr (that order); BO FWMC, BO FWL2N on bp and br.
+   When FO BWMC is the only one, fr reconstructs the centred fp instead (the same field:
+   batch centring commutes with the linear, per-example reconstruction).
 
 ``W`` is the layer's weight, detached unless ``rule.align_forward_weight``; ``B`` is the
 backward weight itself (alignment gradients reach it); ``G`` is the task gradient of W
@@ -197,9 +199,23 @@ class AlignmentContext:
         """The backward projection after BO FWMC, BO FWL2N."""
         return _apply(self._bp, self._backward_ops())
 
+    @property
+    def centring_commutes(self) -> bool:
+        """True when FO BWMC is the forward path's only output operation: batch centring then
+        commutes with the reconstruction (see :attr:`fr`)."""
+        f = self.flags
+        return f.fo_bwmc and not (f.fo_fwmc or f.fo_fwl2n)
+
     @cached_property
     def fr(self) -> Tensor:
-        """reconstruct(fp, B) (fp before the output operations), then FO FWMC, FO FWL2N, FO BWMC."""
+        """reconstruct(fp, B) (fp before the output operations), then FO FWMC, FO FWL2N, FO BWMC.
+
+        With FO BWMC alone it is reconstruct(fp, B) of the centred fp: ``reconstruct`` is linear
+        and maps every example alike (docs/internals.md), so centring over the batch before it
+        equals centring after it, and fp is centred already: the input-sized centring and its
+        backward are saved (the same holds for a data-parallel global batch mean)."""
+        if self.centring_commutes:
+            return self.layer.reconstruct(self.fp, self.B, self.x)
         return _apply(self.layer.reconstruct(self._fp, self.B, self.x), self._forward_ops())
 
     @cached_property
