@@ -238,22 +238,45 @@ def test_a_search_killed_and_resumed_ran_one_trial_per_accelerator_on_both_nodes
         assert summary["placement"]["backend"] == "cpu"  # accel is not a GPU or TPU: the recipe's backend
 
 
+def held_trial_folder(processes: list, trials: Path) -> Path | None:
+    """The trial run folder one of ``processes`` holds open (a run holds its folder's lock descriptor as it runs)."""
+    for process in processes:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{process.pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = Path(os.readlink(fd))
+                    if target.parent == trials:
+                        return target
+    return None
+
+
+def logged_steps(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line)["step"] for line in lines if line.endswith("}")]
+
+
 def test_a_trial_on_a_killed_node_is_retried_on_another_and_the_search_ends_whole(on_cluster, tmp_path):
-    """Last in the module: it kills the worker node."""
+    """Last in the module: it kills the worker node (every process of it at once, as a lost machine)
+    while the node trains a trial, past its first records and before its end."""
     _, worker, folder = on_cluster
     out = tmp_path / "lost-node"
     log = (tmp_path / "driver.log").open("w")
-    driver = subprocess.Popen(search_command(folder, out, 150), stdout=log, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(search_command(folder, out, 400), stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and driver.poll() is None and not worker.running_trials():
-            time.sleep(0.1)
-        assert worker.running_trials(), (
-            f"no trial ran on the worker node: {(tmp_path / 'driver.log').read_text()[-3000:]}"
-        )
-        time.sleep(1)  # into its training
-        before = {r["trial"] for r in records(out)}
-        worker.raylet().kill()  # the worker node dies mid-trial
+        lost = None
+        while time.monotonic() < deadline and driver.poll() is None:
+            lost = lost or held_trial_folder(worker.running_trials(), out / "trials")
+            if lost is not None and any(step > 0 for step in logged_steps(lost)):
+                break
+            time.sleep(0.05)
+        assert lost is not None, f"no trial ran on the worker node: {(tmp_path / 'driver.log').read_text()[-3000:]}"
+        node = [psutil.Process(worker.process.pid), *psutil.Process(worker.process.pid).children(recursive=True)]
+        for process in node:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        assert not (lost / "summary.json").exists(), "the worker's trial ended before its node was killed"
         driver.wait(timeout=300)
     finally:
         if driver.poll() is None:
@@ -263,6 +286,7 @@ def test_a_trial_on_a_killed_node_is_retried_on_another_and_the_search_ends_whol
     got = records(out)  # every line parses: the record stays whole
     assert len(got) == 4 and len({r["trial"] for r in got}) == 4
     assert all(r["status"] == "finished" for r in got)  # the lost trial was retried, not dropped
-    # every trial that finished after the kill, the one the worker was training among them, did so on the head
-    assert len(before) < 4 and all(r["placement"]["node_ip"] == HEAD_IP for r in got if r["trial"] not in before)
+    retried = next(r for r in got if Path(r["run_dir"]).name == lost.name)
+    assert retried["placement"]["node_ip"] == HEAD_IP  # on the node that was left
+    assert retried["steps"] == 400 and logged_steps(lost)[-1] == 400
     assert_one_trial_per_node_at_a_time(got)
