@@ -25,7 +25,8 @@ layer, what its alignment pass runs (``AlignmentContext`` decides), each a produ
 those three kinds on the layer's own shapes:
 
     fp  project(x, W)                          forward (none when it reuses the layer's output)
-    bp  project(x, B), and dB                  forward + kernel
+    bp  project(x, B), and dB                  forward + kernel (kernel alone where only an
+                                               inner product reads it: ``bp_by_kernel_product``)
     fr  reconstruct(fp, B), and dB             input + kernel
     br  reconstruct(bp, W), and its d(bp)      input + forward
 
@@ -105,9 +106,11 @@ def extra_products(layer) -> list[str]:
         if isinstance(primitive, PairedPrimitive):
             fields |= {f for f in (primitive.p, primitive.q) if f in FIELD_PRODUCTS}
     fields |= {FIELD_DEPENDS[f] for f in fields if f in FIELD_DEPENDS}
-    if AlignmentContext(layer, rule).reuses_output:
+    ctx = AlignmentContext(layer, rule)
+    if ctx.reuses_output:
         fields.discard("fp")
-    return [product for f in sorted(fields) for product in FIELD_PRODUCTS[f]]
+    products = {**FIELD_PRODUCTS, "bp": ("kernel",)} if ctx.bp_by_kernel_product else FIELD_PRODUCTS
+    return [product for f in sorted(fields) for product in products[f]]
 
 
 def median_seconds(run, clock, reps: int = 5) -> float:

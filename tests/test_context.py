@@ -204,8 +204,8 @@ def test_noise_then_input_ops():
 
 # --- laziness and reuse --------------------------------------------------------------------
 def spy(monkeypatch, layer):
-    """Count calls of the layer's real project/reconstruct."""
-    calls = {"project": 0, "reconstruct": 0}
+    """Count calls of the layer's real project/reconstruct/kernel_gradient."""
+    calls = {"project": 0, "reconstruct": 0, "kernel_gradient": 0}
     for name in calls:
         real = getattr(layer, name)
 
@@ -229,7 +229,7 @@ def test_weight_rules_never_project(monkeypatch, name, make):
         layer.weight.grad = torch.ones_like(layer.weight)
     calls = spy(monkeypatch, layer)
     rule.regularizer(layer).backward()
-    assert calls == {"project": 0, "reconstruct": 0}
+    assert calls == {"project": 0, "reconstruct": 0, "kernel_gradient": 0}
     assert layer.backward_weight.grad is not None
 
 
@@ -239,7 +239,7 @@ def test_fields_are_computed_once(monkeypatch):
     calls = spy(monkeypatch, layer)
     ctx = AlignmentContext(layer, rule)
     _ = ctx.bp, ctx.bp, ctx.br, ctx.br  # each field read twice
-    assert calls == {"project": 1, "reconstruct": 1}
+    assert calls == {"project": 1, "reconstruct": 1, "kernel_gradient": 0}
 
 
 @pytest.mark.parametrize(
@@ -269,12 +269,36 @@ def test_fp_reuses_the_layer_output_when_nothing_changed(monkeypatch, options, b
     np.testing.assert_allclose(fp.detach().numpy(), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_wm_regularizer_projects_only_the_backward_path(monkeypatch):
+def test_wm_regularizer_runs_one_kernel_product_and_no_projection(monkeypatch):
+    """wm reads bp only through amp's sum fp*bp, and fp is the layer's output: <K, B> with K the
+    kernel product of (x_b, fp) (the value and dB checked on every layer kind in test_layer_zoo)."""
     rule = build_rule(SPECS["wm"], TABLE)
     layer = dense_layer(rule)
     calls = spy(monkeypatch, layer)
     rule.regularizer(layer)
-    assert calls == {"project": 1, "reconstruct": 0}
+    assert calls == {"project": 0, "reconstruct": 0, "kernel_gradient": 1}
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"flags": {"bo_relu": True}},  # bp not linear in B
+        {"flags": {"bo_fwl2n": True}},
+        {"flags": {"bo_bias": True}},  # the layer's bias added to bp
+        {"weights": {"amp": 1.0, "sparse": 1.0}},  # a second reader of bp
+        {"align_forward_weight": True},  # fp depends on W, which takes the gradient too
+    ],
+    ids=["bo_relu", "bo_fwl2n", "bo_bias", "sparse", "align_w"],
+)
+def test_amp_forms_bp_where_the_kernel_product_would_not_give_it(monkeypatch, options):
+    rule = rule_with(**{"weights": {"amp": 1.0}, **options})
+    layer = dense_layer(rule)
+    ctx = AlignmentContext(layer, rule)
+    assert not ctx.bp_by_kernel_product
+    calls = spy(monkeypatch, layer)
+    value = TABLE["amp"](ctx)
+    assert calls["kernel_gradient"] == 0 and "bp" in ctx.__dict__
+    torch.testing.assert_close(value, -(ctx.fp * ctx.bp).sum() / 7)
 
 
 # --- kernels and task gradient -------------------------------------------------------------

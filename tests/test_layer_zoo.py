@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import neural_alignment as na
+from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.layers import aligned_layers
 from neural_alignment.registry import Registry
 from neural_alignment.runtime.snapshots import load_snapshot, sample_indices, save_snapshot
@@ -124,3 +125,41 @@ def test_direct_feedback_sends_the_output_error_to_every_new_layer():
     torch.testing.assert_close(x.grad, expected)
     for name, layer in aligned_layers(model):
         assert hasattr(layer, "direct_feedback_matrix"), name  # every layer got its error from e
+
+
+def test_each_layers_kernel_gradient_is_autograds_through_its_project():
+    """kernel_gradient(x, dy, B) = d<dy, project(x, K)>/dK: each layer's kernel product alone
+    (padding mode, stride, transposed, the attention's packed projection) against autograd."""
+    model = zoo("wm")
+    model(batch()[0])
+    for name, layer in aligned_layers(model):
+        x, B = layer.last_input, layer.backward_weight.detach()
+        leaf = B.clone().requires_grad_()
+        y = layer.project(x, leaf)
+        dy = torch.randn_like(y)
+        (expected,) = torch.autograd.grad(y, leaf, dy)
+        torch.testing.assert_close(layer.kernel_gradient(x, dy, B), expected, msg=name)
+
+
+@pytest.mark.parametrize("rule", ["wm", "ia"])
+def test_amp_through_the_kernel_product_equals_amp_of_the_formed_bp_on_every_layer(rule):
+    """wm's and ia's amp = -sum mean(fp * bp), bp = project(x - batch mean x, B) formed here by hand
+    (Akrout's flags: fp = relu(the layer's output) centred over the batch): the same value and dB,
+    while the pass itself never formed bp."""
+    model = zoo(rule)
+    model(batch()[0])
+    amp = na.get_rule(rule).primitives["amp"]
+    for name, layer in aligned_layers(model):
+        ctx = AlignmentContext(layer, layer.rule)
+        assert ctx.bp_by_kernel_product, name
+        value = amp(ctx)
+        (dB,) = torch.autograd.grad(value, layer.backward_weight)
+        assert "bp" not in ctx.__dict__ and "_bp" not in ctx.__dict__, name
+        x = layer.last_input
+        fp = torch.relu(layer.project(x, layer.weight.detach(), layer.bias.detach()))
+        fp = fp - fp.mean(0)
+        bp = layer.project(x - x.mean(0), layer.backward_weight)
+        expected = -(fp * bp).sum() / len(x)
+        (expected_dB,) = torch.autograd.grad(expected, layer.backward_weight)
+        torch.testing.assert_close(value, expected, msg=name)
+        torch.testing.assert_close(dB, expected_dB, msg=name)

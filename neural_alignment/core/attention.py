@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from neural_alignment.core.layers import AlignedLayer, AlignedLinear, match_backward_scale
+from neural_alignment.core.layers import AlignedLinear, DenseLayer, match_backward_scale
 from neural_alignment.core.ops import aligned_linear
 
 __all__ = ["AlignedMultiheadAttention", "Projection"]
 
 
-class Projection(AlignedLayer):
+class Projection(DenseLayer):
     """One in-projection of an ``AlignedMultiheadAttention``: y = x W^T + b, dx = dy B, where W is
     the attention's parameter ``<weight_name>``, B its ``backward_<weight_name>`` and b the rows
     ``bias_rows`` of its ``in_proj_bias``.
@@ -101,14 +101,6 @@ class Projection(AlignedLayer):
         self.last_input = torch.cat([x.detach(), key.detach(), value.detach()], dim=1)
         self.last_output = None
         return outputs
-
-    def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x kernel^T (+ bias)."""
-        return F.linear(x, kernel, bias)
-
-    def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
-        """y kernel: the adjoint of ``project``."""
-        return y.matmul(kernel)
 
 
 class AlignedMultiheadAttention(nn.MultiheadAttention):

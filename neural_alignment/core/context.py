@@ -14,6 +14,9 @@ in order; "per example over its features" = over every non-batch axis):
    layer's own bias, detached (as the original code did): a separate backward bias would be
    a parameter that only the alignment loss trains, which no rule of the paper has.
    A layer without a bias adds none whatever the flags say.
+   A rule that reads bp only through sum t*bp (``amp``) with a t independent of B, where bp is
+   linear in B, gets that sum as <kernel_gradient(x_b, t), B> without forming bp
+   (:meth:`AlignmentContext.backward_projection_inner`).
 5. FO ReLU / BO ReLU: relu(fp) / relu(bp).
 6. reconstructions ``fr = reconstruct(fp, B)``, ``br = reconstruct(bp, W)`` from the
    projections of step 5 (fp B / bp W; conv_transpose2d with x's size for a conv).
@@ -39,6 +42,8 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from neural_alignment.core.primitives import inner
 
 
 class _Centred(torch.autograd.Function):
@@ -198,6 +203,35 @@ class AlignmentContext:
     def bp(self) -> Tensor:
         """The backward projection after BO FWMC, BO FWL2N."""
         return _apply(self._bp, self._backward_ops())
+
+    @property
+    def bp_by_kernel_product(self) -> bool:
+        """True when the rule reads bp only through an inner product with a field that does not
+        depend on B (its one weighted reader of bp a ``PairedPrimitive`` with ``inner_product``, W
+        not aligned) and bp = project(x_b, B) is linear in B (no BO operation, no bias added),
+        on a layer with ``kernel_gradient``: :meth:`backward_projection_inner` then never forms bp."""
+        f = self.flags
+        readers = self.rule.readers("bp")
+        return (
+            not (f.bo_relu or f.bo_fwmc or f.bo_fwl2n or (f.bo_bias and self.layer.bias is not None))
+            and len(readers) == 1
+            and readers[0].inner_product
+            and not self.rule.align_forward_weight
+            and hasattr(self.layer, "kernel_gradient")
+        )
+
+    def backward_projection_inner(self, t: Tensor) -> Tensor:
+        """sum t * bp, for ``t`` shaped like bp.
+
+        With :attr:`bp_by_kernel_product` (and ``t`` taking no gradient) it is <K, B>, where
+        K = ``layer.kernel_gradient(x_b, t)`` = d<t, project(x_b, K')>/dK' does not depend on B:
+        <t, project(x_b, B)> = <K, B> for a product linear in its kernel. One kernel product (the
+        one bp's own backward would run) gives the value and the gradient K; bp's forward
+        product and the output-sized passes of the inner product and of its backward are saved."""
+        if self.bp_by_kernel_product and not t.requires_grad:
+            B = self.B
+            return inner(self.layer.kernel_gradient(self.x_b, t, B.detach()), B)
+        return inner(t, self.bp)
 
     @property
     def centring_commutes(self) -> bool:

@@ -32,7 +32,15 @@ from torch import Tensor, nn
 from torch.nn.modules.conv import _ConvNd
 
 from neural_alignment.core.feedback import feedback_active
-from neural_alignment.core.ops import ConvArgs, InputGradient, aligned_convolution, aligned_linear, conv_arguments
+from neural_alignment.core.ops import (
+    ConvArgs,
+    InputGradient,
+    aligned_convolution,
+    aligned_linear,
+    conv_arguments,
+    conv_kernel_gradient,
+    linear_kernel_gradient,
+)
 
 __all__ = ["AlignedConv2d", "AlignedLayer", "AlignedLinear", "OpSpec"]
 
@@ -108,6 +116,19 @@ class AlignedLayer(nn.Module):
             feedback.before_forward(self)
         return lambda dy, input_shape: feedback.input_gradient(self, dy, input_shape)
 
+    def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
+        """The layer's own product with ``kernel`` in W's place (docs/internals.md); each layer type gives it."""
+        raise NotImplementedError
+
+    def kernel_gradient(self, x: Tensor, dy: Tensor, kernel: Tensor) -> Tensor:
+        """d<dy, project(x, K)>/dK at K = ``kernel`` (with no bias): the kernel product of the
+        backward, dW's with dy given. Here by autograd through ``project`` (a forward product and
+        the kernel product); the built-in layers override it with the kernel product alone."""
+        with torch.enable_grad():
+            leaf = kernel.detach().requires_grad_()
+            (grad,) = torch.autograd.grad(self.project(x.detach(), leaf), leaf, dy)
+        return grad
+
     def reset_backward_weight(self) -> None:
         """Sample B with W's default initialiser (torch's kaiming_uniform_(a=sqrt(5)), the same
         for nn.Linear and every nn.Conv*/nn.ConvTranspose*), independently of W."""
@@ -145,7 +166,23 @@ class AlignedLayer(nn.Module):
         return f"{super().extra_repr()}, rule={self.rule.name}"
 
 
-class AlignedLinear(AlignedLayer, nn.Linear):
+class DenseLayer(AlignedLayer):
+    """The products of a dense layer y = x W^T + b (``AlignedLinear``, an attention's ``Projection``)."""
+
+    def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
+        """x kernel^T (+ bias)."""
+        return F.linear(x, kernel, bias)
+
+    def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
+        """y kernel: the adjoint of ``project`` (``like`` fixes nothing for a dense layer)."""
+        return y.matmul(kernel)
+
+    def kernel_gradient(self, x: Tensor, dy: Tensor, kernel: Tensor) -> Tensor:
+        """dy^T x (every axis but the last flattened), ``kernel`` fixing nothing."""
+        return linear_kernel_gradient(x, dy)
+
+
+class AlignedLinear(DenseLayer, nn.Linear):
     """``nn.Linear`` whose backward uses B: y = x W^T + b, dx = dy B."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None, *, rule):
@@ -159,14 +196,6 @@ class AlignedLinear(AlignedLayer, nn.Linear):
             input_gradient = self._feedback_path()
             y = aligned_linear(x, self.weight, self.bias, self._backward_kernel(), self.angle_scale, input_gradient)
         return self._remember(x, y)
-
-    def project(self, x: Tensor, kernel: Tensor, bias: Tensor | None = None) -> Tensor:
-        """x kernel^T (+ bias)."""
-        return F.linear(x, kernel, bias)
-
-    def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
-        """y kernel: the adjoint of ``project`` (``like`` fixes nothing for a dense layer)."""
-        return y.matmul(kernel)
 
     @classmethod
     def from_module(cls, module: nn.Linear, rule) -> AlignedLinear:
@@ -309,6 +338,10 @@ class AlignedConvolution(AlignedLayer, _ConvNd):
         crop = tuple(slice(lo, lo + size) for lo, size in zip(before, like.shape[-n:], strict=True))
         index: tuple[EllipsisType | slice, ...] = (..., *crop)
         return x[index]
+
+    def kernel_gradient(self, x: Tensor, dy: Tensor, kernel: Tensor) -> Tensor:
+        """The kernel product of ``project``'s backward alone (``kernel`` gives its shape)."""
+        return conv_kernel_gradient(self._padded(x), dy, kernel, self._conv_args)
 
     @classmethod
     def from_module(cls, module: _ConvNd, rule) -> AlignedConvolution:

@@ -68,6 +68,16 @@ def _replaced_input_gradient(ctx, dy: Tensor) -> Tensor | None:
     return ctx.input_gradient(dy, ctx.input_shape)
 
 
+def linear_kernel_gradient(x: Tensor, dy: Tensor) -> Tensor:
+    """dW of y = x W^T: dy^T x with every axis but the last flattened into the batch (one product)."""
+    return dy.reshape(-1, dy.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
+
+
+def conv_kernel_gradient(x: Tensor, dy: Tensor, W: Tensor, conv_args: ConvArgs) -> Tensor:
+    """dW of y = torch.convolution(x, W, None, *conv_args): the kernel product alone (no forward)."""
+    return torch.ops.aten.convolution_backward.default(dy, x, W, None, *conv_args, [False, True, False])[1]
+
+
 class AlignedLinearFunction(torch.autograd.Function):
     """y = F.linear(x, W, b); dx = dy B (or input_gradient's); dW = dy^T x; db = sum dy; dB = angle_scale * dW
     (the context set in ``forward``: see ``AlignedConvFunction``)."""
@@ -92,7 +102,7 @@ class AlignedLinearFunction(torch.autograd.Function):
         if need_x and dx is None:
             dx = dy.matmul(B)
         if need_W or need_B:
-            dW = dy.reshape(-1, dy.shape[-1]).t().mm(x.reshape(-1, x.shape[-1]))
+            dW = linear_kernel_gradient(x, dy)
         if need_b:
             db = dy.reshape(-1, dy.shape[-1]).sum(0)
         dB = _transported(dW, angle_scale, need_B)

@@ -210,7 +210,11 @@ class PairedPrimitive(Primitive):
     construction (``"x", "x_b", "fp", "bp", "fr", "br"``; ``None`` stands for 0).
 
     ``needs`` follows from the fields: fp/bp need the projections, fr/br the reconstructions.
+    ``inner_product`` True declares that the primitive reads P and Q only through sum P*Q, taking
+    a bp among them from ``ctx.backward_projection_inner`` (which may never form bp).
     """
+
+    inner_product: ClassVar[bool] = False
 
     def __init__(self, p: str | None, q: str | None):
         for field in (p, q):

@@ -25,7 +25,7 @@ import torch
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.feedback import Feedback
-from neural_alignment.core.primitives import Primitive, WeightQuadratic, quadratic_form
+from neural_alignment.core.primitives import PairedPrimitive, Primitive, WeightQuadratic, quadratic_form
 from neural_alignment.core.schedules import make_schedule
 
 NOISE_DISTRIBUTIONS = ("normal", "uniform")
@@ -134,6 +134,14 @@ class Rule:
         self.align_forward_weight = align_forward_weight
         self.doc = doc
         self.feedback = feedback
+
+    def readers(self, field: str) -> list[PairedPrimitive]:
+        """The weighted paired primitives (``PairedPrimitive``) that read the context field ``field`` as P or Q."""
+        return [
+            primitive
+            for name, primitive in self.primitives.items()
+            if self.weights[name] and isinstance(primitive, PairedPrimitive) and field in (primitive.p, primitive.q)
+        ]
 
     @property
     def uses_angle(self) -> bool:

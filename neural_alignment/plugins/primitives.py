@@ -28,9 +28,13 @@ class Self(WeightQuadratic):
 
 
 class Amp(PairedPrimitive):
-    """amp = -sum mean(P*Q), default (P, Q) = (fp, bp)."""
+    """amp = -sum mean(P*Q), default (P, Q) = (fp, bp).
+
+    With bp among them, sum P*bp is ``ctx.backward_projection_inner(P)`` (one kernel product where
+    bp is linear in B: ``core/context.py``)."""
 
     name = "amp"
+    inner_product = True
 
     def __init__(self, p: str = "fp", q: str = "bp"):
         if p is None or q is None:
@@ -38,8 +42,11 @@ class Amp(PairedPrimitive):
         super().__init__(p, q)
 
     def __call__(self, ctx) -> torch.Tensor:
-        p, q = self.operands(ctx)
-        assert p is not None and q is not None  # the constructor refuses None fields
+        assert self.p is not None and self.q is not None  # the constructor refuses None fields
+        if "bp" in (self.p, self.q) and self.p != self.q:
+            other = getattr(ctx, self.q if self.p == "bp" else self.p)
+            return -ctx.backward_projection_inner(other) / other.shape[0]
+        p, q = getattr(ctx, self.p), getattr(ctx, self.q)
         return -inner(p, q) / p.shape[0]
 
 
