@@ -163,3 +163,28 @@ def test_amp_through_the_kernel_product_equals_amp_of_the_formed_bp_on_every_lay
         (expected_dB,) = torch.autograd.grad(expected, layer.backward_weight)
         torch.testing.assert_close(value, expected, msg=name)
         torch.testing.assert_close(dB, expected_dB, msg=name)
+
+
+@pytest.mark.parametrize("rule", na.list_rules())
+def test_every_rule_steps_under_bfloat16_autocast_on_every_layer_kind(rule):
+    """Under CPU autocast the pass's products see the dtypes autocast gives F.conv/F.linear (its
+    torch.convolution calls cast as F.conv would): the step runs and every trained B gets a finite
+    float32 gradient; wm's and ia's amp through the kernel product is close to float32's."""
+    model = zoo(rule).float()
+    inputs, targets = batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(inputs.float())
+        loss = nn.functional.cross_entropy(logits.float(), targets) + na.alignment_loss(model)
+    loss.backward()
+    for name, layer in aligned_layers(model):
+        B = layer.backward_weight
+        if B is not None and B.requires_grad:
+            assert B.grad.dtype == torch.float32 and torch.isfinite(B.grad).all(), name
+    if rule in ("wm", "ia"):
+        amp, layer = na.get_rule(rule).primitives["amp"], model.c1
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(inputs.float())
+            low = amp(AlignmentContext(layer, layer.rule))
+        model(inputs.float())
+        full = amp(AlignmentContext(layer, layer.rule))
+        torch.testing.assert_close(low, full, rtol=0.05, atol=1e-3)

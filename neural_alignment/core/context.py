@@ -230,7 +230,7 @@ class AlignmentContext:
         product and the output-sized passes of the inner product and of its backward are saved."""
         if self.bp_by_kernel_product and not t.requires_grad:
             B = self.B
-            return inner(self.layer.kernel_gradient(self.x_b, t, B.detach()), B)
+            return inner(self.layer.kernel_gradient(self.x_b, t, B.detach()).to(B.dtype), B)  # K in autocast's dtype
         return inner(t, self.bp)
 
     @property

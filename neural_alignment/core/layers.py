@@ -37,6 +37,7 @@ from neural_alignment.core.ops import (
     InputGradient,
     aligned_convolution,
     aligned_linear,
+    autocast_operands,
     conv_arguments,
     conv_kernel_gradient,
     linear_kernel_gradient,
@@ -312,12 +313,14 @@ class AlignedConvolution(AlignedLayer, _ConvNd):
         """What the torch layer computes with ``kernel`` as its weight: conv(x, kernel) (+ bias) with
         the layer's stride, padding (and mode), dilation, groups (and the latest forward's output
         padding, transposed)."""
-        return torch.convolution(self._padded(x), kernel, bias, *self._conv_args)
+        x, kernel, bias = autocast_operands(self._padded(x), kernel, bias)  # torch.convolution: no autocast on cpu
+        return torch.convolution(x, kernel, bias, *self._conv_args)
 
     def reconstruct(self, y: Tensor, kernel: Tensor, like: Tensor) -> Tensor:
         """The adjoint of ``project`` with zero padding, shaped like ``like``: conv_transpose(y, kernel)
         for a convolution (explicit padding cropped off again), conv(y, kernel) for a transposed one."""
         n = self.spatial_dims
+        y, kernel = autocast_operands(y, kernel)
         pads = self._explicit_pad or (0,) * (2 * n)
         before = tuple(reversed(pads[0::2]))  # first spatial axis first
         after = tuple(reversed(pads[1::2]))
@@ -341,7 +344,8 @@ class AlignedConvolution(AlignedLayer, _ConvNd):
 
     def kernel_gradient(self, x: Tensor, dy: Tensor, kernel: Tensor) -> Tensor:
         """The kernel product of ``project``'s backward alone (``kernel`` gives its shape)."""
-        return conv_kernel_gradient(self._padded(x), dy, kernel, self._conv_args)
+        x, dy, kernel = autocast_operands(self._padded(x), dy, kernel)
+        return conv_kernel_gradient(x, dy, kernel, self._conv_args)
 
     @classmethod
     def from_module(cls, module: _ConvNd, rule) -> AlignedConvolution:

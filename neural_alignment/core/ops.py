@@ -154,15 +154,24 @@ def _apply(function, x, W, b, B, angle_scale, input_gradient, *conv_args) -> Ten
     device_type = x.device.type
     if not torch.is_autocast_enabled(device_type):
         return function.apply(x, W, b, B, angle_scale, input_gradient, *conv_args)
-    dtype = torch.get_autocast_dtype(device_type)
-    x, W, b, B = (t.to(dtype) if _autocast_eligible(t) else t for t in (x, W, b, B))
+    x, W, b, B = autocast_operands(x, W, b, B)
     with torch.autocast(device_type, enabled=False):
         return function.apply(x, W, b, B, angle_scale, input_gradient, *conv_args)
 
 
-def _autocast_eligible(t: Tensor | None) -> bool:
+def autocast_operands(*tensors: Tensor | None) -> tuple:
+    """``tensors`` as autocast gives them to F.linear/F.conv2d when it is on for the first one's
+    device: floating point ones other than float64 cast to the autocast dtype (None stays None)."""
+    device_type = next(t for t in tensors if t is not None).device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dtype) if t is not None and _autocast_eligible(t) else t for t in tensors)
+
+
+def _autocast_eligible(t: Tensor) -> bool:
     """Whether autocast casts ``t`` for F.linear/F.conv2d: floating point, not float64."""
-    return t is not None and t.is_floating_point() and t.dtype != torch.float64
+    return t.is_floating_point() and t.dtype != torch.float64
 
 
 def _tuple(value, n: int) -> list[int]:
