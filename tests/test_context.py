@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from neural_alignment.core.context import AlignmentContext, centred
 from neural_alignment.core.layers import AlignedConv1d, AlignedConv2d, AlignedConvTranspose2d, AlignedLinear
 from neural_alignment.core.rules import FLAG_NAMES, RuleSpec, build_rule
-from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES
+from neural_alignment.plugins.primitives import BUILTIN_PRIMITIVES, Amp
 from neural_alignment.plugins.rules import BUILTIN_RULES
 
 TABLE = {p.name: p for p in BUILTIN_PRIMITIVES}
@@ -287,18 +287,25 @@ def test_wm_regularizer_runs_one_kernel_product_and_no_projection(monkeypatch):
         {"flags": {"bo_bias": True}},  # the layer's bias added to bp
         {"weights": {"amp": 1.0, "sparse": 1.0}},  # a second reader of bp
         {"align_forward_weight": True},  # fp depends on W, which takes the gradient too
+        {"amp": Amp("fr", "bp")},  # fr depends on B (a square layer: fr is shaped like bp)
     ],
-    ids=["bo_relu", "bo_fwl2n", "bo_bias", "sparse", "align_w"],
+    ids=["bo_relu", "bo_fwl2n", "bo_bias", "sparse", "align_w", "amp_fr"],
 )
 def test_amp_forms_bp_where_the_kernel_product_would_not_give_it(monkeypatch, options):
-    rule = rule_with(**{"weights": {"amp": 1.0}, **options})
+    table = {**TABLE, "amp": options.pop("amp", TABLE["amp"])}
+    rule = build_rule(RuleSpec("probe"), table, **{"weights": {"amp": 1.0}, **options})
     layer = dense_layer(rule)
+    if rule.primitives["amp"].p == "fr":
+        torch.manual_seed(0)
+        layer = AlignedLinear(6, 6, rule=rule, dtype=F64)
+        layer(torch.randn(7, 6, dtype=F64))
     ctx = AlignmentContext(layer, rule)
     assert not ctx.bp_by_kernel_product
     calls = spy(monkeypatch, layer)
-    value = TABLE["amp"](ctx)
+    amp = rule.primitives["amp"]
+    value = amp(ctx)
     assert calls["kernel_gradient"] == 0 and "bp" in ctx.__dict__
-    torch.testing.assert_close(value, -(ctx.fp * ctx.bp).sum() / 7)
+    torch.testing.assert_close(value, -(getattr(ctx, amp.p) * ctx.bp).sum() / 7)
 
 
 # --- kernels and task gradient -------------------------------------------------------------

@@ -45,6 +45,9 @@ from torch import Tensor
 
 from neural_alignment.core.primitives import inner
 
+B_FREE_FIELDS = frozenset({"x", "x_b", "fp"})
+"""The fields that never depend on B (fr and br do, through B or bp)."""
+
 
 class _Centred(torch.autograd.Function):
     """c = t - mean(t over ``dim``); the centring is a symmetric projection, so its backward is
@@ -216,6 +219,7 @@ class AlignmentContext:
             not (f.bo_relu or f.bo_fwmc or f.bo_fwl2n or (f.bo_bias and self.layer.bias is not None))
             and len(readers) == 1
             and readers[0].inner_product
+            and {readers[0].p, readers[0].q} - {"bp"} <= B_FREE_FIELDS
             and not self.rule.align_forward_weight
             and hasattr(self.layer, "kernel_gradient")
         )
