@@ -211,8 +211,8 @@ class AlignmentContext:
     def bp_by_kernel_product(self) -> bool:
         """True when the rule reads bp only through an inner product with a field that does not
         depend on B (its one weighted reader of bp a ``PairedPrimitive`` with ``inner_product``, W
-        not aligned) and bp = project(x_b, B) is linear in B (no BO operation, no bias added),
-        on a layer with ``kernel_gradient``: :meth:`backward_projection_inner` then never forms bp."""
+        not aligned) and bp = project(x_b, B) is linear in B (no BO operation, no bias added):
+        :meth:`backward_projection_inner` then never forms bp (every ``AlignedLayer`` has ``kernel_gradient``)."""
         f = self.flags
         readers = self.rule.readers("bp")
         return (
@@ -221,7 +221,6 @@ class AlignmentContext:
             and readers[0].inner_product
             and {readers[0].p, readers[0].q} - {"bp"} <= B_FREE_FIELDS
             and not self.rule.align_forward_weight
-            and hasattr(self.layer, "kernel_gradient")
         )
 
     def backward_projection_inner(self, t: Tensor) -> Tensor:

@@ -46,7 +46,8 @@ class Amp(PairedPrimitive):
         if "bp" in (self.p, self.q) and self.p != self.q:
             other = getattr(ctx, self.q if self.p == "bp" else self.p)
             return -ctx.backward_projection_inner(other) / other.shape[0]
-        p, q = getattr(ctx, self.p), getattr(ctx, self.q)
+        p, q = self.operands(ctx)
+        assert p is not None and q is not None
         return -inner(p, q) / p.shape[0]
 
 
