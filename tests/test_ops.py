@@ -257,3 +257,100 @@ def test_torch_compile_gives_eager_gradients():
     assert compiled[3] is None and eager[3] is None  # B2 detached: no task gradient
     for got, ref in zip(compiled[:3], eager[:3], strict=True):
         torch.testing.assert_close(got, ref)
+
+
+# Two ways to one set of gradients: with B detached and no input_gradient the op is torch's own
+# F.linear/convolution with B saved in W's place; everywhere else the autograd Function.
+
+
+def grad_fn_name(y) -> str:
+    return type(y.grad_fn).__name__
+
+
+def through_the_function(op, *args):
+    """``op(*args)`` forced onto the autograd Function (a caller's saved-tensor hooks turn the
+    native path off), the hooks doing nothing."""
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        return op(*args)
+
+
+LINEAR_INPUTS = [((5, 4), True), ((2, 5, 4), False), ((4,), True)]
+
+
+@pytest.mark.parametrize("x_shape, bias", LINEAR_INPUTS)
+def test_linear_with_detached_B_is_torchs_own_node_and_equals_the_function(x_shape, bias):
+    torch.manual_seed(6)
+    x, W, B = leaf(*x_shape), leaf(3, 4), leaf(3, 4, grad=False)
+    b = leaf(3) if bias else None
+    y = aligned_linear(x, W, b, B, scale(1.0, W))
+    assert grad_fn_name(y) != "AlignedLinearFunctionBackward"
+    y_ref = through_the_function(aligned_linear, x, W, b, B, scale(1.0, W))
+    assert grad_fn_name(y_ref) == "AlignedLinearFunctionBackward"
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    inputs = (x, W) if b is None else (x, W, b)
+    dy = torch.randn_like(y)
+    for got, ref in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(y_ref, inputs, dy), strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+    dx = torch.autograd.grad(aligned_linear(x, W, b, B, scale(1.0, W)), x, dy)[0]
+    torch.testing.assert_close(dx, dy @ B, rtol=0, atol=1e-12)  # B's, never W's
+
+
+def test_linear_on_views_of_one_weight_saves_the_same_views_of_B():
+    """An attention's q, k, v projections: W and B are thirds of one tensor each."""
+    torch.manual_seed(7)
+    W_all, B_all = leaf(9, 4), leaf(9, 4, grad=False)
+    x = leaf(2, 5, 4)
+    dy = torch.randn(2, 5, 3, dtype=F64)
+    for third, (W, B) in enumerate(zip(W_all.chunk(3), B_all.chunk(3), strict=True)):
+        y = aligned_linear(x, W, None, B, scale(1.0, W))
+        assert grad_fn_name(y) != "AlignedLinearFunctionBackward"
+        dx, dW_all = torch.autograd.grad(y, (x, W_all), dy)
+        torch.testing.assert_close(dx, dy @ B, rtol=0, atol=1e-12)
+        ref_dW = torch.zeros_like(W_all)
+        ref_dW[3 * third : 3 * third + 3] = torch.einsum("nto,nti->oi", dy, x)
+        torch.testing.assert_close(dW_all, ref_dW, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_conv_with_detached_B_is_torchs_own_node_and_equals_the_function(x_grad):
+    x, W, b = conv_case()
+    x.requires_grad_(x_grad)
+    B = torch.randn_like(W).detach()
+    y = aligned_conv2d(x, W, b, B, scale(1.0, W), 2, 1, 1, 1)
+    assert grad_fn_name(y) == "ConvolutionBackward0"
+    y_ref = through_the_function(aligned_conv2d, x, W, b, B, scale(1.0, W), 2, 1, 1, 1)
+    assert grad_fn_name(y_ref) == "AlignedConvFunctionBackward"
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    inputs = (x, W, b) if x_grad else (W, b)
+    dy = torch.randn_like(y)
+    for got, ref in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(y_ref, inputs, dy), strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
+def test_a_callers_saved_tensor_hooks_still_see_every_saved_tensor_and_dx_stays_Bs(op, case):
+    """save_on_cpu, checkpointing and offloading hooks keep working on the aligned ops."""
+    x, W, b = case()
+    B = torch.randn_like(W).detach()
+    packed = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t) or t, lambda t: t):
+        y = apply(op, x, W, b, B, scale(1.0, W))
+    assert any(t is x for t in packed)
+    dy = torch.randn_like(y)
+    dx = torch.autograd.grad(y, x, dy)[0]
+    ref = dy @ B if op == "linear" else torch.autograd.grad(F.conv2d(x, B, None, 1, 1), x, dy)[0]
+    torch.testing.assert_close(dx, ref, rtol=0, atol=1e-12)
+
+
+def test_checkpointed_aligned_layers_give_the_same_gradients():
+    torch.manual_seed(8)
+    x, W, B = leaf(6, 4), leaf(5, 4), leaf(5, 4, grad=False)
+
+    def block(inp):
+        return torch.tanh(aligned_linear(inp, W, None, B, scale(1.0, W)))
+
+    dy = torch.randn(6, 5, dtype=F64)
+    plain = torch.autograd.grad(block(x), (x, W), dy)
+    checkpointed = torch.autograd.grad(torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False), (x, W), dy)
+    for got, ref in zip(checkpointed, plain, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
