@@ -11,8 +11,13 @@ Conv2d), a 1-d convnet (Conv1d), a 3-d convnet (Conv3d), a decoder (ConvTranspos
 ``fmnist-vit`` vision transformer (MultiheadAttention, Linear, Conv2d). All sides run in this
 process after a warm-up, with the same thread count; in each repetition every rule's step is
 timed right beside a native step (the rules in a shuffled order, each pair in a random order),
-and the ratio is the median over repetitions of (rule step / the native step beside it). ``bp``
-(the aligned layers with B = W implicitly: plain torch ops) is the noise floor. The clock is the
+and the ratio is the median over repetitions of (rule step / the native step beside it), printed
+with a bootstrap 95% interval of that median. ``bp`` (the aligned layers with B = W implicitly:
+plain torch ops) is the noise floor. Before each repetition every side's parameters and buffers
+move to fresh memory, the sides in a random order with allocations of random size between them
+(``relocate``): where a tensor lies decides how its loads hit the caches, and two copies of one
+native network kept in place ran 1-4% apart for a whole run on the 2-core development machine
+(the same network relocated each repetition: within 1.6% over three runs). The clock is the
 process's CPU time by default, with one thread: on a
 shared machine the wall clock (and, with several threads, OpenMP barriers waiting for a
 descheduled thread) measures the neighbours, not the step.
@@ -113,6 +118,30 @@ def extra_products(layer) -> list[str]:
     return [product for f in sorted(fields) for product in products[f]]
 
 
+def relocate(groups: list[list[torch.Tensor]], rng: random.Random) -> None:
+    """Move every tensor's data to fresh memory, in place (each tensor keeps its identity, so
+    optimizers and modules still hold it): the groups in a random order, an allocation of random
+    size (up to 64 KiB) before each tensor and freed after, so every repetition sees a new
+    placement of each side's weights relative to the others and to the cache sets."""
+    spacers = []
+    for group in rng.sample(groups, len(groups)):
+        for t in group:
+            spacers.append(torch.empty(rng.randrange(1, 1 << 14)))
+            t.data = t.data.clone()
+    del spacers
+
+
+def module_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """A module's parameters and buffers (what ``relocate`` moves)."""
+    return [*model.parameters(), *model.buffers()]
+
+
+def median_interval(values: list[float], rng: random.Random, resamples: int = 2000) -> tuple[float, float]:
+    """A bootstrap 95% interval of the median of ``values`` (percentiles of resampled medians)."""
+    medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def median_seconds(run, clock, reps: int = 5) -> float:
     run()  # warm-up
     seconds = []
@@ -211,7 +240,9 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     ratios: dict[str, list[float]] = {name: [] for name in RULES}
     order = list(RULES)
     rng = random.Random(0)
+    placed = [module_tensors(model) for model, _ in variants.values()]
     for rep in range(warmup + reps):
+        relocate(placed, rng)
         rng.shuffle(order)  # no rule always runs right after the same neighbour
         for name in order:  # each rule's step beside a native one, the pair in a random order
             pair = ["native", name] if rng.random() < 0.5 else [name, "native"]
@@ -223,16 +254,17 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     costs = layer_costs(variants["bp"][0], x, clock)
     base = statistics.median(times["native"])
     print(f"\n{title}: native step {base * 1e3:.1f} ms (median of {reps})")
-    print(f"{'rule':<6}{'ratio':>8}{'bound':>8}  {'limit':>8}  ok")
+    print(f"{'rule':<6}{'ratio':>8}{'95% interval':>16}{'bound':>8}  {'limit':>8}  ok")
     all_ok = True
     for name in RULES:
         model = variants[name][0]
         ratio = statistics.median(ratios[name])
+        low, high = median_interval(ratios[name], rng)
         b = bound(model, costs)
         limit = FA_LIMIT if name == "fa" else 1.15 * b
         ok = ratio <= limit
         all_ok &= ok
-        print(f"{name:<6}{ratio:>8.3f}{b:>8.3f}  {limit:>8.3f}  {'yes' if ok else 'NO'}")
+        print(f"{name:<6}{ratio:>8.3f}  {low:>6.3f}-{high:<6.3f}{b:>8.3f}  {limit:>8.3f}  {'yes' if ok else 'NO'}")
     return all_ok
 
 
