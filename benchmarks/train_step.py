@@ -12,8 +12,11 @@ device synchronisation. Each rule gets its own ``Trainer`` built from the real r
 process after a warm-up. In each repetition every rule's step is timed right beside a bp step
 (the rules in a shuffled order, each pair in a random order): the ratio is the median over
 repetitions of (rule step / the bp step beside it), so a slow minute of a shared host's
-neighbours falls on both sides of a pair. ``bp again`` is a second bp ``Trainer`` measured the
-same way: its ratio is the noise floor of the others. Every timed step
+neighbours falls on both sides of a pair, printed with a bootstrap 95% interval. ``bp again`` is
+a second bp ``Trainer`` measured the same way: its ratio is the noise floor of the others. Before
+each repetition every trainer's parameters, buffers and optimizer state move to fresh memory
+(``ops.relocate``: kept in place, one copy's placement would decide its ratio for the whole
+run). Every timed step
 starts from the rule's initial weights (W the same for every rule; restored, in place, outside
 the clock): trained on one batch over and over, each rule's model would drift to a state of its
 own, and the CPU's data-dependent kernels (max-pooling, ReLU's backward) then run at speeds of
@@ -43,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import RULES, bound, layer_costs
+from ops import RULES, bound, layer_costs, median_interval, module_tensors, relocate
 
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.training.trainer import Trainer
@@ -83,6 +86,16 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
     )
 
 
+def trainer_tensors(trainer: Trainer) -> list[torch.Tensor]:
+    """The model's parameters and buffers and every optimizer's state tensors (what ``relocate`` moves)."""
+    tensors = module_tensors(trainer.model)
+    for component in trainer.components.values():
+        if component is not None:
+            for state in component.optimizer.state.values():
+                tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return tensors
+
+
 def benchmark(arch: str, args, clock, folder: Path) -> bool:
     recipe_name, common, batch = overrides(arch, args)
     rules = ["bp", *(r for r in RULES if r != "bp" and r in args.rules)]
@@ -105,6 +118,7 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     order = list(compared)
     rng = random.Random(0)
     for rep in range(args.warmup + args.reps):
+        relocate([trainer_tensors(trainer) for trainer in trainers.values()], rng)
         rng.shuffle(order)
         for rule in order:
             pair = ["bp", rule] if rng.random() < 0.5 else [rule, "bp"]
@@ -116,7 +130,7 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     base = statistics.median(times["bp"])
     shape = "x".join(str(d) for d in x.shape)
     print(f"\n{arch}, batch {shape}: bp step {base * 1e3:.1f} ms, {batch / base:.1f} images/s (median of {args.reps})")
-    print(f"{'rule':<10}{'images/s':>10}{'ratio':>8}{'bound':>8}{'limit':>8}  ok")
+    print(f"{'rule':<10}{'images/s':>10}{'ratio':>8}{'95% interval':>16}{'bound':>8}{'limit':>8}  ok")
     all_ok = True
     bp = trainers["bp"]
     # each product timed alone on the cpu; elsewhere (lazy XLA, asynchronous CUDA) weighted by its multiply-adds
@@ -125,12 +139,14 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         costs = layer_costs(bp.model, bp.backend.to_device(x.to(bp.dtype)), clock, weights)
     for rule in ["bp", *compared]:
         ratio = statistics.median(ratios[rule]) if rule != "bp" else 1.0
+        low, high = median_interval(ratios[rule], rng) if rule != "bp" else (1.0, 1.0)
         b = bound(trainers[rule].model, costs)
         limit = AT_BP_LIMIT if rule in AT_BP else 1.15 * b
         ok = ratio <= limit
         all_ok &= ok or rule == CONTROL
         print(
-            f"{rule:<10}{batch / statistics.median(times[rule]):>10.1f}{ratio:>8.3f}{b:>8.3f}{limit:>8.3f}  "
+            f"{rule:<10}{batch / statistics.median(times[rule]):>10.1f}{ratio:>8.3f}  {low:>6.3f}-{high:<6.3f}"
+            f"{b:>8.3f}{limit:>8.3f}  "
             f"{'yes' if ok else 'NO'}"
         )
     return all_ok
