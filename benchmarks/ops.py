@@ -1,6 +1,7 @@
 """Step time of every built-in rule relative to native backprop, with the bound its extra products set.
 
-    python benchmarks/ops.py [--threads 1] [--reps 15] [--clock cpu|wall] [--resnet-batch 32] [--only NAME,...]
+    python benchmarks/ops.py [--threads 1] [--reps 15] [--seconds 60] [--clock cpu|wall] [--resnet-batch 32]
+        [--only NAME,...]
 
 One training step is: forward, task loss, the rule's alignment loss, and ONE backward of
 (task + alignment), then the gradient of the kernels' quadratic forms (decay, self) added in
@@ -232,7 +233,11 @@ def timed(step, model, x, y, clock) -> float:
     return clock() - start
 
 
-def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int, clock) -> bool:
+def benchmark(
+    title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, reps: int, warmup: int, clock, seconds: float
+) -> bool:
+    """Time every rule beside native backprop; ``reps`` repetitions at least, more while they fit
+    in about ``seconds`` (a repetition's length measured in the warm-up), and print the table."""
     variants = {"native": (copy.deepcopy(native), native_step)}  # every side a copy: same allocation history
     for name in RULES:
         variants[name] = (convert(copy.deepcopy(native), rule=name), aligned_step)
@@ -241,16 +246,27 @@ def benchmark(title: str, native: nn.Module, x: torch.Tensor, y: torch.Tensor, r
     order = list(RULES)
     rng = random.Random(0)
     placed = [module_tensors(model) for model, _ in variants.values()]
-    for rep in range(warmup + reps):
+    warm: list[float] = []  # the warm-up's native steps: they size the run
+
+    def repetition(recorded: bool) -> None:
         relocate(placed, rng)
         rng.shuffle(order)  # no rule always runs right after the same neighbour
         for name in order:  # each rule's step beside a native one, the pair in a random order
             pair = ["native", name] if rng.random() < 0.5 else [name, "native"]
-            seconds = {side: timed(variants[side][1], variants[side][0], x, y, clock) for side in pair}
-            if rep >= warmup:
-                times["native"].append(seconds["native"])
-                times[name].append(seconds[name])
-                ratios[name].append(seconds[name] / seconds["native"])
+            step = {side: timed(variants[side][1], variants[side][0], x, y, clock) for side in pair}
+            if not recorded:
+                warm.append(step["native"])
+                continue
+            ratios[name].append(step[name] / step["native"])
+            for side in pair:
+                times[side].append(step[side])
+
+    for _ in range(warmup):
+        repetition(recorded=False)
+    if warm:  # the per-step jitter weighs most on short steps, and they are cheap to repeat
+        reps = max(reps, int(seconds / (2 * len(RULES) * statistics.median(warm))))
+    for _ in range(reps):
+        repetition(recorded=True)
     costs = layer_costs(variants["bp"][0], x, clock)
     base = statistics.median(times["native"])
     print(f"\n{title}: native step {base * 1e3:.1f} ms (median of {reps})")
@@ -334,7 +350,10 @@ def networks(resnet_batch: int) -> dict[str, tuple[str, nn.Module, torch.Tensor,
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for every side")
-    parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant (the MLP: twice)")
+    parser.add_argument("--reps", type=int, default=15, help="timed repetitions per variant, at least (the MLP: twice)")
+    parser.add_argument(
+        "--seconds", type=float, default=60.0, help="per network: more repetitions while they fit in about this long"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu")
     parser.add_argument("--resnet-batch", type=int, default=32, help="ResNet-18 batch (64x64 inputs)")
@@ -353,7 +372,8 @@ def main(argv=None) -> int:
     for name in chosen:
         title, native, x, classes = nets[name]
         reps = 2 * args.reps if name == "mlp" else args.reps
-        ok &= benchmark(title, native, x, torch.randint(0, classes, (x.shape[0],)), reps, args.warmup, clock)
+        y = torch.randint(0, classes, (x.shape[0],))
+        ok &= benchmark(title, native, x, y, reps, args.warmup, clock, args.seconds)
     print("\nall within their limits" if ok else "\nsome rule is over its limit")
     return 0 if ok else 1
 
