@@ -1,8 +1,8 @@
 """Images per second of the real ``Trainer`` step, every rule against ``bp``, on one backend.
 
     python benchmarks/train_step.py [--backend cpu|cuda|xla] [--archs resnet18,convnet]
-        [--image-size 64] [--resnet-batch 32] [--reps 10] [--autocast bfloat16] [--channels-last] [--spmd]
-        [--rules fa,sa,kp]   (bp is always measured: it is the baseline)
+        [--image-size 64] [--resnet-batch 32] [--reps 10] [--seconds 240] [--autocast bfloat16] [--channels-last]
+        [--spmd] [--rules fa,sa,kp]   (bp is always measured: it is the baseline)
 
 One step is what ``nalign run`` does per step: forward, task and alignment losses, one backward,
 both components' optimizer updates (the alignment optimizer too), the end of the step and a
@@ -117,19 +117,31 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     ratios: dict[str, list[float]] = {rule: [] for rule in compared}
     order = list(compared)
     rng = random.Random(0)
-    for rep in range(args.warmup + args.reps):
+    warm: list[float] = []  # the warm-up's bp steps: they size the run
+
+    def repetition(recorded: bool) -> None:
         relocate([trainer_tensors(trainer) for trainer in trainers.values()], rng)
         rng.shuffle(order)
         for rule in order:
             pair = ["bp", rule] if rng.random() < 0.5 else [rule, "bp"]
             seconds = {side: step_seconds(side) for side in pair}
-            if rep >= args.warmup:
-                times["bp"].append(seconds["bp"])
-                times[rule].append(seconds[rule])
-                ratios[rule].append(seconds[rule] / seconds["bp"])
+            if not recorded:
+                warm.append(seconds["bp"])
+                continue
+            times["bp"].append(seconds["bp"])
+            times[rule].append(seconds[rule])
+            ratios[rule].append(seconds[rule] / seconds["bp"])
+
+    for _ in range(args.warmup):
+        repetition(recorded=False)
+    reps = args.reps
+    if warm:  # a step's jitter on a shared host is several percent: the median needs many pairs
+        reps = max(reps, int(args.seconds / (2 * len(compared) * statistics.median(warm))))
+    for _ in range(reps):
+        repetition(recorded=True)
     base = statistics.median(times["bp"])
     shape = "x".join(str(d) for d in x.shape)
-    print(f"\n{arch}, batch {shape}: bp step {base * 1e3:.1f} ms, {batch / base:.1f} images/s (median of {args.reps})")
+    print(f"\n{arch}, batch {shape}: bp step {base * 1e3:.1f} ms, {batch / base:.1f} images/s (median of {reps})")
     print(f"{'rule':<10}{'images/s':>10}{'ratio':>8}{'95% interval':>16}{'bound':>8}{'limit':>8}  ok")
     all_ok = True
     bp = trainers["bp"]
@@ -160,7 +172,10 @@ def main(argv=None) -> int:
     parser.add_argument("--resnet-batch", type=int, default=32)
     parser.add_argument("--convnet-batch", type=int, default=128)
     parser.add_argument("--rules", default=",".join(RULES), type=lambda s: s.split(","), help="bp is always in")
-    parser.add_argument("--reps", type=int, default=10, help="timed repetitions per rule")
+    parser.add_argument("--reps", type=int, default=10, help="timed repetitions per rule, at least")
+    parser.add_argument(
+        "--seconds", type=float, default=240.0, help="per architecture: repeat while it fits in about this long"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (CPU)")
     parser.add_argument("--clock", choices=sorted(CLOCKS), help="default: cpu on the cpu backend, else wall")
