@@ -354,3 +354,14 @@ def test_checkpointed_aligned_layers_give_the_same_gradients():
     checkpointed = torch.autograd.grad(torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False), (x, W), dy)
     for got, ref in zip(checkpointed, plain, strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
+def test_without_grad_the_op_is_torchs_forward(op, case):
+    x, W, b = case()
+    B = torch.randn_like(W).detach()
+    with torch.no_grad():
+        y = apply(op, x, W, b, B, scale(1.0, W))
+    assert y.grad_fn is None
+    ref = F.linear(x, W, b) if op == "linear" else F.conv2d(x, W, b, 1, 1)
+    torch.testing.assert_close(y, ref.detach(), rtol=0, atol=0)

@@ -173,15 +173,25 @@ def _permuted_view(t: Tensor, W: Tensor) -> bool:
         return False
 
 
+def _callers_saved_tensor_hooks() -> bool:
+    """Whether saved-tensor hooks of the caller's are active (offloading, checkpointing), or
+    this torch cannot tell: an inner hook would hide the saved tensors from them."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is None or top(False) is not None
+
+
 def _native_with_B_saved(compute: Callable[[], Tensor], x: Tensor, W: Tensor, B: Tensor) -> Tensor | None:
-    """``compute()`` (torch's own op on x and W) with every W it saves for its backward, or
-    permuted view of W (F.linear saves W^T), replaced by B, or the same view of B: the native backward then gives
-    dx with B, and dW, db as ever (they never read W). None when that cannot be relied on: the
-    caller then runs the autograd Function. Used only where B gets no gradient and dx is B's."""
+    """``compute()`` (torch's own op on x and W) with every W it saves for its backward (or
+    permuted view of W: F.linear saves W^T) replaced by B (the same view of B): the native
+    backward then gives dx with B, and dW, db as ever (they never read W). None when that cannot
+    be relied on: the caller then runs the autograd Function. Used only where B gets no
+    gradient and dx is B's."""
+    if not torch.is_grad_enabled():
+        return compute()  # no graph: nothing is saved
     if (
         torch.compiler.is_compiling()
         or torch.is_autocast_enabled(x.device.type)
-        or torch._C._autograd._top_saved_tensors_default_hooks(False) is not None
+        or _callers_saved_tensor_hooks()
         or B.shape != W.shape
         or B.stride() != W.stride()
         or B.dtype != W.dtype
