@@ -218,11 +218,17 @@ def _native_with_B_saved(compute: Callable[[], Tensor], x: Tensor, W: Tensor, B:
     return y
 
 
-def _apply(function, x, W, b, B, angle_scale, input_gradient, *conv_args) -> Tensor:
-    """``function.apply(...)``; under autocast for x's device, on inputs cast to the autocast
+def _apply(function, native, x, W, b, B, angle_scale, input_gradient, *conv_args) -> Tensor:
+    """``native(x, W, b)`` with B saved in W's place where B takes no gradient and no
+    ``input_gradient`` is given and that path holds (``_native_with_B_saved``), else
+    ``function.apply(...)``; under autocast for x's device, on inputs cast to the autocast
     dtype (as autocast casts F.linear/F.conv2d inputs: floating point ones other than float64;
     the casts are differentiable, so gradients return in the parameters' dtype) with autocast
     off inside, so the backward's products see the dtypes the forward saw."""
+    if input_gradient is None and not B.requires_grad:
+        y = _native_with_B_saved(lambda: native(x, W, b), x, W, B)
+        if y is not None:
+            return y
     device_type = x.device.type
     if not torch.is_autocast_enabled(device_type):
         return function.apply(x, W, b, B, angle_scale, input_gradient, *conv_args)
@@ -264,11 +270,7 @@ def aligned_linear(
     ``angle_scale`` is a 0-dim tensor: dB = angle_scale * dW when B requires grad.
     ``input_gradient(dy, input_shape)``, when given, supplies dx in place of dy B (None keeps dy B).
     """
-    if input_gradient is None and not B.requires_grad:
-        y = _native_with_B_saved(lambda: F.linear(x, W, b), x, W, B)
-        if y is not None:
-            return y
-    return _apply(AlignedLinearFunction, x, W, b, B, angle_scale, input_gradient)
+    return _apply(AlignedLinearFunction, F.linear, x, W, b, B, angle_scale, input_gradient)
 
 
 def aligned_conv(
@@ -333,11 +335,11 @@ def aligned_convolution(
     input_gradient: InputGradient | None = None,
 ) -> Tensor:
     """``aligned_conv`` with its arguments given as ``ConvArgs`` already (a layer computes them once)."""
-    if input_gradient is None and not B.requires_grad:
-        y = _native_with_B_saved(lambda: torch.convolution(x, W, b, *conv_args), x, W, B)
-        if y is not None:
-            return y
-    return _apply(AlignedConvFunction, x, W, b, B, angle_scale, input_gradient, conv_args)
+
+    def native(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+        return torch.convolution(x, W, b, *conv_args)
+
+    return _apply(AlignedConvFunction, native, x, W, b, B, angle_scale, input_gradient, conv_args)
 
 
 def aligned_conv2d(
