@@ -66,6 +66,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -141,6 +142,49 @@ def median_interval(values: list[float], rng: random.Random, resamples: int = 20
     """A bootstrap 95% interval of the median of ``values`` (percentiles of resampled medians)."""
     medians = sorted(statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples))
     return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
+def paired_ratios(
+    compared: list[str],
+    baseline: str,
+    step_seconds: Callable[[str], float],
+    tensors: Callable[[], list[list[torch.Tensor]]],
+    rng: random.Random,
+    warmup: int,
+    reps: int,
+    seconds: float,
+) -> tuple[dict[str, list[float]], dict[str, list[float]], int]:
+    """(times, ratios, repetitions): each repetition relocates ``tensors()``, then times every
+    compared side right beside a ``baseline`` step (the sides in a shuffled order, each pair in a
+    random order); ``ratios[name]`` holds (its step / the baseline step beside it). ``reps``
+    repetitions at least, more while they fit in about ``seconds`` (a repetition's length from the
+    ``warmup`` repetitions, which are not recorded): the per-step jitter of a shared host weighs
+    most on short steps, and those are cheap to repeat."""
+    times: dict[str, list[float]] = {name: [] for name in [baseline, *compared]}
+    ratios: dict[str, list[float]] = {name: [] for name in compared}
+    order = list(compared)
+    warm: list[float] = []
+
+    def repetition(recorded: bool) -> None:
+        relocate(tensors(), rng)
+        rng.shuffle(order)  # no side always runs right after the same neighbour
+        for name in order:
+            pair = [baseline, name] if rng.random() < 0.5 else [name, baseline]
+            step = {side: step_seconds(side) for side in pair}
+            if not recorded:
+                warm.append(step[baseline])
+                continue
+            ratios[name].append(step[name] / step[baseline])
+            for side in pair:
+                times[side].append(step[side])
+
+    for _ in range(warmup):
+        repetition(recorded=False)
+    if warm:
+        reps = max(reps, int(seconds / (2 * len(compared) * statistics.median(warm))))
+    for _ in range(reps):
+        repetition(recorded=True)
+    return times, ratios, reps
 
 
 def median_seconds(run, clock, reps: int = 5) -> float:
@@ -241,32 +285,18 @@ def benchmark(
     variants = {"native": (copy.deepcopy(native), native_step)}  # every side a copy: same allocation history
     for name in RULES:
         variants[name] = (convert(copy.deepcopy(native), rule=name), aligned_step)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    ratios: dict[str, list[float]] = {name: [] for name in RULES}
-    order = list(RULES)
-    rng = random.Random(0)
     placed = [module_tensors(model) for model, _ in variants.values()]
-    warm: list[float] = []  # the warm-up's native steps: they size the run
-
-    def repetition(recorded: bool) -> None:
-        relocate(placed, rng)
-        rng.shuffle(order)  # no rule always runs right after the same neighbour
-        for name in order:  # each rule's step beside a native one, the pair in a random order
-            pair = ["native", name] if rng.random() < 0.5 else [name, "native"]
-            step = {side: timed(variants[side][1], variants[side][0], x, y, clock) for side in pair}
-            if not recorded:
-                warm.append(step["native"])
-                continue
-            ratios[name].append(step[name] / step["native"])
-            for side in pair:
-                times[side].append(step[side])
-
-    for _ in range(warmup):
-        repetition(recorded=False)
-    if warm:  # the per-step jitter weighs most on short steps, and they are cheap to repeat
-        reps = max(reps, int(seconds / (2 * len(RULES) * statistics.median(warm))))
-    for _ in range(reps):
-        repetition(recorded=True)
+    times, ratios, reps = paired_ratios(
+        list(RULES),
+        "native",
+        lambda side: timed(variants[side][1], variants[side][0], x, y, clock),
+        lambda: placed,
+        random.Random(0),
+        warmup,
+        reps,
+        seconds,
+    )
+    rng = random.Random(1)  # the intervals' resampling
     costs = layer_costs(variants["bp"][0], x, clock)
     base = statistics.median(times["native"])
     print(f"\n{title}: native step {base * 1e3:.1f} ms (median of {reps})")

@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ops import RULES, bound, layer_costs, median_interval, module_tensors, relocate
+from ops import RULES, bound, layer_costs, median_interval, module_tensors, paired_ratios
 
 from neural_alignment.recipes.loader import load_recipe
 from neural_alignment.training.trainer import Trainer
@@ -113,32 +113,17 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         return seconds
 
     compared = [CONTROL, *rules[1:]]
-    times: dict[str, list[float]] = {rule: [] for rule in ["bp", *compared]}
-    ratios: dict[str, list[float]] = {rule: [] for rule in compared}
-    order = list(compared)
-    rng = random.Random(0)
-    warm: list[float] = []  # the warm-up's bp steps: they size the run
-
-    def repetition(recorded: bool) -> None:
-        relocate([trainer_tensors(trainer) for trainer in trainers.values()], rng)
-        rng.shuffle(order)
-        for rule in order:
-            pair = ["bp", rule] if rng.random() < 0.5 else [rule, "bp"]
-            seconds = {side: step_seconds(side) for side in pair}
-            if not recorded:
-                warm.append(seconds["bp"])
-                continue
-            times["bp"].append(seconds["bp"])
-            times[rule].append(seconds[rule])
-            ratios[rule].append(seconds[rule] / seconds["bp"])
-
-    for _ in range(args.warmup):
-        repetition(recorded=False)
-    reps = args.reps
-    if warm:  # a step's jitter on a shared host is several percent: the median needs many pairs
-        reps = max(reps, int(args.seconds / (2 * len(compared) * statistics.median(warm))))
-    for _ in range(reps):
-        repetition(recorded=True)
+    times, ratios, reps = paired_ratios(
+        compared,
+        "bp",
+        step_seconds,
+        lambda: [trainer_tensors(trainer) for trainer in trainers.values()],  # optimizer state appears in step 1
+        random.Random(0),
+        args.warmup,
+        args.reps,
+        args.seconds,
+    )
+    rng = random.Random(1)  # the intervals' resampling
     base = statistics.median(times["bp"])
     shape = "x".join(str(d) for d in x.shape)
     print(f"\n{arch}, batch {shape}: bp step {base * 1e3:.1f} ms, {batch / base:.1f} images/s (median of {reps})")
