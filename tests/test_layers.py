@@ -231,6 +231,17 @@ def test_angle_scale_buffer_follows_the_rule_and_the_module():
     assert lin.epoch == 0.0 and lin.rule.name == "kp" and isinstance(lin, AlignedLayer)
 
 
+def test_transport_scale_is_none_exactly_at_a_unit_angle_scale():
+    lin, _ = make_layers("kp")
+    assert lin.angle_scale.item() == 1.0 and lin.transport_scale is None  # dB = dW, no multiply
+    buffer = lin.angle_scale
+    lin.set_angle_scale(0.5)
+    assert lin.transport_scale is buffer and buffer.item() == 0.5  # in place: the same tensor
+    lin.set_angle_scale(1.0)
+    assert lin.transport_scale is None and buffer.item() == 1.0
+    assert make_layers("kp", weights={"angle": 0.25})[0].transport_scale is not None
+
+
 def test_from_module_keeps_arguments_dtype_and_output():
     torch.manual_seed(4)
     native = nn.Conv2d(

@@ -130,6 +130,26 @@ def test_B_gets_angle_scale_times_dW_only_when_it_requires_grad(op, case):
 
 
 @pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
+def test_unit_angle_scale_hands_dW_itself_to_B_without_a_multiply(op, case):
+    """angle_scale=None is a scale of exactly 1: dB equals dW (no multiply runs in the backward),
+    and an L2 term on W in the same graph reaches W.grad only, not B.grad through a shared tensor."""
+    x, W, b = case()
+    B = torch.randn_like(W).requires_grad_()
+    W_ref, B_ref = W.detach().clone().requires_grad_(), B.detach().clone().requires_grad_()
+    task = apply(op, x, W, b, B, None).pow(2).sum()
+    task_ref = apply(op, x, W_ref, b, B_ref, scale(1.0, W)).pow(2).sum()
+    with AtenLog() as log:
+        (task + 0.3 * W.pow(2).sum()).backward()
+    (task_ref + 0.3 * W_ref.pow(2).sum()).backward()
+    torch.testing.assert_close(B.grad, B_ref.grad, rtol=0, atol=0)
+    torch.testing.assert_close(W.grad, W_ref.grad, rtol=0, atol=0)
+    torch.testing.assert_close(W.grad - B.grad, 0.6 * W.detach())  # dW + 0.6 W beside dB = dW
+    assert B.grad.data_ptr() != W.grad.data_ptr()
+    scalings = [args for func, args in log.calls if func is torch.ops.aten.mul.Tensor and args[0].shape == W.shape]
+    assert len(scalings) == 1  # the L2 term's 2 W dy; no dW * angle_scale
+
+
+@pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
 def test_frozen_W_still_delivers_dB(op, case):
     x, W, b = case()
     W.requires_grad_(False)

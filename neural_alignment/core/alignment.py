@@ -9,9 +9,10 @@
   without a graph or a kernel-sized temporary per layer; with ``decay_in_optimizer`` it leaves
   B's own decay ``2 bb B`` (``backward_decay(model)``) to B's optimizer's weight decay.
 - ``set_epoch(model, epoch, angle_factor)`` sets ``layer.epoch`` and writes
-  ``rule.coefficient("angle", epoch) * angle_factor`` into ``layer.angle_scale`` in place,
-  so the op's delivered angle update follows the schedule without reallocating a tensor
-  (torch.compile and XLA see the same buffer every step).
+  ``rule.coefficient("angle", epoch) * angle_factor`` into ``layer.angle_scale`` in place
+  (``layer.set_angle_scale``), so the op's delivered angle update follows the schedule without
+  reallocating a tensor (torch.compile and XLA see the same buffer every step); at exactly 1
+  the op gets None and hands dW itself to B.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def set_epoch(model: nn.Module, epoch: float, angle_factor: float = 1.0) -> None
     ``rule.coefficient("angle", epoch) * angle_factor`` (in place)."""
     for _, layer in aligned_layers(model):
         layer.epoch = epoch
-        layer.angle_scale.fill_(layer.rule.coefficient("angle", epoch) * angle_factor)
+        layer.set_angle_scale(layer.rule.coefficient("angle", epoch) * angle_factor)
 
 
 def add_weight_gradients(model: nn.Module, scale: float = 1.0, decay_in_optimizer: bool = False) -> None:

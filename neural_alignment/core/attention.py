@@ -83,7 +83,7 @@ class Projection(DenseLayer):
     def _linear(self, x: Tensor, W: Tensor, b: Tensor | None, B: Tensor | None, input_gradient) -> Tensor:
         if B is None:
             return F.linear(x, W, b)
-        return aligned_linear(x, W, b, B, self.angle_scale, input_gradient)
+        return aligned_linear(x, W, b, B, self.transport_scale, input_gradient)
 
     def forward(self, x: Tensor, key: Tensor | None = None, value: Tensor | None = None) -> Any:
         W, b = self.weight, self.bias

@@ -14,8 +14,8 @@ object; the core never resolves names) decides:
   in the op's backward (``core/feedback.py``).
 
 The layer contract of docs/internals.md: ``last_input``/``last_output`` (detached refs of the
-latest forward), ``project``, ``reconstruct``, ``angle_scale`` (0-dim, not persistent),
-``rule`` and ``epoch``.
+latest forward), ``project``, ``reconstruct``, ``angle_scale`` (0-dim, not persistent; set
+through ``set_angle_scale``, passed to the op as ``transport_scale``), ``rule`` and ``epoch``.
 """
 
 from __future__ import annotations
@@ -88,11 +88,8 @@ class AlignedLayer(nn.Module):
         self.last_input = None
         self.last_output = None
         W = self.weight
-        self.register_buffer(
-            "angle_scale",
-            torch.tensor(float(rule.coefficient("angle", 0.0)), device=W.device, dtype=W.dtype),
-            persistent=False,
-        )
+        self.register_buffer("angle_scale", torch.zeros((), device=W.device, dtype=W.dtype), persistent=False)
+        self.set_angle_scale(float(rule.coefficient("angle", 0.0)))
         owner = self if owner is None else owner
         if rule.has_backward_weight:
             B = nn.Parameter(torch.empty_like(W), requires_grad=bool(rule.trains_backward_weight))
@@ -105,6 +102,16 @@ class AlignedLayer(nn.Module):
             own_state = set(self.state_dict())
             feedback.attach(self)
             self._feedback_state = set(self.state_dict()) - own_state
+
+    def set_angle_scale(self, value: float) -> None:
+        """Fill ``angle_scale`` with ``value`` in place and note whether it is exactly 1."""
+        self.angle_scale.fill_(value)
+        self.unit_angle_scale = value == 1.0
+
+    @property
+    def transport_scale(self) -> Tensor | None:
+        """The op's ``angle_scale``: None for a scale of exactly 1 (dB = dW itself, no multiply), else the tensor."""
+        return None if self.unit_angle_scale else self.angle_scale
 
     def _feedback_path(self) -> InputGradient | None:
         """Run the rule's feedback before this forward and return the op's ``input_gradient``
@@ -195,7 +202,7 @@ class AlignedLinear(DenseLayer, nn.Linear):
             y = F.linear(x, self.weight, self.bias)
         else:
             input_gradient = self._feedback_path()
-            y = aligned_linear(x, self.weight, self.bias, self._backward_kernel(), self.angle_scale, input_gradient)
+            y = aligned_linear(x, self.weight, self.bias, self._backward_kernel(), self.transport_scale, input_gradient)
         return self._remember(x, y)
 
     @classmethod
@@ -303,7 +310,7 @@ class AlignedConvolution(AlignedLayer, _ConvNd):
                 self.weight,
                 self.bias,
                 self._backward_kernel(),
-                self.angle_scale,
+                self.transport_scale,
                 self._conv_args,
                 input_gradient,
             )
