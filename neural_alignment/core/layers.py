@@ -77,6 +77,8 @@ class AlignedLayer(nn.Module):
     weight: Tensor
     backward_weight: nn.Parameter | None
     angle_scale: Tensor
+    unit_angle_scale: bool
+    """``angle_scale`` holds exactly 1 (``set_angle_scale``): the op then gets None and hands dW itself to B."""
     batch_mean: Callable[[Tensor], Tensor]
     """Optional, unset unless a backend sets it (``ddp``'s ``sync_alignment_means``); read with a default."""
 
