@@ -118,14 +118,23 @@ def apply(op, x, W, b, B, s):
     return aligned_linear(x, W, b, B, s) if op == "linear" else aligned_conv2d(x, W, b, B, s, 1, 1, 1, 1)
 
 
+def through_the_function(op, *args):
+    """``op(*args)`` forced onto the autograd Function (a caller's saved-tensor hooks turn the
+    native path off), the hooks doing nothing."""
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        return op(*args)
+
+
+@pytest.mark.parametrize("path", ["native", "function"])
 @pytest.mark.parametrize("op, case", [("linear", linear_case), ("conv", conv_case)])
-def test_B_gets_angle_scale_times_dW_only_when_it_requires_grad(op, case):
+def test_B_gets_angle_scale_times_dW_only_when_it_requires_grad(op, case, path):
     x, W, b = case()
     B = torch.randn_like(W).requires_grad_()
-    apply(op, x, W, b, B, scale(0.25, W)).pow(2).sum().backward()
+    run = apply if path == "native" else (lambda *args: through_the_function(apply, *args))
+    run(op, x, W, b, B, scale(0.25, W)).pow(2).sum().backward()
     torch.testing.assert_close(B.grad, 0.25 * W.grad, rtol=0, atol=0)
     B.grad = None
-    apply(op, x, W, b, B.detach(), scale(0.25, W)).pow(2).sum().backward()
+    run(op, x, W, b, B.detach(), scale(0.25, W)).pow(2).sum().backward()
     assert B.grad is None
 
 
@@ -287,61 +296,61 @@ def grad_fn_name(y) -> str:
     return type(y.grad_fn).__name__
 
 
-def through_the_function(op, *args):
-    """``op(*args)`` forced onto the autograd Function (a caller's saved-tensor hooks turn the
-    native path off), the hooks doing nothing."""
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
-        return op(*args)
-
-
 LINEAR_INPUTS = [((5, 4), True), ((2, 5, 4), False), ((4,), True)]
 
 
+@pytest.mark.parametrize("B_grad", [False, True])
 @pytest.mark.parametrize("x_shape, bias", LINEAR_INPUTS)
-def test_linear_with_detached_B_is_torchs_own_node_and_equals_the_function(x_shape, bias):
+def test_linear_is_torchs_own_node_and_equals_the_function(x_shape, bias, B_grad):
+    """B detached (every rule but kp's) or taking a gradient through ``TransportedKernel`` (kp's)."""
     torch.manual_seed(6)
-    x, W, B = leaf(*x_shape), leaf(3, 4), leaf(3, 4, grad=False)
+    x, W, B = leaf(*x_shape), leaf(3, 4), leaf(3, 4, grad=B_grad)
     b = leaf(3) if bias else None
-    y = aligned_linear(x, W, b, B, scale(1.0, W))
+    y = aligned_linear(x, W, b, B, scale(0.5, W))
     assert grad_fn_name(y) != "AlignedLinearFunctionBackward"
-    y_ref = through_the_function(aligned_linear, x, W, b, B, scale(1.0, W))
+    y_ref = through_the_function(aligned_linear, x, W, b, B, scale(0.5, W))
     assert grad_fn_name(y_ref) == "AlignedLinearFunctionBackward"
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
-    inputs = (x, W) if b is None else (x, W, b)
+    inputs = (x, W) + ((b,) if bias else ()) + ((B,) if B_grad else ())
     dy = torch.randn_like(y)
     for got, ref in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(y_ref, inputs, dy), strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
-    dx = torch.autograd.grad(aligned_linear(x, W, b, B, scale(1.0, W)), x, dy)[0]
-    torch.testing.assert_close(dx, dy @ B, rtol=0, atol=1e-12)  # B's, never W's
+    dx = torch.autograd.grad(aligned_linear(x, W, b, B, scale(0.5, W)), x, dy)[0]
+    torch.testing.assert_close(dx, dy @ B.detach(), rtol=0, atol=1e-12)  # B's, never W's
 
 
-def test_linear_on_views_of_one_weight_saves_the_same_views_of_B():
+@pytest.mark.parametrize("B_grad", [False, True])
+def test_linear_on_views_of_one_weight_saves_the_same_views_of_B(B_grad):
     """An attention's q, k, v projections: W and B are thirds of one tensor each."""
     torch.manual_seed(7)
-    W_all, B_all = leaf(9, 4), leaf(9, 4, grad=False)
+    W_all, B_all = leaf(9, 4), leaf(9, 4, grad=B_grad)
     x = leaf(2, 5, 4)
     dy = torch.randn(2, 5, 3, dtype=F64)
     for third, (W, B) in enumerate(zip(W_all.chunk(3), B_all.chunk(3), strict=True)):
-        y = aligned_linear(x, W, None, B, scale(1.0, W))
+        y = aligned_linear(x, W, None, B, None)
         assert grad_fn_name(y) != "AlignedLinearFunctionBackward"
-        dx, dW_all = torch.autograd.grad(y, (x, W_all), dy)
-        torch.testing.assert_close(dx, dy @ B, rtol=0, atol=1e-12)
+        dx, dW_all, *dB_all = torch.autograd.grad(y, (x, W_all) + ((B_all,) if B_grad else ()), dy)
+        torch.testing.assert_close(dx, dy @ B.detach(), rtol=0, atol=1e-12)
         ref_dW = torch.zeros_like(W_all)
         ref_dW[3 * third : 3 * third + 3] = torch.einsum("nto,nti->oi", dy, x)
         torch.testing.assert_close(dW_all, ref_dW, rtol=0, atol=1e-12)
+        for dB in dB_all:  # kp at a unit scale: B's third gets dW's
+            torch.testing.assert_close(dB, ref_dW, rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("B_grad", [False, True])
 @pytest.mark.parametrize("x_grad", [True, False])
-def test_conv_with_detached_B_is_torchs_own_node_and_equals_the_function(x_grad):
+def test_conv_is_torchs_own_node_and_equals_the_function(x_grad, B_grad):
+    """B detached (every rule but kp's) or taking a gradient through ``TransportedKernel`` (kp's)."""
     x, W, b = conv_case()
     x.requires_grad_(x_grad)
-    B = torch.randn_like(W).detach()
-    y = aligned_conv2d(x, W, b, B, scale(1.0, W), 2, 1, 1, 1)
+    B = torch.randn_like(W).detach().requires_grad_(B_grad)
+    y = aligned_conv2d(x, W, b, B, scale(0.5, W), 2, 1, 1, 1)
     assert grad_fn_name(y) == "ConvolutionBackward0"
-    y_ref = through_the_function(aligned_conv2d, x, W, b, B, scale(1.0, W), 2, 1, 1, 1)
+    y_ref = through_the_function(aligned_conv2d, x, W, b, B, scale(0.5, W), 2, 1, 1, 1)
     assert grad_fn_name(y_ref) == "AlignedConvFunctionBackward"
     torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
-    inputs = (x, W, b) if x_grad else (W, b)
+    inputs = ((x,) if x_grad else ()) + (W, b) + ((B,) if B_grad else ())
     dy = torch.randn_like(y)
     for got, ref in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(y_ref, inputs, dy), strict=True):
         torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
