@@ -192,9 +192,9 @@ def _callers_saved_tensor_hooks() -> bool:
 
 
 class TransportedKernel(torch.autograd.Function):
-    """Forward: W itself (a view). Backward: dW to W and ``angle_scale * dW`` to B (dW itself for
-    ``angle_scale`` None): Kolen-Pollack's transported update of the kernel gradient that a native
-    op in front of which it stands computes."""
+    """Forward: W itself (a view), to be fed to a native op as its kernel. Backward: the dW that op
+    computes goes to W, and ``angle_scale * dW`` (dW itself for ``angle_scale`` None) to B:
+    Kolen-Pollack's transported update, with no product of its own."""
 
     @staticmethod
     def forward(ctx, W: Tensor, B: Tensor, angle_scale: Tensor | None) -> Tensor:
