@@ -75,8 +75,8 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
             "data.num_workers=0",
             f"data.batch_size={batch}",
             f"data.options={{shape: {shape}, num_classes: {classes}, train_size: {batch}, test_size: 8}}",
-            "train.steps=1000000",
-            "train.epochs=null",
+            "train.steps=null",  # one step per epoch (train_size = batch): the schedules' own unit
+            "train.epochs=1000000",
             "log.loggers=[jsonl]",
             "train.progress=false",
             f"backend.name={args.backend}",
