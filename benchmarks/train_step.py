@@ -13,17 +13,20 @@ process after a warm-up. In each repetition every rule's step is timed right bes
 (the rules in a shuffled order, each pair in a random order): the ratio is the median over
 repetitions of (rule step / the bp step beside it), so a slow minute of a shared host's
 neighbours falls on both sides of a pair, printed with a bootstrap 95% interval. ``bp again`` is
-a second bp ``Trainer`` measured the same way: its ratio is the noise floor of the others. Before
-each repetition every trainer's parameters, buffers and optimizer state move to fresh memory
-(``ops.relocate``: kept in place, one copy's placement would decide its ratio for the whole
-run). Every timed step
-starts from the rule's initial weights (W the same for every rule; restored, in place, outside
-the clock): trained on one batch over and over, each rule's model would drift to a state of its
-own, and the CPU's data-dependent kernels (max-pooling, ReLU's backward) then run at speeds of
-their own (fa's convnet step measured 1.07-1.11 of bp's that way, 1.02 from the same weights;
-the same steps with lr 0: 1.02). On the CPU the
-clock is the process's CPU time with one thread (a shared machine's wall clock measures the
-neighbours); on a GPU or XLA device the wall clock.
+a second bp ``Trainer`` measured the same way: its ratio is the noise floor of the others.
+``bp+B step`` is bp's step followed, on the clock, by one step of an optimizer built like the
+alignment optimizer of kp's trainer (sa's without kp), over stand-ins of B's sizes, each with a
+fixed gradient: the one update kp and sa cannot do without, so its ratio is their floor on this
+host (a memory-bound pass beside compute-bound products, it moves with the host's memory bandwidth).
+Before each repetition every trainer's parameters, buffers and optimizer state move to fresh
+memory (``ops.relocate``: kept in place, one copy's placement would decide its ratio for the whole
+run). Every timed step starts from the rule's initial weights (W the same for every rule;
+restored, in place, outside the clock): trained on one batch over and over, each rule's model
+would drift to a state of its own, and the CPU's data-dependent kernels (max-pooling, ReLU's
+backward) then run at speeds of their own (fa's convnet step measured 1.07-1.11 of bp's that way,
+1.02 from the same weights; the same steps with lr 0: 1.02). On the CPU the clock is the
+process's CPU time with one thread (a shared machine's wall clock measures the neighbours); on a
+GPU or XLA device the wall clock.
 
 The bound is ``benchmarks/ops.py``'s (the products of the rule's alignment pass over native
 backprop's, each weighted by its time alone on the cpu backend, by its multiply-adds on another;
@@ -56,6 +59,9 @@ AT_BP, AT_BP_LIMIT = ("fa", "sa", "kp"), 1.05
 """The rules whose step runs bp's products and no others, and how far from bp's step they may be."""
 CONTROL = "bp again"
 """A second bp trainer, timed against bp like every rule: the noise floor (its limit is bp's, not checked)."""
+FLOOR = "bp+B step"
+"""bp's step plus an alignment-optimizer step over stand-ins of B: sa's and kp's floor (not checked)."""
+REFERENCES = (CONTROL, FLOOR)
 
 
 def overrides(arch: str, args) -> tuple[str, list[str], int]:
@@ -86,14 +92,38 @@ def overrides(arch: str, args) -> tuple[str, list[str], int]:
     )
 
 
+def optimizer_state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """An optimizer's state tensors (they appear at its first step)."""
+    return [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+
+
 def trainer_tensors(trainer: Trainer) -> list[torch.Tensor]:
     """The model's parameters and buffers and every optimizer's state tensors (what ``relocate`` moves)."""
     tensors = module_tensors(trainer.model)
     for component in trainer.components.values():
         if component is not None:
-            for state in component.optimizer.state.values():
-                tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+            tensors += optimizer_state(component.optimizer)
     return tensors
+
+
+def with_backward_update(trainer: Trainer, like: Trainer) -> torch.optim.Optimizer:
+    """Make ``trainer``'s step also take one step of an optimizer built like ``like``'s alignment
+    optimizer (its class and settings, fused included) over stand-ins of ``like``'s trained B,
+    each with a fixed gradient. Returns that optimizer."""
+    alignment = like.components["alignment"]
+    assert alignment is not None, "like has a trained B"
+    stand_ins = [torch.nn.Parameter(torch.randn_like(B)) for B in alignment.params]
+    for p in stand_ins:
+        p.grad = torch.randn_like(p)
+    optimizer = type(alignment.optimizer)(stand_ins, **alignment.optimizer.defaults)
+    task_step = trainer.train_step
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        task_step(x, y)
+        optimizer.step()
+
+    trainer.train_step = step  # type: ignore[method-assign]
+    return optimizer
 
 
 def benchmark(arch: str, args, clock, folder: Path) -> bool:
@@ -105,6 +135,21 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     }
     x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch)), strict=True))
     trainers[CONTROL] = Trainer(load_recipe(recipe_name, [*common, "rule.name=bp"]), folder / f"{arch}-bp-again")
+    # kp's update where kp runs (on ResNet-18 sa's is the same Adam; on the convnet sa's is plain GD)
+    trained_B = [trainers[r] for r in ("kp", "sa") if r in trainers and trainers[r].components["alignment"]]
+    stand_in_update = None
+    if trained_B:
+        trainers[FLOOR] = Trainer(load_recipe(recipe_name, [*common, "rule.name=bp"]), folder / f"{arch}-bp-B-step")
+        stand_in_update = with_backward_update(trainers[FLOOR], trained_B[0])
+
+    def tensors() -> list[list[torch.Tensor]]:
+        """Every trainer's tensors and the stand-in update's parameters, gradients and state."""
+        groups = [trainer_tensors(trainer) for trainer in trainers.values()]
+        if stand_in_update is not None:
+            stand_ins = [p for group in stand_in_update.param_groups for p in group["params"]]
+            groups.append([*stand_ins, *(p.grad for p in stand_ins), *optimizer_state(stand_in_update)])
+        return groups
+
     initial = {rule: copy.deepcopy(trainer.model.state_dict()) for rule, trainer in trainers.items()}
 
     def step_seconds(rule: str) -> float:
@@ -112,12 +157,12 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         (seconds,) = trainers[rule].time_steps(x, y, 1, clock)
         return seconds
 
-    compared = [CONTROL, *rules[1:]]
+    compared = [name for name in REFERENCES if name in trainers] + rules[1:]
     times, ratios, reps = paired_ratios(
         compared,
         "bp",
         step_seconds,
-        lambda: [trainer_tensors(trainer) for trainer in trainers.values()],  # optimizer state appears in step 1
+        tensors,  # called before each repetition: optimizer state appears in step 1
         random.Random(0),
         args.warmup,
         args.reps,
@@ -140,7 +185,7 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
         b = bound(trainers[rule].model, costs)
         limit = AT_BP_LIMIT if rule in AT_BP else 1.15 * b
         ok = ratio <= limit
-        all_ok &= ok or rule == CONTROL
+        all_ok &= ok or rule in REFERENCES
         print(
             f"{rule:<10}{batch / statistics.median(times[rule]):>10.1f}{ratio:>8.3f}  {low:>6.3f}-{high:<6.3f}"
             f"{b:>8.3f}{limit:>8.3f}  "
