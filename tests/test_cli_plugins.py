@@ -9,6 +9,7 @@ PYTHONPATH, so the plugins are found exactly as an installed plugin is: through 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,13 @@ NALIGN = str(Path(sys.executable).with_name("nalign"))
 
 
 def pip_install_to(target: Path, *projects: Path) -> Path:
+    """pip-install ``projects`` into ``target``, each from a copy beside it: pip's build leaves
+    ``build/`` and ``*.egg-info`` in the folder it builds, and an egg-info in an example's source
+    folder (on pytest's pythonpath) would register its plugin in this process too, so the suite
+    would collect other tests once it had run once."""
+    copies = target.with_name(target.name + "-src")
+    for project in projects:
+        shutil.copytree(project, copies / project.name, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     subprocess.run(
         [
             sys.executable,
@@ -32,7 +40,7 @@ def pip_install_to(target: Path, *projects: Path) -> Path:
             "--no-build-isolation",
             "--target",
             str(target),
-            *map(str, projects),
+            *(str(copies / project.name) for project in projects),
         ],
         check=True,
     )
