@@ -17,7 +17,8 @@ a second bp ``Trainer`` measured the same way: its ratio is the noise floor of t
 ``bp+B step`` is bp's step followed, on the clock, by one step of an optimizer built like the
 alignment optimizer of kp's trainer (sa's without kp), over stand-ins of B's sizes, each with a
 fixed gradient: the one update kp and sa cannot do without, so its ratio is their floor on this
-host (a memory-bound pass beside compute-bound products, it moves with the host's memory bandwidth).
+host (a memory-bound pass beside compute-bound products: it moves with the host's memory
+bandwidth).
 Before each repetition every trainer's parameters, buffers and optimizer state move to fresh
 memory (``ops.relocate``: kept in place, one copy's placement would decide its ratio for the whole
 run). Every timed step starts from the rule's initial weights (W the same for every rule;
