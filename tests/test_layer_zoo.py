@@ -53,6 +53,12 @@ def batch():
     return torch.randn(5, 2, 27, dtype=F64), torch.randint(0, 3, (5,))
 
 
+WITH_EXAMPLE_PLUGINS = Registry(autoload=False, extra_plugins=[sign_symmetry, direct_feedback])
+"""The built-in rules and the example plugins' (sign symmetry, DFA), on every machine: not only
+where the plugins happen to be installed."""
+EVERY_RULE = WITH_EXAMPLE_PLUGINS.catalog("rules").names()
+
+
 def zoo(rule) -> nn.Module:
     torch.manual_seed(1)
     with warnings.catch_warnings():
@@ -62,9 +68,9 @@ def zoo(rule) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("rule", na.list_rules())
+@pytest.mark.parametrize("rule", EVERY_RULE)
 def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, tmp_path):
-    model = zoo(rule)
+    model = zoo(na.get_rule(rule, registry=WITH_EXAMPLE_PLUGINS))
     inputs, targets = batch()
     loss = nn.functional.cross_entropy(model(inputs), targets)
     (loss + na.alignment_loss(model)).backward()
@@ -78,7 +84,7 @@ def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, 
     if rule != "bp":
         assert angles["c1"] > 1.0  # random B: the propagated gradient is not backprop's
     # B := W gives backprop unless a feedback path (sign symmetry, DFA) replaces B or dx itself
-    if rule != "bp" and na.get_rule(rule).feedback is None:
+    if rule != "bp" and na.get_rule(rule, registry=WITH_EXAMPLE_PLUGINS).feedback is None:
         with torch.no_grad():
             for _, layer in aligned_layers(model):
                 layer.backward_weight.copy_(layer.weight)
@@ -165,12 +171,12 @@ def test_amp_through_the_kernel_product_equals_amp_of_the_formed_bp_on_every_lay
         torch.testing.assert_close(dB, expected_dB, msg=name)
 
 
-@pytest.mark.parametrize("rule", na.list_rules())
+@pytest.mark.parametrize("rule", EVERY_RULE)
 def test_every_rule_steps_under_bfloat16_autocast_on_every_layer_kind(rule):
     """Under CPU autocast the pass's products see the dtypes autocast gives F.conv/F.linear (its
     torch.convolution calls cast as F.conv would): the step runs and every trained B gets a finite
     float32 gradient; wm's and ia's amp through the kernel product is close to float32's."""
-    model = zoo(rule).float()
+    model = zoo(na.get_rule(rule, registry=WITH_EXAMPLE_PLUGINS)).float()
     inputs, targets = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(inputs.float())
