@@ -59,6 +59,11 @@ where the plugins happen to be installed."""
 EVERY_RULE = WITH_EXAMPLE_PLUGINS.catalog("rules").names()
 
 
+def rule_named(name: str):
+    """The rule ``name`` from :data:`WITH_EXAMPLE_PLUGINS`."""
+    return na.get_rule(name, registry=WITH_EXAMPLE_PLUGINS)
+
+
 def zoo(rule) -> nn.Module:
     torch.manual_seed(1)
     with warnings.catch_warnings():
@@ -70,7 +75,7 @@ def zoo(rule) -> nn.Module:
 
 @pytest.mark.parametrize("rule", EVERY_RULE)
 def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, tmp_path):
-    model = zoo(na.get_rule(rule, registry=WITH_EXAMPLE_PLUGINS))
+    model = zoo(rule_named(rule))
     inputs, targets = batch()
     loss = nn.functional.cross_entropy(model(inputs), targets)
     (loss + na.alignment_loss(model)).backward()
@@ -84,7 +89,7 @@ def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, 
     if rule != "bp":
         assert angles["c1"] > 1.0  # random B: the propagated gradient is not backprop's
     # B := W gives backprop unless a feedback path (sign symmetry, DFA) replaces B or dx itself
-    if rule != "bp" and na.get_rule(rule, registry=WITH_EXAMPLE_PLUGINS).feedback is None:
+    if rule != "bp" and rule_named(rule).feedback is None:
         with torch.no_grad():
             for _, layer in aligned_layers(model):
                 layer.backward_weight.copy_(layer.weight)
@@ -94,12 +99,8 @@ def test_every_rule_trains_every_backward_kernel_and_measures_every_layer(rule, 
     assert path.is_file() and sorted(load_snapshot(tmp_path, 0)) == sorted(LAYERS)
 
 
-def plugin_rule(plugin, name: str):
-    return na.get_rule(name, registry=Registry(autoload=False, extra_plugins=[plugin]))
-
-
 def test_sign_symmetry_sets_every_B_of_the_new_layers_from_W():
-    model = zoo(plugin_rule(sign_symmetry, "usf"))
+    model = zoo(rule_named("usf"))
     inputs, targets = batch()
     nn.functional.cross_entropy(model(inputs), targets).backward()
     for name, layer in aligned_layers(model):
@@ -109,7 +110,7 @@ def test_sign_symmetry_sets_every_B_of_the_new_layers_from_W():
 
 
 def test_direct_feedback_sends_the_output_error_to_every_new_layer():
-    model = zoo(plugin_rule(direct_feedback, "dfa"))
+    model = zoo(rule_named("dfa"))
     inputs, targets = batch()
     x = inputs.requires_grad_()
     logits = model(x)
@@ -176,7 +177,7 @@ def test_every_rule_steps_under_bfloat16_autocast_on_every_layer_kind(rule):
     """Under CPU autocast the pass's products see the dtypes autocast gives F.conv/F.linear (its
     torch.convolution calls cast as F.conv would): the step runs and every trained B gets a finite
     float32 gradient; wm's and ia's amp through the kernel product is close to float32's."""
-    model = zoo(na.get_rule(rule, registry=WITH_EXAMPLE_PLUGINS)).float()
+    model = zoo(rule_named(rule)).float()
     inputs, targets = batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = model(inputs.float())
