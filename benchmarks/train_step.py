@@ -18,10 +18,9 @@ a second bp ``Trainer`` measured the same way: its ratio is the noise floor of t
 alignment optimizer of kp's trainer (sa's without kp), over stand-ins of B's sizes, each with a
 fixed gradient: the one update kp and sa cannot do without, so its ratio is their floor on this
 host (a memory-bound pass beside compute-bound products: it moves with the host's memory
-bandwidth).
-Before each repetition every trainer's parameters, buffers and optimizer state move to fresh
-memory (``ops.relocate``: kept in place, one copy's placement would decide its ratio for the whole
-run). Every timed step starts from the rule's initial weights (W the same for every rule;
+bandwidth). Before each repetition every trainer's parameters, buffers and optimizer state move to
+fresh memory (``ops.relocate``: kept in place, one copy's placement would decide its ratio for the
+whole run). Every timed step starts from the rule's initial weights (W the same for every rule;
 restored, in place, outside the clock): trained on one batch over and over, each rule's model
 would drift to a state of its own, and the CPU's data-dependent kernels (max-pooling, ReLU's
 backward) then run at speeds of their own (fa's convnet step measured 1.07-1.11 of bp's that way,
@@ -137,11 +136,11 @@ def benchmark(arch: str, args, clock, folder: Path) -> bool:
     x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch)), strict=True))
     trainers[CONTROL] = Trainer(load_recipe(recipe_name, [*common, "rule.name=bp"]), folder / f"{arch}-bp-again")
     # kp's update where kp runs (on ResNet-18 sa's is the same Adam; on the convnet sa's is plain GD)
-    trained_B = [trainers[r] for r in ("kp", "sa") if r in trainers and trainers[r].components["alignment"]]
+    like = next((trainers[r] for r in ("kp", "sa") if r in trainers and trainers[r].components["alignment"]), None)
     stand_in_update = None
-    if trained_B:
+    if like is not None:
         trainers[FLOOR] = Trainer(load_recipe(recipe_name, [*common, "rule.name=bp"]), folder / f"{arch}-bp-B-step")
-        stand_in_update = with_backward_update(trainers[FLOOR], trained_B[0])
+        stand_in_update = with_backward_update(trainers[FLOOR], like)
 
     def tensors() -> list[list[torch.Tensor]]:
         """Every trainer's tensors and the stand-in update's parameters, gradients and state."""

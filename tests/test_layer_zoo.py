@@ -188,7 +188,7 @@ def test_every_rule_steps_under_bfloat16_autocast_on_every_layer_kind(rule):
         if B is not None and B.requires_grad:
             assert B.grad.dtype == torch.float32 and torch.isfinite(B.grad).all(), name
     if rule in ("wm", "ia"):
-        amp, layer = na.get_rule(rule).primitives["amp"], model.c1
+        amp, layer = rule_named(rule).primitives["amp"], model.c1
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(inputs.float())
             low = amp(AlignmentContext(layer, layer.rule))
