@@ -146,10 +146,10 @@ def test_accumulation_equals_the_large_batch(tmp_path, rule):
 def test_a_step_updates_by_the_gradients_of_the_documented_sum(tmp_path, align_forward_weight, clip):
     """One train_step with plain gradient descent at lr 1 moves every parameter by minus autograd's
     gradient of loss_rate * (task + model_l2 |W|^2 / 2) + alignment_rate * R, R written out by hand
-    for sa (W takes R's part with align_forward_weight), although the kernels' quadratic forms are
-    not in the graph: their gradient is added in closed form, B's own decay folded into the
-    alignment optimizer's weight decay ("fold"), or, when clipping reads the gradients first,
-    written into the gradient itself ("clipped": the clip is too large to act)."""
+    for sa (W takes R's part with align_forward_weight), although neither the model L2 nor the
+    kernels' quadratic forms are in the graph: their gradients are added in closed form, B's own
+    decay folded into the alignment optimizer's weight decay ("fold"), or, when clipping reads the
+    gradients first, written into the gradient itself ("clipped": the clip is too large to act)."""
     trainer = Trainer(
         recipe(
             "rule.name=sa",
@@ -172,20 +172,22 @@ def test_a_step_updates_by_the_gradients_of_the_documented_sum(tmp_path, align_f
 
     def documented_sum():
         logits = trainer.model(x)
-        task = F.cross_entropy(logits, y) + 0.3 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(trainer.model))
+        cross_entropy = F.cross_entropy(logits, y)
+        task = cross_entropy + 0.3 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(trainer.model))
         sa = 0.0
         for i in (1, 3):
             W, B = params[f"{i}.weight"], params[f"{i}.backward_weight"]
             W = W if align_forward_weight else W.detach()
             sa = sa + 1e-3 * (W.pow(2).sum() + B.pow(2).sum()) - 2e-3 * (W * B).sum()
-        return task, 2 * task + 5 * sa, sa
+        return cross_entropy, task, 2 * task + 5 * sa, sa
 
-    task, total, sa = documented_sum()
+    cross_entropy, task, total, sa = documented_sum()
     expected = dict(zip(params, torch.autograd.grad(total, list(params.values())), strict=True))
     torch.testing.assert_close(alignment_loss(trainer.model), sa)  # the public loss keeps every term
     step_total, step_task, _ = trainer.losses(x, y)
     torch.testing.assert_close(step_task, task)
-    torch.testing.assert_close(step_total, 2 * task)  # sa is all quadratic forms: none left in the graph
+    # sa is all quadratic forms and the L2 one more: only the cross-entropy is left in the graph
+    torch.testing.assert_close(step_total, 2 * cross_entropy)
     assert trainer.optimizer_decay() == (None if clip else pytest.approx(5 * 2e-3))
     before = {name: p.detach().clone() for name, p in params.items()}
     trainer.train_step(x, y)
@@ -193,6 +195,37 @@ def test_a_step_updates_by_the_gradients_of_the_documented_sum(tmp_path, align_f
         torch.testing.assert_close(before[name] - param.detach(), expected[name], rtol=1e-10, atol=1e-12, msg=name)
     assert len(forward_weights(trainer.model)) == 2 and len(backward_weights(trainer.model)) == 2
     assert trainer.task.noisy == [] and trainer.alignment.noisy == []
+
+
+@pytest.mark.parametrize("rule, accumulate", [("bp", 1), ("fa", 1), ("kp", 1), ("kp", 2), ("sa", 2)])
+def test_the_model_l2_moves_each_forward_kernel_alone_by_its_closed_form(tmp_path, rule, accumulate):
+    """With plain gradient descent at lr 1, a step with model_l2 = 0.3 and loss_rate 2 lands
+    2 * 0.3 * W0 below the same step without it, for every W and nothing else: kp's B (given the
+    task's dW in the backward) and sa's B (whose gradient reads W) move exactly as without the L2,
+    and micro-batches add the term once per step."""
+    common = [
+        f"rule.name={rule}",
+        "train.dtype=float64",
+        "train.loss_rate=2",
+        f"train.accumulate={accumulate}",
+        *(f"optim.{c}.{k}" for c in ("task", "alignment") for k in ("name=gd", "lr=1.0", "momentum=0.0")),
+        "optim.task.weight_decay=0.0",
+    ]
+    after = {}
+    for l2 in (0.3, 0.0):
+        trainer = Trainer(recipe(*common, f"train.model_l2={l2}"), tmp_path / f"l2-{l2}")
+        x, y = next(iter(trainer.batches()))
+        initial = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        trainer.train_step(x.double(), y)
+        after[l2] = {name: p.detach() for name, p in trainer.model.named_parameters()}
+    kernels = {
+        name for name, p in trainer.model.named_parameters() if any(p is w for w in forward_weights(trainer.model))
+    }
+    assert kernels
+    assert bool(backward_weights(trainer.model)) == (rule in ("kp", "sa"))  # their B is checked to stay put
+    for name, start in initial.items():
+        expected = -2 * 0.3 * start if name in kernels else torch.zeros_like(start)
+        torch.testing.assert_close(after[0.3][name] - after[0.0][name], expected, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_noise_only_on_backward_weights_is_wired(tmp_path):

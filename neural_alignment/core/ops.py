@@ -22,10 +22,11 @@ weight slot. ``dB = angle_scale * dW`` is Kolen-Pollack's transported update: th
 one backward pass serves a whole step. A scale of exactly 1 is passed as ``angle_scale=None``:
 dB is then dW itself, the same tensor, with no multiply. Autograd never accumulates in place into
 a tensor that two gradients hold, so W.grad and B.grad stay separate: where W's gradient has a
-second term (the ImageNet recipes' L2) it is added out of place and B keeps dW, a pass saved
-(ResNet-18's kp step 0.971 (0.957-0.983) of the multiplying one's on the development machine);
-with none, autograd copies dW for one of them, the multiply's cost (the demo convnet's kp step
-0.9996 (0.987-1.012)). A layer passes B detached unless its rule uses the
+second term in the graph it is added out of place and B keeps dW, a pass saved (ResNet-18's kp
+step with its model L2 in the graph, 0.971 (0.957-0.983) of the multiplying one's on the
+development machine); with none (the trainer adds the model L2 after the backward), autograd
+copies dW for one of them, the multiply's cost (the demo convnet's kp step 0.9996
+(0.987-1.012)). A layer passes B detached unless its rule uses the
 ``angle`` primitive, so B normally gets no gradient from the task loss.
 
 ``input_gradient`` (optional, both ops): a callable ``(dy, input_shape) -> dx | None`` that the

@@ -6,9 +6,11 @@ Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
    delivered inside the task backward (scaled by loss_rate), is alignment_rate * dW.
 2. For each of ``accumulate`` micro-batches (the step's batch split evenly), one backward of
    ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``,
-   where the kernels' quadratic forms in R_l (decay, self) are not in the graph: after the
-   backward, ``add_weight_gradients(model, alignment_rate)`` adds their gradient in closed form,
-   in place (the same gradient; no kernel-sized temporaries in a step). B's own decay in it
+   where neither the model L2 nor the kernels' quadratic forms in R_l (decay, self) are in the
+   graph: after the backward, ``loss_rate * model_l2 * W`` is added to each W.grad
+   (``add_model_l2_gradient``) and ``add_weight_gradients(model, alignment_rate)`` adds the
+   forms' gradient, both in closed form, in place (the same gradients; no kernel-sized
+   temporaries in a step). B's own decay in it
    (``alignment_rate * 2 bb B``) is the alignment optimizer's weight decay instead when that
    optimizer adds its decay to the gradient (SGD, Adam) and nothing clips first
    (``optimizer_decay``): the same update, one pass over B fewer.
@@ -185,6 +187,7 @@ class Trainer:
             if conversion.left:
                 print(f"nalign: warning: {conversion.left_message()}", file=sys.stderr, flush=True)
         self.model = self.backend.prepare(model, self.dtype)
+        self.forward_weights = forward_weights(self.model)  # the kernels the model L2 acts on
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
         self.step = 0
@@ -302,11 +305,30 @@ class Trainer:
         with self.backend.autocast():
             logits = self.net(x)
             task = F.cross_entropy(logits, y)
-            if t.model_l2:
-                task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in forward_weights(self.model))
-            # the kernels' quadratic forms (decay, self) are not in the graph: train_step adds their gradient
+            # the model L2 and the kernels' quadratic forms (decay, self) are not in the graph:
+            # train_step adds their gradients
             total = t.loss_rate * task + t.alignment_rate * alignment_loss(self.model, weight_terms=False)
+        if t.model_l2:
+            with torch.no_grad():
+                task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in self.forward_weights)
         return total, task, logits
+
+    def add_model_l2_gradient(self) -> None:
+        """W.grad += loss_rate * model_l2 * W for every forward kernel W that trains: the gradient of
+        ``loss_rate * model_l2 * sum_W ||W||^2 / 2``, once per step, in place, one fused pass over
+        the kernels. Through autograd the term took a forward pow and several backward passes per
+        kernel: ResNet-18's bp step with it in the graph measured 1.034 (1.028-1.038) of the step
+        with it added here, on the 2-core development machine. A W the backward left without a
+        gradient gets the term alone, as autograd would have given it."""
+        t = self.recipe.train
+        if not t.model_l2:
+            return
+        kernels: list[torch.Tensor] = [w for w in self.forward_weights if w.requires_grad]
+        for w in kernels:
+            if w.grad is None:
+                w.grad = torch.zeros_like(w)
+        grads = [w.grad for w in kernels if w.grad is not None]
+        torch._foreach_add_(grads, kernels, alpha=t.loss_rate * t.model_l2)
 
     def optimizer_decay(self) -> float | None:
         """B's own decay in the closed-form gradient, ``alignment_rate * 2 bb`` (``backward_decay``),
@@ -335,6 +357,7 @@ class Trainer:
             self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
             self.seen += len(ym) * self.backend.world_size
             self.nonfinite += (~torch.isfinite(total.detach())).float()
+        self.add_model_l2_gradient()
         decay = self.optimizer_decay()
         add_weight_gradients(self.model, t.alignment_rate, decay_in_optimizer=decay is not None)  # once per step
         if self.alignment is not None:
