@@ -68,6 +68,7 @@ from torch.utils.data import DataLoader
 from neural_alignment.api import add_weight_gradients, alignment_loss, conversion_of, layer_metrics, set_epoch
 from neural_alignment.core.alignment import backward_decay
 from neural_alignment.core.errors import RunFailure, UserError
+from neural_alignment.core.primitives import inner
 from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime import checkpoint
@@ -308,9 +309,9 @@ class Trainer:
             # the model L2 and the kernels' quadratic forms (decay, self) are not in the graph:
             # train_step adds their gradients
             total = t.loss_rate * task + t.alignment_rate * alignment_loss(self.model, weight_terms=False)
-        if t.model_l2:
+        if t.model_l2:  # its value, for the logged task loss: one dot product per kernel
             with torch.no_grad():
-                task = task + t.model_l2 * 0.5 * sum(w.pow(2).sum() for w in self.forward_weights)
+                task = task + t.model_l2 * 0.5 * sum(inner(w, w) for w in self.forward_weights)
         return total, task, logits
 
     def add_model_l2_gradient(self) -> None:
