@@ -318,7 +318,7 @@ class Trainer:
         """W.grad += loss_rate * model_l2 * W for every forward kernel W that trains: the gradient of
         ``loss_rate * model_l2 * sum_W ||W||^2 / 2``, once per step, in place, one fused pass over
         the kernels. Through autograd the term took a forward pow and several backward passes per
-        kernel: ResNet-18's bp step with it in the graph measured 1.034 (1.028-1.038) of the step
+        kernel: ResNet-18's bp step with it in the graph measured 1.048 (1.045-1.054) of the step
         with it added here, on the 2-core development machine. A W the backward left without a
         gradient gets the term alone, as autograd would have given it."""
         t = self.recipe.train
