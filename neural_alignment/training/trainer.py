@@ -325,10 +325,11 @@ class Trainer:
         if not t.model_l2:
             return
         kernels: list[torch.Tensor] = [w for w in self.forward_weights if w.requires_grad]
+        grads = []
         for w in kernels:
             if w.grad is None:
                 w.grad = torch.zeros_like(w)
-        grads = [w.grad for w in kernels if w.grad is not None]
+            grads.append(w.grad)
         torch._foreach_add_(grads, kernels, alpha=t.loss_rate * t.model_l2)
 
     def optimizer_decay(self) -> float | None:
