@@ -5,28 +5,31 @@
         [--spmd] [--rules fa,sa,kp]   (bp is always measured: it is the baseline)
 
 One step is what ``nalign run`` does per step: forward, task and alignment losses, one backward,
-both components' optimizer updates (the alignment optimizer too), the end of the step and a
-device synchronisation. Each rule gets its own ``Trainer`` built from the real recipe
-(``imagenet-resnet18`` for ResNets, ``fmnist-convnet`` for the demo convnet, with the rule's
-``by_rule`` settings) on seeded synthetic images of the same shape. All rules run in this
-process after a warm-up. In each repetition every rule's step is timed right beside a bp step
-(the rules in a shuffled order, each pair in a random order): the ratio is the median over
-repetitions of (rule step / the bp step beside it), so a slow minute of a shared host's
-neighbours falls on both sides of a pair, printed with a bootstrap 95% interval. ``bp again`` is
-a second bp ``Trainer`` measured the same way: its ratio is the noise floor of the others.
-``bp+B step`` is bp's step followed, on the clock, by one step of an optimizer built like the
-alignment optimizer of kp's trainer (sa's without kp), over stand-ins of B's sizes, each with a
-fixed gradient: the one update kp and sa cannot do without, so its ratio is their floor on this
-host (a memory-bound pass beside compute-bound products: it moves with the host's memory
-bandwidth). Before each repetition every trainer's parameters, buffers and optimizer state move to
-fresh memory (``ops.relocate``: kept in place, one copy's placement would decide its ratio for the
-whole run). Every timed step starts from the rule's initial weights (W the same for every rule;
+both components' optimizer updates (the alignment optimizer too), the end of the step and a device
+synchronisation. Each rule gets its own ``Trainer`` built from the recipe that trains it: on a
+ResNet the rule's own ResNet-18 recipe ``imagenet-resnet18-<rule>`` (the appendix's B.2 set-up,
+and D.3's for kp: B by W's Nesterov optimizer, the transposed update that makes Kolen-Pollack; the
+base ``imagenet-resnet18`` with ``rule.name`` for a rule without one), with ``model.arch`` set; on
+the demo convnet ``fmnist-convnet`` with the rule's ``by_rule`` settings. All on seeded synthetic
+images of the same shape. All rules run in this process after a warm-up. In each repetition every
+rule's step is timed right beside a bp step (the rules in a shuffled order, each pair in a random
+order): the ratio is the median over repetitions of (rule step / the bp step beside it), so a slow
+minute of a shared host's neighbours falls on both sides of a pair, printed with a bootstrap 95%
+interval. ``bp again`` is a second bp ``Trainer`` measured the same way: its ratio is the noise
+floor of the others. ``bp+B step`` is bp's step followed, on the clock, by one step of an
+optimizer built like the alignment optimizer of sa's trainer (kp's without sa), over stand-ins of
+B's sizes, each with a fixed gradient: the one update that rule cannot do without, so its ratio is
+its floor on this host (on ResNet-18 sa's Adam; kp's momentum step moves one state tensor less; a
+memory-bound pass beside compute-bound products: it moves with the host's memory bandwidth).
+Before each repetition every trainer's parameters, buffers and optimizer state move to fresh
+memory (``ops.relocate``: kept in place, one copy's placement would decide its ratio for the whole
+run). Every timed step starts from the rule's initial weights (W the same for every rule;
 restored, in place, outside the clock): trained on one batch over and over, each rule's model
 would drift to a state of its own, and the CPU's data-dependent kernels (max-pooling, ReLU's
 backward) then run at speeds of their own (fa's convnet step measured 1.07-1.11 of bp's that way,
-1.02 from the same weights; the same steps with lr 0: 1.02). On the CPU the clock is the
-process's CPU time with one thread (a shared machine's wall clock measures the neighbours); on a
-GPU or XLA device the wall clock.
+1.02 from the same weights; the same steps with lr 0: 1.02). On the CPU the clock is the process's
+CPU time with one thread (a shared machine's wall clock measures the neighbours); on a GPU or XLA
+device the wall clock.
 
 The bound is ``benchmarks/ops.py``'s (the products of the rule's alignment pass over native
 backprop's, each weighted by its time alone on the cpu backend, by its multiply-adds on another;
@@ -51,7 +54,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ops import RULES, bound, layer_costs, median_interval, module_tensors, paired_ratios
 
-from neural_alignment.recipes.loader import load_recipe
+from neural_alignment.recipes.loader import load_recipe, recipe_files
 from neural_alignment.training.trainer import Trainer
 
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
@@ -60,21 +63,29 @@ AT_BP, AT_BP_LIMIT = ("fa", "sa", "kp"), 1.05
 CONTROL = "bp again"
 """A second bp trainer, timed against bp like every rule: the noise floor (its limit is bp's, not checked)."""
 FLOOR = "bp+B step"
-"""bp's step plus an alignment-optimizer step over stand-ins of B: sa's and kp's floor (not checked)."""
+"""bp's step plus an alignment-optimizer step over stand-ins of B: sa's floor (kp's without sa; not checked)."""
 REFERENCES = (CONTROL, FLOOR)
 
 
-def overrides(arch: str, args) -> tuple[str, list[str], int]:
-    """(recipe, overrides, batch) for ``arch`` on synthetic images."""
+def recipe_of(arch: str, rule: str) -> str:
+    """The recipe that trains ``rule`` on ``arch``: ``fmnist-convnet`` (its ``by_rule`` holds each rule's
+    settings) for the convnet, else the rule's ResNet-18 recipe, or the base one for a rule without one."""
     if arch == "convnet":
-        recipe, shape, classes, batch = "fmnist-convnet", [1, 28, 28], 10, args.convnet_batch
+        return "fmnist-convnet"
+    own = f"imagenet-resnet18-{rule}"
+    return own if own in recipe_files() else "imagenet-resnet18"
+
+
+def overrides(arch: str, args) -> tuple[list[str], int]:
+    """(overrides, batch) for ``arch`` on synthetic images."""
+    if arch == "convnet":
+        shape, classes, batch = [1, 28, 28], 10, args.convnet_batch
     else:
         size, batch = args.image_size, args.resnet_batch
-        recipe, shape, classes = "imagenet-resnet18", [3, size, size], 1000
+        shape, classes = [3, size, size], 1000
     backend = {"autocast_dtype": args.autocast, "channels_last": args.channels_last, "spmd": args.spmd}
     backend = {k: v for k, v in backend.items() if v}
     return (
-        recipe,
         [
             f"model.arch={arch}",
             "data.dataset=synthetic",
@@ -127,19 +138,20 @@ def with_backward_update(trainer: Trainer, like: Trainer) -> torch.optim.Optimiz
 
 
 def benchmark(arch: str, args, clock, folder: Path) -> bool:
-    recipe_name, common, batch = overrides(arch, args)
+    common, batch = overrides(arch, args)
+
+    def trainer(rule: str, name: str) -> Trainer:
+        return Trainer(load_recipe(recipe_of(arch, rule), [*common, f"rule.name={rule}"]), folder / f"{arch}-{name}")
+
     rules = ["bp", *(r for r in RULES if r != "bp" and r in args.rules)]
-    trainers = {
-        rule: Trainer(load_recipe(recipe_name, [*common, f"rule.name={rule}"]), folder / f"{arch}-{rule}")
-        for rule in rules
-    }
+    trainers = {rule: trainer(rule, rule) for rule in rules}
     x, y = (torch.stack(t) for t in zip(*(trainers["bp"].splits.train[i] for i in range(batch)), strict=True))
-    trainers[CONTROL] = Trainer(load_recipe(recipe_name, [*common, "rule.name=bp"]), folder / f"{arch}-bp-again")
-    # kp's update where kp runs (on ResNet-18 sa's is the same Adam; on the convnet sa's is plain GD)
-    like = next((trainers[r] for r in ("kp", "sa") if r in trainers and trainers[r].components["alignment"]), None)
+    trainers[CONTROL] = trainer("bp", "bp-again")
+    # sa's update where sa runs (Adam on ResNet-18, plain GD on the convnet), else kp's (W's momentum optimizer)
+    like = next((trainers[r] for r in ("sa", "kp") if r in trainers and trainers[r].components["alignment"]), None)
     stand_in_update = None
     if like is not None:
-        trainers[FLOOR] = Trainer(load_recipe(recipe_name, [*common, "rule.name=bp"]), folder / f"{arch}-bp-B-step")
+        trainers[FLOOR] = trainer("bp", "bp-B-step")
         stand_in_update = with_backward_update(trainers[FLOOR], like)
 
     def tensors() -> list[list[torch.Tensor]]:
