@@ -144,10 +144,8 @@ def add_quadratic_gradient(
     then still decays B): a step makes at most two passes over the kernel and allocates no
     kernel-sized tensor. Returns B's buffer.
     """
-    if W.requires_grad and (ww or wb):
-        if W.grad is None:  # W aligned (align_forward_weight) before any task gradient: rare
-            W.grad = torch.zeros_like(W)
-        _add_terms(W.grad, W, 2 * ww * scale, B, wb * scale)
+    if W.requires_grad and (ww or wb):  # W.grad None: W aligned before any task gradient, rare
+        _add_terms(gradient_of(W), W, 2 * ww * scale, B, wb * scale)
     own = 2 * bb * scale if own_decay else 0.0
     if B.requires_grad and (bb or wb):
         if B.grad is None:
@@ -165,6 +163,13 @@ def add_quadratic_gradient(
         else:
             _add_terms(B.grad, B, own, W, wb * scale)
     return buffer
+
+
+def gradient_of(t: torch.Tensor) -> torch.Tensor:
+    """``t.grad``, first set to zeros when the backward left it None: a tensor to add a term into, in place."""
+    if t.grad is None:
+        t.grad = torch.zeros_like(t)
+    return t.grad
 
 
 def _add_terms(grad: torch.Tensor, x: torch.Tensor, a: float, y: torch.Tensor, c: float) -> None:

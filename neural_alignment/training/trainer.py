@@ -68,7 +68,7 @@ from torch.utils.data import DataLoader
 from neural_alignment.api import add_weight_gradients, alignment_loss, conversion_of, layer_metrics, set_epoch
 from neural_alignment.core.alignment import backward_decay
 from neural_alignment.core.errors import RunFailure, UserError
-from neural_alignment.core.primitives import inner
+from neural_alignment.core.primitives import gradient_of, inner
 from neural_alignment.recipes.loader import to_dict, to_yaml
 from neural_alignment.registry import get_registry
 from neural_alignment.runtime import checkpoint
@@ -325,12 +325,7 @@ class Trainer:
         if not t.model_l2:
             return
         kernels: list[torch.Tensor] = [w for w in self.forward_weights if w.requires_grad]
-        grads = []
-        for w in kernels:
-            if w.grad is None:
-                w.grad = torch.zeros_like(w)
-            grads.append(w.grad)
-        torch._foreach_add_(grads, kernels, alpha=t.loss_rate * t.model_l2)
+        torch._foreach_add_([gradient_of(w) for w in kernels], kernels, alpha=t.loss_rate * t.model_l2)
 
     def optimizer_decay(self) -> float | None:
         """B's own decay in the closed-form gradient, ``alignment_rate * 2 bb`` (``backward_decay``),
