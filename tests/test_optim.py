@@ -180,3 +180,51 @@ def test_extra_weight_decay_is_a_gradient_term_where_the_optimizer_couples_it(na
     torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
     folded.set_extra_weight_decay(0.0)
     assert [g["weight_decay"] for g in folded.optimizer.param_groups] == [0.01]
+
+
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("sgd", {"momentum": 0.9}), ("nesterov", {"momentum": 0.9}), ("gd", {}), ("adam", {}), ("adamw", {})],
+)
+def test_gradient_factor_steps_as_the_multiplied_gradient_and_leaves_the_gradient_tensor_alone(name, kwargs):
+    """With set_gradient_factor(k) the optimizer steps on k h + d p from p.grad = h (d: own plus extra
+    decay, coupled where the optimizer couples it) as a plain one on that gradient written out; k
+    changes sign and size between steps; h, which may be another parameter's memory, is never written."""
+    torch.manual_seed(0)
+    start = torch.randn(6, dtype=torch.float64)
+    hs = [torch.randn(6, dtype=torch.float64) for _ in range(6)]
+    factors = [-0.02, -0.02, 3.0, 3.0, -0.5, 1.0]
+
+    def component():
+        p = torch.nn.Parameter(start.clone())
+        return p, ComponentOptimizer(
+            make_optimizer(name, [p], 0.1, weight_decay=0.01, **kwargs), make_lr_schedule(0.1, None, 1, 256)
+        )
+
+    p, factored = component()
+    q, plain = component()
+    couples = plain.couples_weight_decay
+    for step, (h, k) in enumerate(zip(hs, factors, strict=True)):
+        kept = h.clone()
+        factored.set_extra_weight_decay(0.3 if couples else 0.0)  # as the trainer: only where it couples
+        factored.set_gradient_factor(k)
+        p.grad = h
+        q.grad = k * h + (0.3 * q.detach() if couples else 0.0)
+        factored.step(step)
+        plain.step(step)
+        assert torch.equal(h, kept)
+        torch.testing.assert_close(p, q, rtol=1e-10, atol=1e-13)
+    factored.set_gradient_factor(-4.0)
+    resumed_p = torch.nn.Parameter(p.detach().clone())
+    resumed = ComponentOptimizer(
+        make_optimizer(name, [resumed_p], 0.1, weight_decay=0.01, **kwargs), make_lr_schedule(0.1, None, 1, 256)
+    )
+    saved = copy.deepcopy(factored.state_dict())
+    assert saved.get("gradient_factor", 1.0) == -4.0
+    resumed.load_state_dict(saved)  # the moments in the saved unit: the next step equals the original's
+    for params, c in ((p, factored), (resumed_p, resumed)):
+        c.set_extra_weight_decay(0.3 if couples else 0.0)
+        c.set_gradient_factor(-4.0)
+        params.grad = hs[0]
+        c.step(6)
+    assert torch.equal(p, resumed_p)

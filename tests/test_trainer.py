@@ -197,6 +197,49 @@ def test_a_step_updates_by_the_gradients_of_the_documented_sum(tmp_path, align_f
     assert trainer.task.noisy == [] and trainer.alignment.noisy == []
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "nesterov", "gd"])
+def test_sa_steps_on_its_kernel_as_on_the_gradient_written_out(tmp_path, optimizer):
+    """sa's B gradient ``alignment_rate (wb W + 2 bb B)`` is stepped on with ``B.grad = W``, the
+    gradient factor ``alignment_rate wb`` and the decay as weight decay: 8 steps, with the self
+    weight halved after 4 (the factor changes, so the moments are rescaled), a checkpoint's state
+    loaded in the middle, move every parameter as the same run whose clipping (too large to act)
+    makes the trainer write the gradient out; B.grad is None again after each step."""
+    common = [
+        "rule.name=sa",
+        "train.dtype=float64",
+        "train.alignment_rate=5",
+        f"optim.alignment.name={optimizer}",
+        "optim.alignment.lr=0.01",
+        f"optim.alignment.momentum={0.0 if optimizer == 'gd' else 0.9}",
+        "optim.alignment.weight_decay=0.01",
+        "rule.schedules={self: {kind: step, drops: [0.5], factor: 0.5}}",  # 8 steps an epoch: at step 4
+    ]
+    pointed = Trainer(recipe(*common), tmp_path / "pointed")
+    written = Trainer(recipe(*common, "train.clip_grad_norm=1e9"), tmp_path / "written")
+    backward = [n for n, _ in pointed.model.named_parameters() if n.endswith("backward_weight")]
+    factors = []
+    for step, (x, y) in zip(range(8), pointed.batches(), strict=False):
+        if step == 3:  # the pointed run's optimizer state through a checkpoint's round trip
+            saved = pointed.alignment.state_dict()
+            assert saved.get("gradient_factor", 1.0) == factors[-1]
+            pointed.alignment.load_state_dict(torch.load(save_and_read(tmp_path, saved), weights_only=True))
+        for trainer in (pointed, written):
+            trainer.train_step(x.double(), y)
+            trainer.step += 1
+        factors.append(pointed.alignment.gradient_factor)
+        assert written.alignment.gradient_factor == 1.0
+        assert all(pointed.model.get_parameter(n).grad is None for n in backward)
+    assert factors == [pytest.approx(5 * -2e-3)] * 4 + [pytest.approx(5 * -1e-3)] * 4
+    for (name, a), b in zip(pointed.model.named_parameters(), written.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+
+
+def save_and_read(tmp_path, state):
+    path = tmp_path / "optimizer.pt"
+    torch.save(state, path)
+    return path
+
+
 @pytest.mark.parametrize("rule, accumulate", [("bp", 1), ("fa", 1), ("kp", 1), ("kp", 2), ("sa", 2)])
 def test_the_model_l2_moves_each_forward_kernel_alone_by_its_closed_form(tmp_path, rule, accumulate):
     """With plain gradient descent at lr 1, a step with model_l2 = 0.3 and loss_rate 2 lands

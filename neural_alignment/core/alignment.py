@@ -7,7 +7,11 @@
   gradient to B.grad (and W.grad when the rule aligns W) in closed form, in place: the
   trainer's step, equal to ``scale * alignment_loss(model)`` in the loss (tests/test_rules.py)
   without a graph or a kernel-sized temporary per layer; with ``decay_in_optimizer`` it leaves
-  B's own decay ``2 bb B`` (``backward_decay(model)``) to B's optimizer's weight decay.
+  B's own decay ``2 bb B`` (``backward_decay(model)``) to B's optimizer's weight decay. Where
+  every B's gradient is ``scale (wb W + 2 bb B)`` with one ``wb`` (``kernel_gradient_factor``),
+  the trainer writes nothing: ``point_gradients_at_kernels`` sets ``B.grad = W`` and B's
+  optimizer steps on ``scale wb B.grad`` plus its weight decay (``ComponentOptimizer.
+  set_gradient_factor``).
 - ``set_epoch(model, epoch, angle_factor)`` sets ``layer.epoch`` and writes
   ``rule.coefficient("angle", epoch) * angle_factor`` into ``layer.angle_scale`` in place
   (``layer.set_angle_scale``), so the op's delivered angle update follows the schedule without
@@ -56,6 +60,31 @@ def add_weight_gradients(model: nn.Module, scale: float = 1.0, decay_in_optimize
         layer.__dict__["weight_gradient_buffer"] = add_quadratic_gradient(
             W, layer.backward_weight, ww, bb, wb, scale, buffer, own_decay=not decay_in_optimizer
         )
+
+
+def kernel_gradient_factor(model: nn.Module) -> float | None:
+    """``wb`` when the gradient of every trained B's quadratic forms is ``2 bb B + wb W`` with one
+    shared ``wb != 0``, no rule aligns W (W gets no term) and the backward left every ``B.grad`` None
+    (sa's decay and self): then each B's whole gradient is ``scale (wb W + 2 bb B)``, which an
+    optimizer can step on with ``B.grad = W`` (:func:`point_gradients_at_kernels`), a gradient
+    factor ``scale wb`` and ``scale 2 bb`` as its weight decay, in no pass of its own. Else None."""
+    layers = list(_trained(model))
+    if any(layer.rule.align_forward_weight or layer.backward_weight.grad is not None for layer in layers):
+        return None
+    factors = {layer.rule.weight_form(layer.epoch)[2] for layer in layers}
+    factor = factors.pop() if len(factors) == 1 else 0.0
+    return factor or None
+
+
+def point_gradients_at_kernels(model: nn.Module) -> list[torch.Tensor]:
+    """Set ``B.grad = W`` (W detached: the same memory, no copy) for every trained B of
+    :func:`kernel_gradient_factor`; returns those B, whose ``.grad`` the caller sets back to None
+    once B's optimizer has stepped (before W's, which changes W in place)."""
+    backward = []
+    for layer in _trained(model):
+        layer.backward_weight.grad = layer.weight.detach()
+        backward.append(layer.backward_weight)
+    return backward
 
 
 def backward_decay(model: nn.Module) -> float | None:
