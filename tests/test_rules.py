@@ -5,7 +5,15 @@ import pytest
 import torch
 from torch import nn
 
-from neural_alignment.core.alignment import add_weight_gradients, alignment_loss, backward_decay, set_epoch
+from neural_alignment.core.alignment import (
+    add_angle_gradients,
+    add_weight_gradients,
+    alignment_loss,
+    backward_decay,
+    deliver_angle_after_backward,
+    gradient_multiples,
+    set_epoch,
+)
 from neural_alignment.core.context import AlignmentContext
 from neural_alignment.core.errors import UserError
 from neural_alignment.core.layers import AlignedConv2d, AlignedLinear
@@ -253,10 +261,11 @@ def test_alignment_loss_sums_every_aligned_layer():
 def test_weight_terms_in_closed_form_give_the_gradients_of_the_whole_loss(name):
     """alignment_loss(weight_terms=False) through autograd plus add_weight_gradients (the trainer's
     step) give W and B the gradients autograd gives for the whole alignment_loss, on a conv and a
-    dense layer, with scale 3; kp's angle part is the op's (the task loss here), the same on both."""
+    dense layer, with scale 3; kp's angle part is the op's (the task loss here), the same on both, and
+    the same again when it comes after the backward (``deliver_angle_after_backward``, ``add_angle_gradients``)."""
     built = rule(name, align_forward_weight=name == "wm")
 
-    def gradients(closed_form):
+    def gradients(closed_form, angle_after=False):
         torch.manual_seed(0)
         model = nn.Sequential(
             AlignedConv2d(2, 3, 3, rule=built, dtype=F64),
@@ -264,17 +273,49 @@ def test_weight_terms_in_closed_form_give_the_gradients_of_the_whole_loss(name):
             nn.Flatten(),
             AlignedLinear(12, 4, rule=built, dtype=F64),
         )
-        set_epoch(model, 0.5)
+        moved = deliver_angle_after_backward(model) if angle_after else []
+        assert len(moved) == (2 if angle_after and name == "kp" else 0)
+        set_epoch(model, 0.5, angle_factor=0.7)
         task = model(torch.randn(5, 2, 4, 4, dtype=F64)).pow(2).sum()
         (task + 3 * alignment_loss(model, weight_terms=not closed_form)).backward()
+        if angle_after:
+            assert all(layer.backward_weight.grad is None for layer in moved)  # the op handed B nothing
+            add_angle_gradients(model)
         if closed_form:
             add_weight_gradients(model, 3.0)
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
-    closed, graph = gradients(True), gradients(False)
-    assert closed.keys() == graph.keys() and any("backward_weight" in n for n in closed)
+    closed, graph, after = gradients(True), gradients(False), gradients(True, angle_after=True)
+    assert closed.keys() == graph.keys() == after.keys() and any("backward_weight" in n for n in closed)
     for n in graph:
         torch.testing.assert_close(closed[n], graph[n], rtol=1e-10, atol=1e-12, msg=n)
+        torch.testing.assert_close(after[n], graph[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_gradient_multiples_name_the_tensor_each_b_gradient_is_a_multiple_of():
+    """sa: (scale wb, [(B, W)]); kp with its angle after the backward: (angle_scale, [(B, W.grad)]);
+    None for kp with the op's angle (B.grad is set), for a rule with other terms (wm) and for a mix."""
+    torch.manual_seed(0)
+
+    def stepped(*names, after=True):
+        model = nn.Sequential(*(AlignedLinear(3, 3, rule=rule(n), dtype=F64) for n in names))
+        if after:
+            deliver_angle_after_backward(model)
+        set_epoch(model, 0.0, angle_factor=0.5)
+        model(torch.randn(4, 3, dtype=F64)).pow(2).sum().backward()
+        return model
+
+    sa = stepped("sa", "sa")
+    factor, pairs = gradient_multiples(sa, 3.0)
+    assert factor == pytest.approx(3.0 * -2e-3)
+    assert all(B is layer.backward_weight for layer, (B, _) in zip(sa, pairs, strict=True))
+    assert all(torch.equal(K, layer.weight) for layer, (_, K) in zip(sa, pairs, strict=True))
+    kp = stepped("kp", "kp")
+    factor, pairs = gradient_multiples(kp, 3.0)
+    assert factor == 0.5 and all(K is layer.weight.grad for layer, (_, K) in zip(kp, pairs, strict=True))
+    assert gradient_multiples(stepped("kp", after=False), 3.0) is None
+    assert gradient_multiples(stepped("wm"), 3.0) is None
+    assert gradient_multiples(stepped("sa", "kp"), 3.0) is None
 
 
 def test_backward_decay_is_the_shared_coefficient_of_B_or_none():

@@ -198,21 +198,27 @@ def test_a_step_updates_by_the_gradients_of_the_documented_sum(tmp_path, align_f
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "nesterov", "gd"])
-def test_sa_steps_on_its_kernel_as_on_the_gradient_written_out(tmp_path, optimizer):
-    """sa's B gradient ``alignment_rate (wb W + 2 bb B)`` is stepped on with ``B.grad = W``, the
-    gradient factor ``alignment_rate wb`` and the decay as weight decay: 8 steps, with the self
-    weight halved after 4 (the factor changes, so the moments are rescaled), a checkpoint's state
-    loaded in the middle, move every parameter as the same run whose clipping (too large to act)
-    makes the trainer write the gradient out; B.grad is None again after each step."""
+@pytest.mark.parametrize("rule, scheduled", [("sa", "self"), ("kp", "angle")])
+def test_b_steps_on_the_tensor_its_gradient_is_a_multiple_of_as_on_the_gradient_written_out(
+    tmp_path, rule, scheduled, optimizer
+):
+    """sa's B gradient ``alignment_rate (wb W + 2 bb B)`` is stepped on with ``B.grad = W``, kp's
+    ``angle_scale dW + alignment_rate 2 bb B`` with ``B.grad = W.grad`` (its op hands B nothing), each
+    with its gradient factor and the decay as weight decay: 8 steps, with the scheduled weight halved
+    after 4 (the factor changes, so the moments are rescaled), a checkpoint's state loaded in the
+    middle, move every parameter as the same run whose clipping (too large to act) makes the trainer
+    write the gradient out; B.grad is None again after each step."""
     common = [
-        "rule.name=sa",
+        f"rule.name={rule}",
         "train.dtype=float64",
         "train.alignment_rate=5",
+        "train.loss_rate=2",
+        "train.model_l2=0.1",
         f"optim.alignment.name={optimizer}",
         "optim.alignment.lr=0.01",
         f"optim.alignment.momentum={0.0 if optimizer == 'gd' else 0.9}",
         "optim.alignment.weight_decay=0.01",
-        "rule.schedules={self: {kind: step, drops: [0.5], factor: 0.5}}",  # 8 steps an epoch: at step 4
+        f"rule.schedules={{{scheduled}: {{kind: step, drops: [0.5], factor: 0.5}}}}",  # 8 steps an epoch: at 4
     ]
     pointed = Trainer(recipe(*common), tmp_path / "pointed")
     written = Trainer(recipe(*common, "train.clip_grad_norm=1e9"), tmp_path / "written")
@@ -229,7 +235,9 @@ def test_sa_steps_on_its_kernel_as_on_the_gradient_written_out(tmp_path, optimiz
         factors.append(pointed.alignment.gradient_factor)
         assert written.alignment.gradient_factor == 1.0
         assert all(pointed.model.get_parameter(n).grad is None for n in backward)
-    assert factors == [pytest.approx(5 * -2e-3)] * 4 + [pytest.approx(5 * -1e-3)] * 4
+    weight = pointed.model[1].rule.weights[scheduled]
+    first = -5 * weight if rule == "sa" else weight * 5 / 2  # sa: scale wb (self: wb = -w); kp: angle_scale
+    assert factors == [pytest.approx(first)] * 4 + [pytest.approx(first / 2)] * 4
     for (name, a), b in zip(pointed.model.named_parameters(), written.model.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
 

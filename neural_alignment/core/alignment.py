@@ -9,9 +9,11 @@
   without a graph or a kernel-sized temporary per layer; with ``decay_in_optimizer`` it leaves
   B's own decay ``2 bb B`` (``backward_decay(model)``) to B's optimizer's weight decay. Where
   every B's gradient is ``scale (wb W + 2 bb B)`` with one ``wb`` (``kernel_gradient_factor``),
-  the trainer writes nothing: ``point_gradients_at_kernels`` sets ``B.grad = W`` and B's
-  optimizer steps on ``scale wb B.grad`` plus its weight decay (``ComponentOptimizer.
-  set_gradient_factor``).
+  the trainer writes nothing: it sets ``B.grad = W`` (``gradient_multiples``) and B's optimizer
+  steps on ``scale wb B.grad`` plus its weight decay (``ComponentOptimizer.set_gradient_factor``).
+- ``deliver_angle_after_backward(model)`` moves Kolen-Pollack's angle update out of the op: B
+  then enters it detached and takes ``angle_scale * W.grad`` after the backward, written out
+  (``add_angle_gradients``) or, as sa's, by pointing ``B.grad`` at W.grad (``gradient_multiples``).
 - ``set_epoch(model, epoch, angle_factor)`` sets ``layer.epoch`` and writes
   ``rule.coefficient("angle", epoch) * angle_factor`` into ``layer.angle_scale`` in place
   (``layer.set_angle_scale``), so the op's delivered angle update follows the schedule without
@@ -21,10 +23,12 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 
-from neural_alignment.core.layers import aligned_layers
+from neural_alignment.core.layers import AlignedLayer, aligned_layers
 from neural_alignment.core.primitives import add_quadratic_gradient
 
 
@@ -62,29 +66,67 @@ def add_weight_gradients(model: nn.Module, scale: float = 1.0, decay_in_optimize
         )
 
 
-def kernel_gradient_factor(model: nn.Module) -> float | None:
-    """``wb`` when the gradient of every trained B's quadratic forms is ``2 bb B + wb W`` with one
-    shared ``wb != 0``, no rule aligns W (W gets no term) and the backward left every ``B.grad`` None
-    (sa's decay and self): then each B's whole gradient is ``scale (wb W + 2 bb B)``, which an
-    optimizer can step on with ``B.grad = W`` (:func:`point_gradients_at_kernels`), a gradient
-    factor ``scale wb`` and ``scale 2 bb`` as its weight decay, in no pass of its own. Else None."""
-    layers = list(_trained(model))
-    if any(layer.rule.align_forward_weight or layer.backward_weight.grad is not None for layer in layers):
-        return None
-    factors = {layer.rule.weight_form(layer.epoch)[2] for layer in layers}
-    factor = factors.pop() if len(factors) == 1 else 0.0
-    return factor or None
+def deliver_angle_after_backward(model: nn.Module) -> list[AlignedLayer]:
+    """Set ``angle_in_backward = False`` on every aligned layer whose rule weighs ``angle`` (kp), whose
+    B and W train, whose rule does not align W and whose W no other aligned layer shares: the op then
+    takes B detached, and :func:`add_angle_gradients` or :func:`gradient_multiples` give B its angle
+    update ``angle_scale * W.grad`` after the backward, W.grad being the task's dW alone there (the
+    same update as the op's, summed over micro-batches alike). Returns those layers."""
+    layers = [layer for _, layer in aligned_layers(model)]
+    uses = Counter(id(layer.weight) for layer in layers)
+    moved = []
+    for layer in layers:
+        B = layer.backward_weight
+        if (
+            layer.rule.uses_angle
+            and not layer.rule.align_forward_weight
+            and B is not None
+            and B.requires_grad
+            and layer.weight.requires_grad
+            and uses[id(layer.weight)] == 1
+        ):
+            layer.angle_in_backward = False
+            moved.append(layer)
+    return moved
 
 
-def point_gradients_at_kernels(model: nn.Module) -> list[torch.Tensor]:
-    """Set ``B.grad = W`` (W detached: the same memory, no copy) for every trained B of
-    :func:`kernel_gradient_factor`; returns those B, whose ``.grad`` the caller sets back to None
-    once B's optimizer has stepped (before W's, which changes W in place)."""
-    backward = []
+def add_angle_gradients(model: nn.Module) -> None:
+    """``B.grad += angle_scale * W.grad`` for every trained B of a layer whose angle update comes
+    after the backward (``angle_in_backward`` False, :func:`deliver_angle_after_backward`)."""
+    for layer in _transported(model):
+        dW, B = layer.weight.grad, layer.backward_weight
+        if dW is None:  # W took no gradient this step: nor does B from the task
+            continue
+        if B.grad is None:
+            B.grad = torch.mul(dW, layer.angle_scale_value)
+        else:
+            B.grad.add_(dW, alpha=layer.angle_scale_value)
+
+
+def gradient_multiples(model: nn.Module, scale: float) -> tuple[float, list[tuple[torch.Tensor, torch.Tensor]]] | None:
+    """``(k, [(B, K), ...])`` when every trained B's whole gradient is ``k K + 2 bb scale B`` with one
+    shared ``k``, K a tensor the step already holds: W (sa: the forms' gradient ``scale wb W``, so
+    ``k = scale wb``) or W.grad (kp delivered after the backward: ``k = angle_scale``), and the
+    backward gave B nothing (``B.grad`` None). An optimizer then steps on ``B.grad = K`` with the
+    gradient factor k and ``2 bb scale`` as its weight decay, in no pass of its own. Else None."""
+    pairs, factors = [], set()
     for layer in _trained(model):
-        layer.backward_weight.grad = layer.weight.detach()
-        backward.append(layer.backward_weight)
-    return backward
+        B, (_, _, wb) = layer.backward_weight, layer.rule.weight_form(layer.epoch)
+        if B.grad is not None or layer.rule.align_forward_weight:
+            return None
+        transported = not layer.angle_in_backward and layer.rule.uses_angle and layer.weight.grad is not None
+        if transported and not wb:
+            pairs.append((B, layer.weight.grad))
+            factors.add(layer.angle_scale_value)
+        elif wb and not layer.rule.uses_angle:
+            pairs.append((B, layer.weight.detach()))
+            factors.add(scale * wb)
+        else:
+            return None
+    if len(factors) != 1:
+        return None
+    factor = factors.pop()
+    return (factor, pairs) if factor else None
 
 
 def backward_decay(model: nn.Module) -> float | None:
@@ -100,6 +142,13 @@ def _trained(model: nn.Module):
     for _, layer in aligned_layers(model):
         B = layer.backward_weight
         if B is not None and B.requires_grad and layer.last_input is not None:
+            yield layer
+
+
+def _transported(model: nn.Module):
+    """:func:`_trained`'s layers whose angle update comes after the backward."""
+    for layer in _trained(model):
+        if not layer.angle_in_backward and layer.rule.uses_angle:
             yield layer
 
 

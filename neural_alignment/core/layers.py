@@ -8,7 +8,9 @@ object; the core never resolves names) decides:
 - ``rule.has_backward_weight`` False (``bp``): no B; the layer runs plain F.linear/F.conv2d.
 - ``rule.trains_backward_weight`` False (``fa``): B is a parameter with requires_grad=False.
 - ``rule.uses_angle`` (``kp``): B enters the op attached, and the task backward delivers
-  dB = angle_scale * dW; otherwise B enters detached and gets no task gradient.
+  dB = angle_scale * dW; otherwise B enters detached and gets no task gradient. A caller that
+  sets ``angle_in_backward`` False (the trainer, ``core.alignment.deliver_angle_after_backward``)
+  passes B detached too and gives B ``angle_scale * W.grad`` itself after the backward.
 - ``rule.feedback`` (a ``core.feedback.Feedback`` or None): attached once when the layer is
   built, called before each forward with gradients enabled, and asked for the input gradient
   in the op's backward (``core/feedback.py``).
@@ -77,8 +79,11 @@ class AlignedLayer(nn.Module):
     weight: Tensor
     backward_weight: nn.Parameter | None
     angle_scale: Tensor
-    unit_angle_scale: bool
-    """``angle_scale`` holds exactly 1 (``set_angle_scale``): the op then gets None and hands dW itself to B."""
+    angle_scale_value: float
+    """``angle_scale``'s value, as given to ``set_angle_scale`` (no read from the device)."""
+    angle_in_backward: bool = True
+    """False: B enters the op detached even when the rule weighs ``angle``; whoever set it adds the
+    angle update ``angle_scale * W.grad`` to B's gradient after the backward (W.grad is dW then)."""
     batch_mean: Callable[[Tensor], Tensor]
     """Optional, unset unless a backend sets it (``ddp``'s ``sync_alignment_means``); read with a default."""
 
@@ -106,14 +111,20 @@ class AlignedLayer(nn.Module):
             self._feedback_state = set(self.state_dict()) - own_state
 
     def set_angle_scale(self, value: float) -> None:
-        """Fill ``angle_scale`` with ``value`` in place and note whether it is exactly 1."""
+        """Fill ``angle_scale`` with ``value`` in place and keep the value (``angle_scale_value``)."""
         self.angle_scale.fill_(value)
-        self.unit_angle_scale = value == 1.0
+        self.angle_scale_value = float(value)
 
     @property
     def transport_scale(self) -> Tensor | None:
         """The op's ``angle_scale``: None for a scale of exactly 1 (dB = dW itself, no multiply), else the tensor."""
-        return None if self.unit_angle_scale else self.angle_scale
+        return None if self.angle_scale_value == 1.0 else self.angle_scale
+
+    @property
+    def backward_gradient_in_graph(self) -> bool:
+        """True when B takes a gradient in the backward (``Rule.backward_gradient_in_graph``), the
+        angle update counted only while the op delivers it (``angle_in_backward``)."""
+        return self.rule.backward_gradient_in_graph(angle=self.angle_in_backward)
 
     def _feedback_path(self) -> InputGradient | None:
         """Run the rule's feedback before this forward and return the op's ``input_gradient``
@@ -150,7 +161,7 @@ class AlignedLayer(nn.Module):
         """B as the op receives it: attached only when the op must deliver the angle update."""
         B = self.backward_weight
         assert B is not None, "called only for a rule with a backward weight"
-        return B if self.rule.uses_angle else B.detach()
+        return B if self.rule.uses_angle and self.angle_in_backward else B.detach()
 
     def _remember(self, x: Tensor, y: Tensor) -> Tensor:
         # plain attributes, written past nn.Module.__setattr__'s parameter/buffer checks (every forward)

@@ -148,14 +148,17 @@ class Rule:
         """True when ``angle`` has a nonzero weight: the op then delivers dB = angle_scale * dW."""
         return self.weights.get("angle", 0.0) != 0.0
 
-    @property
-    def backward_gradient_in_graph(self) -> bool:
+    def backward_gradient_in_graph(self, angle: bool = True) -> bool:
         """True when B takes some gradient in the backward: a weighted primitive other than the
-        kernels' quadratic forms (those ``core.alignment.add_weight_gradients`` adds after it), or
-        the angle update the op delivers. sa's B takes none (a backend that reduces gradients in
-        the backward, as ``ddp``, leaves such a B out: its closed-form gradient is the same on every process)."""
+        kernels' quadratic forms (those ``core.alignment.add_weight_gradients`` adds after it), or,
+        with ``angle``, the angle update the op delivers. sa's B takes none (a backend that reduces
+        gradients in the backward, as ``ddp``, leaves such a B out: its closed-form gradient is the
+        same on every process); nor does kp's when the trainer delivers its angle update from the
+        averaged W.grad (``angle=False``)."""
         return any(
-            not isinstance(self.primitives[name], WeightQuadratic) for name, weight in self.weights.items() if weight
+            not isinstance(self.primitives[name], WeightQuadratic) and (angle or not self.primitives[name].in_backward)
+            for name, weight in self.weights.items()
+            if weight
         )
 
     def coefficient(self, name: str, epoch: float) -> float:

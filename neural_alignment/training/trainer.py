@@ -66,7 +66,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from neural_alignment.api import add_weight_gradients, alignment_loss, conversion_of, layer_metrics, set_epoch
-from neural_alignment.core.alignment import backward_decay, kernel_gradient_factor, point_gradients_at_kernels
+from neural_alignment.core.alignment import (
+    add_angle_gradients,
+    backward_decay,
+    deliver_angle_after_backward,
+    gradient_multiples,
+)
 from neural_alignment.core.errors import RunFailure, UserError
 from neural_alignment.core.primitives import gradient_of, inner
 from neural_alignment.recipes.loader import to_dict, to_yaml
@@ -188,6 +193,7 @@ class Trainer:
             if conversion.left:
                 print(f"nalign: warning: {conversion.left_message()}", file=sys.stderr, flush=True)
         self.model = self.backend.prepare(model, self.dtype)
+        deliver_angle_after_backward(self.model)  # kp's B takes its update from W.grad: see train_step
         self.forward_weights = forward_weights(self.model)  # the kernels the model L2 acts on
         self.task, self.alignment = self._components()
         self.ks = sorted({min(k, self.splits.num_classes) for k in t.topk} | {1})
@@ -339,21 +345,25 @@ class Trainer:
         return None if decay is None else t.alignment_rate * decay
 
     def point_backward_gradients(self, decay: float | None) -> list[torch.Tensor]:
-        """Where each B's gradient is ``alignment_rate (wb W + 2 bb B)`` (``kernel_gradient_factor``: sa),
-        its decay is B's optimizer's weight decay (``decay`` not None) and that optimizer takes a
-        gradient factor and nothing else to step on: ``B.grad = W`` for each such B and the factor
-        ``alignment_rate * wb``, so the gradient costs no pass of its own (ResNet-18: one write of
-        11 M weights a step, 1.5% of the step); returns those B. Else the factor is 1 and the list empty.
-        """
-        alignment, factor = self.alignment, None
+        """Where each B's gradient is a multiple ``k K`` of a tensor the step holds plus its decay
+        (``gradient_multiples``: sa's ``alignment_rate wb W``, kp's ``angle_scale W.grad``), the
+        decay is B's optimizer's weight decay (``decay`` not None) and that optimizer takes a
+        gradient factor and has nothing else to step on: ``B.grad = K`` for each such B and the
+        factor k, so B's gradient costs no pass of its own (ResNet-18: one write of 11 M weights a
+        step, 1.5% of sa's step; kp's op then hands nothing to B: autograd's copy of dW is gone);
+        returns those B. Else the factor is 1 and the list empty."""
+        alignment, found = self.alignment, None
         if alignment is not None and decay is not None and alignment.takes_gradient_factor:
-            factor = kernel_gradient_factor(self.model)
-            if factor is not None and any(p.grad is not None for p in alignment.params):
-                factor = None  # a parameter of B's optimizer with a gradient of its own: not a multiple of W
-        pointed = [] if factor is None else point_gradients_at_kernels(self.model)
+            found = gradient_multiples(self.model, self.recipe.train.alignment_rate)
+            if found is not None and any(p.grad is not None for p in alignment.params):
+                found = None  # a parameter of B's optimizer with a gradient of its own
         if alignment is not None:
-            alignment.set_gradient_factor(1.0 if factor is None else self.recipe.train.alignment_rate * factor)
-        return pointed
+            alignment.set_gradient_factor(1.0 if found is None else found[0])
+        if found is None:
+            return []
+        for B, K in found[1]:
+            B.grad = K
+        return [B for B, _ in found[1]]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One optimizer step at ``self.step`` on this process's part (x, y) of the global batch;
@@ -371,10 +381,10 @@ class Trainer:
             self.running += torch.stack([task.detach().float() * len(ym), (logits.argmax(1) == ym).sum().float()])
             self.seen += len(ym) * self.backend.world_size
             self.nonfinite += (~torch.isfinite(total.detach())).float()
-        self.add_model_l2_gradient()
         decay = self.optimizer_decay()
         pointed = self.point_backward_gradients(decay)
         if not pointed:
+            add_angle_gradients(self.model)
             add_weight_gradients(self.model, t.alignment_rate, decay_in_optimizer=decay is not None)  # once per step
         if self.alignment is not None:
             self.alignment.set_extra_weight_decay(decay or 0.0)
@@ -385,7 +395,9 @@ class Trainer:
         ]
         first_b = sorted(updates, key=lambda update: update[0] is not self.alignment)  # stable: then the task's
         for component, active in first_b if pointed else updates:
-            if active:  # with B.grad = W, B's optimizer first: W's changes W in place
+            if component is self.task:  # after B's step when B.grad is W.grad (kp): the L2 is W's alone
+                self.add_model_l2_gradient()
+            if active:  # with B.grad = W or W.grad, B's optimizer first: W's changes both in place
                 if t.clip_grad_norm:
                     torch.nn.utils.clip_grad_norm_(component.params, t.clip_grad_norm)
                 component.update(step)

@@ -12,8 +12,9 @@ inside the backward: W's, and B's, whether it comes from the alignment loss or, 
 Kolen-Pollack, is delivered by the op during the task backward (dB = angle_scale * dW). The
 kernels' quadratic forms (decay, self) add their gradient after the backward, in closed form
 from W and B, which every process holds alike: the same on each, nothing to average. A B whose
-gradient is all such terms (sa's: ``Rule.backward_gradient_in_graph`` False) is left out of
-DDP's reduction, which would otherwise wait for a gradient that never comes.
+gradient is all such terms (sa's: the layer's ``backward_gradient_in_graph`` False; kp's too
+when the trainer gives B its angle update from W's averaged gradient after the backward) is left
+out of DDP's reduction, which would otherwise wait for a gradient that never comes.
 Batch-wise operations see each process's local batch (BatchNorm, the alignment pass's batch
 means); ``sync_batchnorm: true`` makes BatchNorm's statistics global (torch's SyncBatchNorm,
 which runs on GPUs only), ``sync_alignment_means: true`` the alignment pass's batch means
@@ -184,7 +185,7 @@ class DDPBackend(Backend):
         closed_form_only = [
             names[id(layer.backward_weight)]
             for _, layer in aligned_layers(model)
-            if layer.backward_weight is not None and not layer.rule.backward_gradient_in_graph
+            if layer.backward_weight is not None and not layer.backward_gradient_in_graph
         ]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, closed_form_only)
         self._ddp = DistributedDataParallel(model, device_ids=ids)
