@@ -33,9 +33,10 @@ device the wall clock.
 
 The bound is ``benchmarks/ops.py``'s (the products of the rule's alignment pass over native
 backprop's, each weighted by its time alone on the cpu backend, by its multiply-adds on another;
-bp is native). fa, sa and kp run no product bp does not (sa and kp add O(parameters) passes over
-the weights, B's optimizer among them, all in the measured step here): each passes within
-1.05 of bp. wm, ia and aa pass within 1.15 of their bound.
+bp is native). fa, sa and kp run no product bp does not (sa and kp add B's optimizer step, a
+pass over the weights in the measured step here, and no other: the trainer points B.grad at W or
+W.grad, see ``Trainer.point_backward_gradients``): each passes within 1.05 of bp. wm, ia and aa
+pass within 1.15 of their bound.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ step with its model L2 in the graph, 0.971 (0.957-0.983) of the multiplying one'
 development machine); with none (the trainer adds the model L2 after the backward), autograd
 copies dW for one of them, the multiply's cost (the demo convnet's kp step 0.9996
 (0.987-1.012)). A layer passes B detached unless its rule uses the
-``angle`` primitive, so B normally gets no gradient from the task loss.
+``angle`` primitive, so B normally gets no gradient from the task loss; the trainer passes
+kp's B detached too and gives it ``angle_scale * W.grad`` after the backward
+(``core.alignment.deliver_angle_after_backward``): the same update, with neither the copy nor a node.
 
 ``input_gradient`` (optional, both ops): a callable ``(dy, input_shape) -> dx | None`` that the
 backward calls for dx in place of ``dy B`` (None keeps ``dy B``); dW, db and dB are unchanged.

@@ -3,21 +3,27 @@
 Each step (global step ``s``, epoch ``e = s / steps_per_epoch``):
 
 1. ``set_epoch(model, e, angle_factor=alignment_rate / loss_rate)`` so Kolen-Pollack's update,
-   delivered inside the task backward (scaled by loss_rate), is alignment_rate * dW.
+   angle_scale times W.grad (which holds loss_rate * dW), is alignment_rate * dW. The trainer
+   delivers it after the backward (``deliver_angle_after_backward``: kp's layers take B detached).
 2. For each of ``accumulate`` micro-batches (the step's batch split evenly), one backward of
    ``(loss_rate * (task + model_l2 * sum_W ||W||^2 / 2) + alignment_rate * sum_l R_l) / accumulate``,
    where neither the model L2 nor the kernels' quadratic forms in R_l (decay, self) are in the
    graph: after the backward, ``loss_rate * model_l2 * W`` is added to each W.grad
-   (``add_model_l2_gradient``) and ``add_weight_gradients(model, alignment_rate)`` adds the
+   (``add_model_l2_gradient``, step 3) and ``add_weight_gradients(model, alignment_rate)`` adds the
    forms' gradient, both in closed form, in place (the same gradients; no kernel-sized
    temporaries in a step). B's own decay in it
    (``alignment_rate * 2 bb B``) is the alignment optimizer's weight decay instead when that
    optimizer adds its decay to the gradient (SGD, Adam) and nothing clips first
-   (``optimizer_decay``): the same update, one pass over B fewer.
+   (``optimizer_decay``): the same update, one pass over B fewer. kp's angle update
+   ``angle_scale * W.grad`` is added to B.grad (``add_angle_gradients``). Where every B's whole
+   gradient is then k K + its decay, K being W (sa) or W.grad (kp), nothing is written:
+   ``point_backward_gradients`` sets B.grad = K and B's optimizer the gradient factor k.
 3. Which components update: while ``e < delay_epochs`` only the alignment optimizer (backward
    weights), every step; after the delay both, or (``alternating``) the alignment optimizer on
    even steps and the task optimizer (W, biases, BatchNorm) on odd steps. Each component's
-   gradients are clipped to ``clip_grad_norm``.
+   gradients are clipped to ``clip_grad_norm``. The model L2 joins W.grad just before W's step,
+   which comes after B's when B.grad is W or W.grad; the update noise is drawn after both
+   steps, task first.
    A rule with ``align_forward_weight`` puts W's alignment gradient into the same backward, so
    W's task optimizer applies it (W belongs to the task component only).
 4. The loss is checked for NaN/inf every ``check_finite_every`` steps, before the update: a
