@@ -11,6 +11,11 @@ delay (in epochs) before this component starts. After each optimizer step, if ``
 is positive, every parameter in ``noisy`` receives Gaussian noise of std ``noise_std * lr(s)``
 (noisy updates: the noise is added to the update, so it scales with the step size).
 
+A component can step on a gradient it is not handed in full (:meth:`ComponentOptimizer.
+set_gradient_factor`): ``k p.grad + d p`` from ``p.grad`` alone, k carried by the optimizer's own
+hyperparameters (SGD's lr, Adam's eps, ``maximize``) and d by its weight decay. The trainer uses
+it to give sa's B ``p.grad = W`` and kp's B ``p.grad = W.grad``: no gradient is written for them.
+
 Every optimizer runs torch's fused kernel (one pass over each tensor for the whole update, not
 one pass per elementwise operation) when all its parameters are floating point on a device that
 has one (``FUSED_DEVICES``); elsewhere (XLA) torch's default. Fused or not, the update is the
@@ -195,8 +200,8 @@ class ComponentOptimizer:
         self._write_groups()
 
     def _write_groups(self) -> None:
-        """Each group's weight decay, eps, maximize and lr from the recipe's values, the extra weight
-        decay and the gradient factor (see :meth:`set_gradient_factor`)."""
+        """Each group's weight decay, eps and maximize from the recipe's values, the extra weight
+        decay and the gradient factor (see :meth:`set_gradient_factor`; the lr: :meth:`set_step`)."""
         unit = abs(self.gradient_factor)
         for group, own, eps in zip(self.optimizer.param_groups, self.weight_decay, self.eps, strict=True):
             decay = own + self.extra_weight_decay
