@@ -370,3 +370,24 @@ def test_flag_names():
         "bi_fwmc",
         "bi_fwl2n",
     )
+
+
+def test_backward_gradient_in_graph_counts_the_angle_only_where_the_op_delivers_it():
+    """sa's B takes no gradient in the backward, wm's does (amp); kp's through the op's angle update,
+    none once its layer leaves that update to the trainer (``angle_in_backward`` False)."""
+    assert not rule("sa").backward_gradient_in_graph() and rule("wm").backward_gradient_in_graph()
+    assert rule("kp").backward_gradient_in_graph() and not rule("kp").backward_gradient_in_graph(angle=False)
+    layer = AlignedLinear(3, 3, rule=rule("kp"))
+    assert layer.backward_gradient_in_graph
+    assert deliver_angle_after_backward(nn.Sequential(layer)) == [layer]
+    assert not layer.backward_gradient_in_graph
+
+
+def test_angle_after_backward_leaves_out_a_shared_or_frozen_w():
+    """Two layers on one W (B would take the sum of both dW from W.grad) and a frozen W (no W.grad)
+    keep the op's angle update."""
+    first, second, frozen = (AlignedLinear(3, 3, rule=rule("kp")) for _ in range(3))
+    second.weight = first.weight
+    frozen.weight.requires_grad_(False)
+    assert deliver_angle_after_backward(nn.Sequential(first, second, frozen)) == []
+    assert first.angle_in_backward and second.angle_in_backward and frozen.angle_in_backward
