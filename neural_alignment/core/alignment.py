@@ -1,4 +1,5 @@
-"""Model-wide alignment: the alignment loss of the latest forward, and the epoch of every layer.
+"""Model-wide alignment: the alignment loss of the latest forward, the gradients the trainer gives B
+after the backward, and the epoch of every layer.
 
 - ``alignment_loss(model) = sum over aligned layers l of l.rule.regularizer(l)``, each R_l at
   the layer's own ``epoch`` (a zero tensor when the model has none). With ``weight_terms=False``
@@ -8,9 +9,9 @@
   trainer's step, equal to ``scale * alignment_loss(model)`` in the loss (tests/test_rules.py)
   without a graph or a kernel-sized temporary per layer; with ``decay_in_optimizer`` it leaves
   B's own decay ``2 bb B`` (``backward_decay(model)``) to B's optimizer's weight decay. Where
-  every B's gradient is ``scale (wb W + 2 bb B)`` with one ``wb`` (``kernel_gradient_factor``),
-  the trainer writes nothing: it sets ``B.grad = W`` (``gradient_multiples``) and B's optimizer
-  steps on ``scale wb B.grad`` plus its weight decay (``ComponentOptimizer.set_gradient_factor``).
+  every B's gradient is ``scale (wb W + 2 bb B)`` with one ``wb`` (sa), the trainer writes
+  nothing: it sets ``B.grad = W`` (``gradient_multiples``) and B's optimizer steps on
+  ``scale wb B.grad`` plus its weight decay (``ComponentOptimizer.set_gradient_factor``).
 - ``deliver_angle_after_backward(model)`` moves Kolen-Pollack's angle update out of the op: B
   then enters it detached and takes ``angle_scale * W.grad`` after the backward, written out
   (``add_angle_gradients``) or, as sa's, by pointing ``B.grad`` at W.grad (``gradient_multiples``).
