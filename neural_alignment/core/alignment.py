@@ -115,8 +115,7 @@ def gradient_multiples(model: nn.Module, scale: float) -> tuple[float, list[tupl
         B, (_, _, wb) = layer.backward_weight, layer.rule.weight_form(layer.epoch)
         if B.grad is not None or layer.rule.align_forward_weight:
             return None
-        transported = not layer.angle_in_backward and layer.rule.uses_angle and layer.weight.grad is not None
-        if transported and not wb:
+        if layer.angle_after_backward and layer.weight.grad is not None and not wb:
             pairs.append((B, layer.weight.grad))
             factors.add(layer.angle_scale_value)
         elif wb and not layer.rule.uses_angle:
@@ -149,7 +148,7 @@ def _trained(model: nn.Module):
 def _transported(model: nn.Module):
     """:func:`_trained`'s layers whose angle update comes after the backward."""
     for layer in _trained(model):
-        if not layer.angle_in_backward and layer.rule.uses_angle:
+        if layer.angle_after_backward:
             yield layer
 
 

@@ -121,6 +121,12 @@ class AlignedLayer(nn.Module):
         return None if self.angle_scale_value == 1.0 else self.angle_scale
 
     @property
+    def angle_after_backward(self) -> bool:
+        """True when the rule weighs ``angle`` but the op does not deliver it (``angle_in_backward``
+        False): B's angle update ``angle_scale * W.grad`` comes after the backward."""
+        return self.rule.uses_angle and not self.angle_in_backward
+
+    @property
     def backward_gradient_in_graph(self) -> bool:
         """True when B takes a gradient in the backward (``Rule.backward_gradient_in_graph``), the
         angle update counted only while the op delivers it (``angle_in_backward``)."""

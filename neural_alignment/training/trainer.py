@@ -399,8 +399,9 @@ class Trainer:
         updates = [
             (c, active) for c, active in zip(self.components.values(), self.updates(step), strict=True) if c is not None
         ]
-        first_b = sorted(updates, key=lambda update: update[0] is not self.alignment)  # stable: then the task's
-        for component, active in first_b if pointed else updates:
+        # with B.grad pointed at W or W.grad, B's optimizer first (a stable sort: then the task's)
+        ordered = sorted(updates, key=lambda update: update[0] is not self.alignment) if pointed else updates
+        for component, active in ordered:
             if component is self.task:  # after B's step when B.grad is W.grad (kp): the L2 is W's alone
                 self.add_model_l2_gradient()
             if active:  # with B.grad = W or W.grad, B's optimizer first: W's changes both in place
